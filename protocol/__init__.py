@@ -1,0 +1,15 @@
+"""The wire contract shared by the morag-remote server (`api`) and its workers (`worker`).
+
+This package is a leaf: it imports neither side. It holds
+
+- ``states``   the job states, content types and lanes, and how a content type picks a lane;
+- ``models``   the pydantic bodies every ``/worker`` route sends and receives;
+- ``paths``    the route paths, so both sides spell them once;
+- ``errors``   the error classes a worker reports and the JSON error body the server answers;
+- ``signing``  HMAC helpers for signed download URLs (created by the server, checked by it).
+
+A job moves ``queued -> running -> succeeded | failed | dead``, or ``canceled`` from
+``queued``/``running``; see docs/protocol.md for the diagram and the lease rules.
+"""
+
+PROTOCOL_VERSION = "1"

@@ -1,0 +1,103 @@
+"""Request and answer bodies of the worker protocol (see docs/protocol.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.errors import ErrorClass
+from protocol.states import ContentType, LaneKind
+
+MAX_CLAIM_WAIT_S = 30.0
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClaimRequest(_Body):
+    """A worker asks for up to ``max_jobs`` jobs and waits up to ``wait_s`` seconds for them."""
+
+    worker_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")
+    lanes: list[LaneKind] = Field(default_factory=lambda: [LaneKind.cpu], min_length=1)
+    content_types: list[ContentType] = Field(min_length=1)
+    max_jobs: int = Field(default=1, ge=1, le=100)
+    wait_s: float = Field(default=20.0, ge=0.0, le=MAX_CLAIM_WAIT_S)
+    claim_id: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Idempotency id: a retried claim with the same id gets the same jobs back.",
+    )
+    name: str | None = Field(default=None, max_length=200)
+    version: str | None = Field(default=None, max_length=50)
+
+
+class ClaimedJob(BaseModel):
+    job_id: str
+    lease_token: str
+    lease_expires_at: datetime
+    attempt: int
+    content_type: ContentType
+    options: dict[str, Any]
+    download_url: str | None = None
+    source_url: str | None = None
+    cookies: str | None = Field(default=None, description="Netscape cookies.txt for source_url")
+    file_name: str | None = None
+    file_size: int | None = None
+    file_sha256: str | None = None
+
+
+class ClaimResponse(BaseModel):
+    jobs: list[ClaimedJob]
+
+
+class HeartbeatRequest(_Body):
+    job_id: str
+    lease_token: str
+    progress: float | None = Field(default=None, ge=0.0, le=1.0)
+    message: str | None = Field(default=None, max_length=500)
+
+
+class HeartbeatResponse(BaseModel):
+    lease_expires_at: datetime
+    canceled: bool
+
+
+class CompleteRequest(_Body):
+    job_id: str
+    lease_token: str
+    markdown: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class CompleteResponse(BaseModel):
+    job_id: str
+    status: str
+
+
+class FailRequest(_Body):
+    job_id: str
+    lease_token: str
+    error: str = Field(max_length=10_000)
+    error_class: ErrorClass = ErrorClass.internal
+    retryable: bool = True
+
+
+class FailResponse(BaseModel):
+    job_id: str
+    status: str
+    retry_at: datetime | None = None
+
+
+class HelloResponse(BaseModel):
+    """What ``GET /worker/hello`` tells a worker about itself and the server."""
+
+    protocol_version: str
+    server_version: str
+    user: str | None
+    scope: str
+    lanes: list[LaneKind]
+    lease_s: float
+    max_claim_wait_s: float
