@@ -1,0 +1,79 @@
+"""Settings of the indexing library: one plain dataclass the server builds from its own settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from api.indexing.errors import InvalidChunkOptions
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How documents are chunked, embedded and stored."""
+
+    chunk_size: int = 1500  # characters
+    chunk_overlap: int = 200  # characters
+    # Gemini is used when a key is set; otherwise the local MiniLM model (no network needed).
+    gemini_api_key: str | None = None
+    gemini_model: str = "gemini-embedding-001"
+    gemini_dimensions: int = 768
+    gemini_timeout_s: float = 60.0
+    embed_batch_size: int = 100  # texts per Gemini request
+    embed_max_retries: int = 5  # retries after the first try on 429/5xx/transport errors
+    embed_backoff_factor_s: float = 1.0  # first backoff wait; doubles each retry
+    embed_backoff_max_s: float = 60.0
+    local_batch_size: int = 32  # texts per onnxruntime run
+    # Qdrant: a server when qdrant_url is set, else local mode in qdrant_path (":memory:" if None).
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    qdrant_path: str | None = None
+    qdrant_timeout_s: float = 10.0
+    collection: str = "morag"
+    distance: Literal["cosine", "dot", "euclid", "manhattan"] = "cosine"
+
+    def __post_init__(self) -> None:
+        check_chunk_options(self.chunk_size, self.chunk_overlap)
+
+    @property
+    def embedding_backend(self) -> Literal["gemini", "local"]:
+        """Which embedder `build_embedder` makes from this config."""
+        return "gemini" if self.gemini_api_key else "local"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> IndexConfig:
+        """Read MORAG_* variables (MORAG_GEMINI_API_KEY, MORAG_QDRANT_URL, ...); overrides win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name, kind in _ENV_FIELDS.items():
+            raw = env.get(f"MORAG_{name.upper()}")
+            if raw is not None and raw != "":
+                values[name] = kind(raw)
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+_ENV_FIELDS: dict[str, type] = {
+    "chunk_size": int,
+    "chunk_overlap": int,
+    "gemini_api_key": str,
+    "gemini_model": str,
+    "gemini_dimensions": int,
+    "embed_batch_size": int,
+    "embed_max_retries": int,
+    "qdrant_url": str,
+    "qdrant_api_key": str,
+    "qdrant_path": str,
+    "collection": str,
+    "distance": str,
+}
+
+
+def check_chunk_options(size: int, overlap: int) -> None:
+    """Raise InvalidChunkOptions unless 0 < size and 0 <= overlap < size."""
+    if size <= 0 or overlap < 0 or overlap >= size:
+        raise InvalidChunkOptions(
+            f"chunk_size must be > 0 and 0 <= chunk_overlap < chunk_size (got {size}, {overlap})"
+        )
