@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 
@@ -33,7 +34,7 @@ def _check_spans(text: str, spans: list[tuple[int, int]], size: int, overlap: in
         assert not text[s].isspace() and not text[e - 1].isspace()
         assert e - s <= size + longest
         assert e - s <= size or not any(c.isspace() for c in text[s:e]), "only a lone word may exceed size"
-    for (s1, e1), (s2, _) in zip(spans, spans[1:], strict=False):
+    for (s1, e1), (s2, _) in itertools.pairwise(spans):
         assert s2 > s1, "chunks always move forward"
         assert s2 >= e1 - overlap, "overlap bounded"
     for ws, we in words:  # every word is inside some chunk, whole
@@ -130,7 +131,7 @@ def test_transcript_chunks_by_segments_with_time_ranges() -> None:
     words = {w for s in segments for w in s["text"].split()}
     assert words <= {w for c in chunks for w in c.text.split()}
     longest = max(len(w) for w in words)
-    for prev, c in zip(chunks, chunks[1:], strict=False):
+    for prev, c in itertools.pairwise(chunks):
         assert prev.location.start <= c.location.start
     for c in chunks:
         assert c.location.start is not None and c.location.end is not None
