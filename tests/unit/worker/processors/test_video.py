@@ -1,0 +1,87 @@
+"""Video processor: probe, frames as artifacts, and transcription of a generated speech video."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import media
+from worker.errors import BadInput
+from worker.processors.base import JobInput, ProcessorConfig
+from worker.processors.video import VideoProcessor
+
+pytestmark = pytest.mark.skipif(not media.have_tools(), reason="espeak-ng/ffmpeg not installed")
+
+CPU = ProcessorConfig(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("video")
+    speech = media.speech_wav(d / "speech.wav")
+    full = media.make_video(d / "talk.mp4", speech, seconds=13)
+    truncated = d / "truncated.mp4"
+    truncated.write_bytes(full.read_bytes()[:3000])
+    return {
+        "talk": full,
+        "mute": media.make_video(d / "mute.mp4", None, seconds=4),
+        "silent": media.make_video(d / "silent.mp4", media.silent_wav(d / "silence.wav", 4), seconds=4),
+        "corrupt": media.corrupt_file(d / "corrupt.mp4"),
+        "truncated": truncated,
+    }
+
+
+def _job(path: Path, tmp_path: Path, **options: object) -> JobInput:
+    work = tmp_path / "job"
+    work.mkdir()
+    opts = {"model": str(media.tiny_en_model()), **options}
+    return JobInput(content_type="video", options=opts, temp_dir=work, path=path)
+
+
+def test_speech_video_is_transcribed_with_metadata_and_frames(
+    videos: dict[str, Path], tmp_path: Path
+) -> None:
+    progress: list[float] = []
+    job = _job(videos["talk"], tmp_path, thumbnails=True, keyframes=3)
+    job.progress = lambda fraction, message: progress.append(fraction)
+    result = VideoProcessor().process(job, CPU)
+    meta = result.metadata
+    heard = " ".join(seg["text"] for seg in meta["segments"])
+    assert media.word_error_rate(media.SENTENCE, heard) < 0.4, heard
+    assert (meta["width"], meta["height"], meta["video_codec"], meta["fps"]) == (320, 240, "h264", 25.0)
+    assert meta["audio_codec"] == "aac" and 12 < meta["duration"] < 14 and meta["transcribed"]
+    assert [a["kind"] for a in meta["artifacts"]] == ["thumbnail", "keyframe", "keyframe", "keyframe"]
+    assert [p.name for p in result.artifacts] == [a["file"] for a in meta["artifacts"]]
+    for path in result.artifacts:
+        assert path.parent == job.temp_dir and path.read_bytes()[:2] == b"\xff\xd8"  # JPEG
+    times = [a["time"] for a in meta["artifacts"][1:]]
+    assert times == sorted(times) and times[-1] < meta["duration"]
+    assert "- **Resolution:** 320x240" in result.markdown and "[00:00] " in result.markdown
+    assert progress == sorted(progress) and progress[-1] == 1.0
+
+
+def test_video_without_audio_is_processed_not_failed(videos: dict[str, Path], tmp_path: Path) -> None:
+    result = VideoProcessor().process(_job(videos["mute"], tmp_path, keyframes=2), CPU)
+    meta = result.metadata
+    assert meta["has_audio"] is False and meta["transcribed"] is False and meta["segments"] == []
+    assert len(result.artifacts) == 2 and meta["width"] == 320
+    assert "no audio track" in result.markdown
+
+
+def test_video_with_silent_audio_is_processed(videos: dict[str, Path], tmp_path: Path) -> None:
+    result = VideoProcessor().process(_job(videos["silent"], tmp_path), CPU)
+    assert result.metadata["has_audio"] is True and result.metadata["transcribed"] is False
+    assert "No speech detected" in result.markdown and result.artifacts == []
+
+
+@pytest.mark.parametrize("name", ["corrupt", "truncated"])
+def test_broken_video_is_bad_input(videos: dict[str, Path], tmp_path: Path, name: str) -> None:
+    with pytest.raises(BadInput, match="cannot read video"):
+        VideoProcessor().process(_job(videos[name], tmp_path), CPU)
+
+
+@pytest.mark.parametrize("options", [{"keyframes": -1}, {"keyframes": "3"}, {"thumbnails": "yes"}])
+def test_bad_frame_options(videos: dict[str, Path], tmp_path: Path, options: dict) -> None:
+    with pytest.raises(BadInput):
+        VideoProcessor().process(_job(videos["mute"], tmp_path, **options), CPU)
