@@ -22,6 +22,7 @@ class ErrorClass(StrEnum):
     timeout = "timeout"  # retried
     out_of_memory = "out_of_memory"  # retried (maybe on another worker)
     canceled = "canceled"
+    shutdown = "shutdown"  # the worker is stopping and gives the lease back: re-queued at once
     internal = "internal"  # a bug on the worker: retried until attempts run out
 
 

@@ -1,0 +1,117 @@
+"""Command line: ``python -m api serve | migrate | users ... | keys ...``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from api import db, keystore
+from api.errors import MoragError
+from api.keystore import Scope
+from api.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m api", description="morag-remote server")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info")
+
+    sub.add_parser("migrate", help="alembic upgrade head")
+
+    users = sub.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)
+    uc = users.add_parser("create", help="create a user")
+    uc.add_argument("name")
+    uc.add_argument("--no-shared-fallback", action="store_true",
+                    help="never hand this user's jobs to shared (operator) workers")
+    users.add_parser("list", help="list users")
+    us = users.add_parser("set", help="change a user's fallback settings")
+    us.add_argument("name")
+    us.add_argument("--shared-fallback", choices=["on", "off"])
+    us.add_argument("--cpu-fallback", choices=["on", "off"])
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    kc = keys.add_parser("create", help="create a key (printed once, alone on the last line)")
+    kc.add_argument("--user", required=True)
+    kc.add_argument("--scope", required=True, choices=[s.value for s in Scope])
+    keys.add_parser("list", help="list keys (never the keys themselves)")
+    kr = keys.add_parser("revoke", help="revoke a key; takes effect on its next request")
+    kr.add_argument("key_id")
+    return p
+
+
+def _onoff(v: str | None) -> bool | None:
+    return None if v is None else v == "on"
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> None:
+    url = settings.resolved_database_url()
+    await db.upgrade(url)
+    if args.cmd == "migrate":
+        print("database is at the latest schema")
+        return
+    engine = db.make_engine(url)
+    try:
+        if args.cmd == "users":
+            await _users(engine, args)
+        else:
+            await _keys(engine, args)
+    finally:
+        await engine.dispose()
+
+
+async def _users(engine: Any, args: argparse.Namespace) -> None:
+    if args.action == "create":
+        uid = await keystore.create_user(engine, args.name, shared_fallback=not args.no_shared_fallback)
+        print(f"created user {args.name} (id {uid})")
+    elif args.action == "list":
+        for u in await keystore.list_users(engine):
+            print(f"{u['id']}\t{u['name']}\tcpu_fallback={u['cpu_fallback']}\tshared_fallback={u['shared_fallback']}")
+    else:
+        await keystore.set_user_fallback(engine, args.name, cpu=_onoff(args.cpu_fallback),
+                                         shared=_onoff(args.shared_fallback))
+        print(f"updated user {args.name}")
+
+
+async def _keys(engine: Any, args: argparse.Namespace) -> None:
+    if args.action == "create":
+        key_id, key = await keystore.create_key(engine, args.user, Scope(args.scope))
+        print(f"created {args.scope} key {key_id} for {args.user}; store it now, it is not shown again:")
+        print(key)
+    elif args.action == "list":
+        print("key_id\tuser\tscope\tprefix\tcreated\trevoked\tlast_used")
+        for k in await keystore.list_keys(engine):
+            print("\t".join(str(k[c] or "-") for c in
+                            ("id", "user", "scope", "prefix", "created_at", "revoked_at", "last_used_at")))
+    else:
+        await keystore.revoke_key(engine, args.key_id)
+        print(f"revoked {args.key_id}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    if args.cmd == "serve":
+        import uvicorn
+
+        from api.app import create_app
+
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+        return 0
+    runner: Callable[[], Awaitable[None]] = lambda: _run(args, settings)  # noqa: E731
+    try:
+        asyncio.run(runner())
+    except MoragError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The FastAPI application: ``create_app(settings)`` builds one; nothing happens at import time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from api import db
+from api.errors import install_handlers
+from api.maintenance import Maintenance
+from api.notifier import Notifier
+from api.routes import files, tasks, worker
+from api.settings import Settings
+from api.state import AppState
+
+VERSION = "0.1.0"
+log = logging.getLogger("morag.api")
+
+
+def create_app(settings: Settings | None = None, *, run_migrations: bool = True) -> FastAPI:
+    """Build the server; the lifespan migrates the database and starts the upkeep loops."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        url = settings.resolved_database_url()
+        if run_migrations:
+            await db.upgrade(url)
+        engine = db.make_engine(url)
+        notifier = Notifier()
+        await notifier.start(url)
+        state = AppState(settings=settings, engine=engine, notifier=notifier, secret=settings.secret_bytes())
+        app.state.morag = state
+        for hook in app.state.startup_hooks:
+            await hook(app, state)
+        upkeep = Maintenance(state)
+        upkeep.start()
+        try:
+            yield
+        finally:
+            await upkeep.stop()
+            for hook in reversed(app.state.shutdown_hooks):
+                await hook(app, state)
+            await notifier.stop()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="morag-remote",
+        version=VERSION,
+        summary="Ingestion server for multimodal RAG with remote, user-owned workers.",
+        lifespan=lifespan,
+    )
+    app.state.startup_hooks = []
+    app.state.shutdown_hooks = []
+    install_handlers(app)
+    app.include_router(worker.router)
+    app.include_router(files.router)
+    app.include_router(tasks.router)
+
+    @app.get("/health", tags=["meta"])
+    async def health() -> dict[str, Any]:
+        """Liveness: the server is up."""
+        return {"status": "ok", "version": VERSION}
+
+    return app

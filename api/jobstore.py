@@ -1,0 +1,547 @@
+"""Every statement on the job and worker tables, one function each.
+
+State changes after the claim are fenced by the lease: ``WHERE id = :id AND lease_token = :token
+AND state = 'running'``. Zero rows is a domain error (stale lease, 409), never a silent no-op.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, func, literal, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from api.errors import Conflict, JobCanceledError, NotFound, StaleLease
+from api.ids import new_id, new_token, utcnow
+from api.keystore import Principal, Scope
+from api.models import Job, Worker
+from api.notifier import Notifier
+from api.settings import Settings
+from protocol.errors import ErrorClass
+from protocol.states import DEFAULT_LANE, FINAL_STATES, JobState, LaneKind, lane_name
+
+J = Job.__table__  # type: ignore[attr-defined]
+W = Worker.__table__  # type: ignore[attr-defined]
+
+QUEUED, RUNNING = JobState.queued.value, JobState.running.value
+
+
+@dataclass
+class NewJob:
+    content_type: str
+    lane_kind: LaneKind
+    kind: str = "process"  # process | ingest
+    file_id: str | None = None
+    source_url: str | None = None
+    options: dict[str, Any] | None = None
+    priority: int = 0
+    batch_id: str | None = None
+    document_id: str | None = None
+    webhook_url: str | None = None
+    index_options: dict[str, Any] | None = None
+
+
+def _live_since(settings: Settings, now: datetime) -> datetime:
+    return now - timedelta(seconds=settings.worker_ttl_s)
+
+
+async def _live_lanes(conn: AsyncConnection, user_id: int, since: datetime) -> tuple[bool, bool]:
+    """(a GPU-lane worker of the user is live, a CPU-lane worker of the user is live)."""
+    row = (
+        await conn.execute(
+            select(
+                func.coalesce(func.max(case((W.c.serves_gpu, 1), else_=0)), 0),
+                func.coalesce(func.max(case((W.c.serves_cpu, 1), else_=0)), 0),
+            ).where(W.c.user_id == user_id, W.c.shared.is_(False), W.c.last_seen_at > since)
+        )
+    ).one()
+    return bool(row[0]), bool(row[1])
+
+
+async def enqueue_job(
+    engine: AsyncEngine, notifier: Notifier, settings: Settings, owner: Principal, job: NewJob
+) -> str:
+    """Insert a queued job in its lane, with its fallback times, and wake waiting claims."""
+    now = utcnow()
+    user_id = owner.user_id
+    kind = LaneKind.default if user_id is None else job.lane_kind
+    fallback_at = shared_at = None
+    job_id = new_id()
+    async with engine.begin() as conn:
+        if user_id is not None and kind is not LaneKind.default:
+            gpu_live, cpu_live = await _live_lanes(conn, user_id, _live_since(settings, now))
+            if kind is LaneKind.gpu and owner.cpu_fallback:
+                fallback_at = now if not gpu_live else now + timedelta(seconds=settings.fallback_after_s)
+            if owner.shared_fallback:
+                own_live = (gpu_live or (cpu_live and owner.cpu_fallback)) if kind is LaneKind.gpu else cpu_live
+                shared_at = now if not own_live else now + timedelta(seconds=settings.shared_fallback_after_s)
+        await conn.execute(
+            J.insert().values(
+                id=job_id,
+                user_id=user_id,
+                lane=lane_name(kind, user_id),
+                content_type=job.content_type,
+                kind=job.kind,
+                file_id=job.file_id,
+                source_url=job.source_url,
+                options=job.options or {},
+                state=QUEUED,
+                stage="process",
+                priority=job.priority,
+                attempt=0,
+                max_attempts=settings.max_attempts,
+                run_after=now,
+                fallback_at=fallback_at,
+                shared_at=shared_at,
+                batch_id=job.batch_id,
+                document_id=job.document_id,
+                webhook_url=job.webhook_url,
+                index_options=job.index_options,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await notifier.publish(conn)
+    notifier.wake()
+    return job_id
+
+
+def _upsert_worker(conn: AsyncConnection, who: Principal, worker_id: str, lanes: list[LaneKind],
+                   content_types: list[str], name: str | None, version: str | None, now: datetime) -> Any:
+    values = dict(
+        key_id=who.key_id,
+        worker_id=worker_id,
+        user_id=who.user_id,
+        shared=who.scope is Scope.shared_worker,
+        serves_gpu=LaneKind.gpu in lanes,
+        serves_cpu=LaneKind.cpu in lanes,
+        content_types=",".join(content_types)[:500],
+        name=name,
+        version=version,
+        first_seen_at=now,
+        last_seen_at=now,
+    )
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    ins = dialect.insert(W).values(**values)
+    changed = {k: ins.excluded[k] for k in values if k not in ("key_id", "worker_id", "first_seen_at")}
+    return conn.execute(ins.on_conflict_do_update(index_elements=[W.c.key_id, W.c.worker_id], set_=changed))
+
+
+def _eligible(who: Principal, lanes: list[LaneKind], content_types: list[str], now: datetime) -> Any:
+    base = and_(J.c.state == QUEUED, J.c.run_after <= now, J.c.content_type.in_(content_types))
+    if who.scope is Scope.shared_worker:
+        # The operator's workers: the default lane, plus users' jobs once their shared fallback is due.
+        return and_(base, or_(J.c.lane == DEFAULT_LANE, J.c.shared_at <= now))
+    own = [lane_name(k, who.user_id) for k in lanes if k is not LaneKind.default]
+    reach = [J.c.lane.in_(own)]
+    if LaneKind.cpu in lanes and LaneKind.gpu not in lanes:
+        reach.append(and_(J.c.lane == lane_name(LaneKind.gpu, who.user_id), J.c.fallback_at <= now))
+    return and_(base, or_(*reach))
+
+
+_RETURNED = (J.c.id, J.c.lease_token, J.c.lease_expires_at, J.c.attempt, J.c.content_type, J.c.options,
+             J.c.file_id, J.c.source_url, J.c.user_id, J.c.priority)
+
+
+async def replay_claim(engine: AsyncEngine, who: Principal, claim_id: str) -> list[Row[Any]]:
+    """The jobs a previous claim with this idempotency id handed out and still holds."""
+    async with engine.begin() as conn:
+        rows = (
+            await conn.execute(
+                select(*_RETURNED).where(
+                    J.c.claim_id == f"{who.key_id}:{claim_id}", J.c.state == RUNNING, J.c.stage == "process"
+                )
+            )
+        ).all()
+    return sorted(rows, key=lambda r: (-r.priority, r.id))
+
+
+async def claim_jobs(
+    engine: AsyncEngine,
+    settings: Settings,
+    who: Principal,
+    worker_id: str,
+    lanes: list[LaneKind],
+    content_types: list[str],
+    max_jobs: int,
+    claim_id: str | None,
+    name: str | None = None,
+    version: str | None = None,
+) -> list[Row[Any]]:
+    """Lease up to ``max_jobs`` eligible jobs to this worker in one atomic statement."""
+    now = utcnow()
+    token = new_token()
+    expires = now + timedelta(seconds=settings.lease_s)
+    cond = _eligible(who, lanes, content_types, now)
+    order = (J.c.priority.desc(), J.c.id)
+    async with engine.begin() as conn:
+        await _upsert_worker(conn, who, worker_id, lanes, content_types, name, version, now)
+        is_pg = conn.dialect.name == "postgresql"
+        if who.scope is Scope.shared_worker:
+            # Fairness: the first job of every user before the second job of any user.
+            rank = func.row_number().over(partition_by=J.c.user_id, order_by=order)
+            ranked = select(J.c.id.label("id"), rank.label("rn")).where(cond).subquery("ranked")
+            top = select(ranked.c.id, ranked.c.rn).order_by(ranked.c.rn, ranked.c.id).limit(max_jobs * 2 + 8)
+            top_sq = top.subquery("top")
+            cand = (
+                select(J.c.id)
+                .join(top_sq, top_sq.c.id == J.c.id)
+                .where(J.c.state == QUEUED)
+                .order_by(top_sq.c.rn, J.c.id)
+                .limit(max_jobs)
+            )
+        else:
+            cand = select(J.c.id).where(cond).order_by(*order).limit(max_jobs)
+        values = dict(
+            state=RUNNING,
+            attempt=J.c.attempt + 1,
+            lease_token=token,
+            lease_expires_at=expires,
+            claim_id=f"{who.key_id}:{claim_id}" if claim_id else None,
+            worker_id=worker_id,
+            worker_key_id=who.key_id,
+            started_at=now,
+            updated_at=now,
+            progress=0.0,
+            progress_message="claimed",
+        )
+        if is_pg:
+            locked = cand.with_for_update(of=J, skip_locked=True).cte("locked")
+            stmt = update(J).where(J.c.id == locked.c.id).values(**values).returning(*_RETURNED)
+        else:
+            stmt = update(J).where(J.c.id.in_(cand.scalar_subquery())).values(**values).returning(*_RETURNED)
+        rows = (await conn.execute(stmt)).all()
+    return sorted(rows, key=lambda r: (-r.priority, r.id))
+
+
+async def heartbeat(
+    engine: AsyncEngine, settings: Settings, who: Principal, job_id: str, token: str,
+    progress: float | None, message: str | None,
+) -> tuple[datetime, bool]:
+    """Extend the lease and record progress: (new expiry, canceled?)."""
+    now = utcnow()
+    expires = now + timedelta(seconds=settings.lease_s)
+    values: dict[str, Any] = {"lease_expires_at": expires, "updated_at": now}
+    if progress is not None:
+        values["progress"] = progress
+    if message is not None:
+        values["progress_message"] = message
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(
+                update(J)
+                .where(J.c.id == job_id, J.c.lease_token == token, J.c.state == RUNNING, J.c.stage == "process")
+                .values(**values)
+                .returning(J.c.worker_id)
+            )
+        ).first()
+        if row is not None:
+            await conn.execute(
+                update(W).where(W.c.key_id == who.key_id, W.c.worker_id == row.worker_id).values(last_seen_at=now)
+            )
+            return expires, False
+        current = await _fenced_state(conn, job_id, token)
+    if current == JobState.canceled:
+        return now, True
+    raise StaleLease()
+
+
+async def _fenced_state(conn: AsyncConnection, job_id: str, token: str) -> str | None:
+    """The job's state when ``token`` was its lease, else raise NotFound/StaleLease."""
+    row = (await conn.execute(select(J.c.state, J.c.lease_token).where(J.c.id == job_id))).first()
+    if row is None:
+        raise NotFound("unknown job", code="job_not_found")
+    if row.lease_token != token:
+        raise StaleLease()
+    return str(row.state)
+
+
+async def complete_job(
+    engine: AsyncEngine, notifier: Notifier, job_id: str, token: str, markdown: str, metadata: dict[str, Any]
+) -> str:
+    """Store the result and finish the job (ingest jobs move on to indexing) in one transaction."""
+    now = utcnow()
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(
+                update(J)
+                .where(J.c.id == job_id, J.c.lease_token == token, J.c.state == RUNNING, J.c.stage == "process")
+                .values(
+                    state=case((J.c.kind == "ingest", literal(RUNNING)), else_=literal(JobState.succeeded.value)),
+                    stage=case((J.c.kind == "ingest", literal("index")), else_=literal("done")),
+                    result={"markdown": markdown, "metadata": metadata},
+                    progress=case((J.c.kind == "ingest", literal(0.9)), else_=literal(1.0)),
+                    progress_message=case((J.c.kind == "ingest", literal("indexing")), else_=literal("done")),
+                    lease_expires_at=None,
+                    index_next_at=now,
+                    finished_at=case((J.c.kind == "ingest", None), else_=now),
+                    updated_at=now,
+                    error=None,
+                    error_class=None,
+                )
+                .returning(J.c.state)
+            )
+        ).first()
+        if row is not None:
+            await notifier.publish(conn)
+            state = str(row.state)
+        else:
+            state = await _fenced_state(conn, job_id, token) or ""
+            replay = (await conn.execute(select(J.c.stage).where(J.c.id == job_id))).scalar()
+            if state == JobState.canceled:
+                raise JobCanceledError()
+            if replay == "process" or state not in (JobState.succeeded, RUNNING):
+                raise StaleLease()
+            # Same lease, already completed: a retried completion gets the same answer.
+    notifier.wake()
+    return state
+
+
+def retry_delay(settings: Settings, attempt: int) -> float:
+    """Exponential backoff with full jitter in [0.5, 1.5) of the step, capped."""
+    step = min(settings.retry_max_s, settings.retry_base_s * 2 ** max(attempt - 1, 0))
+    return float(step * (0.5 + random.random()))
+
+
+async def fail_job(
+    engine: AsyncEngine, notifier: Notifier, settings: Settings, job_id: str, token: str,
+    error: str, error_class: ErrorClass, retryable: bool,
+) -> tuple[str, datetime | None]:
+    """Record a failure: retry later, or end ``failed`` / ``dead``. Returns (state, retry_at)."""
+    now = utcnow()
+    async with engine.begin() as conn:
+        cur = (
+            await conn.execute(
+                select(J.c.attempt, J.c.max_attempts)
+                .where(J.c.id == job_id, J.c.lease_token == token, J.c.state == RUNNING, J.c.stage == "process")
+                .with_for_update()
+            )
+        ).first()
+        if cur is None:
+            state = await _fenced_state(conn, job_id, token)
+            if state == JobState.canceled:
+                return JobState.canceled.value, None
+            raise StaleLease()
+        retry_at: datetime | None = None
+        values: dict[str, Any] = {"error": error, "error_class": error_class.value, "updated_at": now,
+                                  "lease_token": None, "lease_expires_at": None}
+        if error_class is ErrorClass.shutdown:
+            # The worker gave the job back while shutting down: not the job's fault, run it at once.
+            values.update(state=QUEUED, run_after=now, attempt=max(cur.attempt - 1, 0), worker_id=None)
+            retry_at = now
+        elif not retryable:
+            values.update(state=JobState.failed.value, finished_at=now)
+        elif cur.attempt >= cur.max_attempts:
+            values.update(state=JobState.dead.value, finished_at=now,
+                          error=f"{error} (gave up after {cur.attempt} attempts)")
+        else:
+            retry_at = now + timedelta(seconds=retry_delay(settings, cur.attempt))
+            values.update(state=QUEUED, run_after=retry_at, worker_id=None,
+                          progress_message=f"retrying after: {error[:200]}")
+        await conn.execute(update(J).where(J.c.id == job_id, J.c.lease_token == token).values(**values))
+        if values["state"] == QUEUED:
+            await notifier.publish(conn)
+    if values["state"] == QUEUED:
+        notifier.wake()
+    return str(values["state"]), retry_at
+
+
+async def release_expired(engine: AsyncEngine, notifier: Notifier) -> int:
+    """Return jobs with expired leases to the queue (``dead`` once out of attempts)."""
+    now = utcnow()
+    out_of_attempts = J.c.attempt >= J.c.max_attempts
+    async with engine.begin() as conn:
+        res = await conn.execute(
+            update(J)
+            .where(J.c.state == RUNNING, J.c.stage == "process", J.c.lease_expires_at < now)
+            .values(
+                state=case((out_of_attempts, literal(JobState.dead.value)), else_=literal(QUEUED)),
+                error=case(
+                    (out_of_attempts, literal("the lease expired on every attempt (the worker died or hung)")),
+                    else_=literal("the lease expired (worker lost); retrying"),
+                ),
+                error_class=literal(ErrorClass.timeout.value),
+                finished_at=case((out_of_attempts, now), else_=None),
+                lease_token=None,
+                lease_expires_at=None,
+                worker_id=None,
+                run_after=now,
+                updated_at=now,
+            )
+        )
+        count = int(res.rowcount or 0)
+        if count:
+            await notifier.publish(conn)
+    if count:
+        notifier.wake()
+    return count
+
+
+async def sweep_fallback(engine: AsyncEngine, notifier: Notifier, settings: Settings) -> int:
+    """Make jobs of users whose lane has no live worker claimable by their fallback now."""
+    now = utcnow()
+    since = _live_since(settings, now)
+    live = select(W.c.user_id).where(W.c.shared.is_(False), W.c.last_seen_at > since)
+    gpu_live = live.where(W.c.serves_gpu)
+    cpu_live = live.where(W.c.serves_cpu)
+    async with engine.begin() as conn:
+        a = await conn.execute(
+            update(J)
+            .where(J.c.state == QUEUED, J.c.fallback_at > now, J.c.user_id.not_in(gpu_live))
+            .values(fallback_at=now)
+        )
+        gpu_lane = J.c.lane.like("gpu-tasks-%")
+        b = await conn.execute(
+            update(J)
+            .where(
+                J.c.state == QUEUED,
+                J.c.shared_at > now,
+                or_(
+                    and_(gpu_lane, J.c.user_id.not_in(gpu_live), J.c.user_id.not_in(cpu_live)),
+                    and_(~gpu_lane, J.c.user_id.not_in(cpu_live)),
+                ),
+            )
+            .values(shared_at=now)
+        )
+        count = int((a.rowcount or 0) + (b.rowcount or 0))
+        if count:
+            await notifier.publish(conn)
+    if count:
+        notifier.wake()
+    return count
+
+
+async def cancel_job(engine: AsyncEngine, user_id: int | None, job_id: str) -> str:
+    """Cancel a queued or running job of this user; a running one learns it at its next heartbeat."""
+    now = utcnow()
+    async with engine.begin() as conn:
+        res = await conn.execute(
+            update(J)
+            .where(J.c.id == job_id, _owner(user_id), J.c.state.in_([QUEUED, RUNNING]))
+            .values(state=JobState.canceled.value, finished_at=now, updated_at=now, lease_expires_at=None,
+                    progress_message="canceled")
+        )
+        if res.rowcount:
+            return JobState.canceled.value
+        state = (await conn.execute(select(J.c.state).where(J.c.id == job_id, _owner(user_id)))).scalar()
+    if state is None:
+        raise NotFound("no such task", code="task_not_found")
+    raise Conflict(f"the task already ended ({state})", code="task_finished")
+
+
+def _owner(user_id: int | None) -> Any:
+    return J.c.user_id.is_(None) if user_id is None else J.c.user_id == user_id
+
+
+async def get_job(engine: AsyncEngine, user_id: int | None, job_id: str) -> dict[str, Any]:
+    async with engine.begin() as conn:
+        row = (await conn.execute(select(J).where(J.c.id == job_id, _owner(user_id)))).mappings().first()
+    if row is None:
+        raise NotFound("no such task", code="task_not_found")
+    return dict(row)
+
+
+async def get_job_any(engine: AsyncEngine, job_id: str) -> dict[str, Any] | None:
+    async with engine.begin() as conn:
+        row = (await conn.execute(select(J).where(J.c.id == job_id))).mappings().first()
+    return dict(row) if row else None
+
+
+async def list_jobs(
+    engine: AsyncEngine, user_id: int | None, state: str | None, cursor: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """The user's jobs, newest first; ``cursor`` is the last id of the previous page."""
+    q = select(J).where(_owner(user_id))
+    if state:
+        q = q.where(J.c.state == state)
+    if cursor:
+        q = q.where(J.c.id < cursor)
+    async with engine.begin() as conn:
+        rows = (await conn.execute(q.order_by(J.c.id.desc()).limit(limit))).mappings().all()
+    return [dict(r) for r in rows]
+
+
+async def queue_stats(engine: AsyncEngine, settings: Settings, user_id: int | None) -> list[dict[str, Any]]:
+    """Per lane: jobs by state, oldest waiting age, workers online (the caller's lanes + default)."""
+    now = utcnow()
+    lanes = [DEFAULT_LANE]
+    if user_id is not None:
+        lanes = [lane_name(LaneKind.gpu, user_id), lane_name(LaneKind.cpu, user_id), DEFAULT_LANE]
+    async with engine.begin() as conn:
+        counts = (
+            await conn.execute(
+                select(J.c.lane, J.c.state, func.count(), func.min(J.c.created_at))
+                .where(J.c.lane.in_(lanes))
+                .group_by(J.c.lane, J.c.state)
+            )
+        ).all()
+        since = _live_since(settings, now)
+        workers = (
+            await conn.execute(
+                select(W.c.user_id, W.c.shared, W.c.serves_gpu, W.c.serves_cpu).where(W.c.last_seen_at > since)
+            )
+        ).all()
+    out = []
+    for lane in lanes:
+        by_state = {s.value: 0 for s in JobState}
+        oldest = None
+        for row in counts:
+            if row[0] == lane:
+                by_state[row[1]] = int(row[2])
+                if row[1] == QUEUED:
+                    oldest = row[3]
+        if lane == DEFAULT_LANE:
+            online = sum(1 for w in workers if w.shared)
+        else:
+            gpu = lane.startswith("gpu-")
+            online = sum(1 for w in workers if not w.shared and w.user_id == user_id
+                         and (w.serves_gpu if gpu else w.serves_cpu))
+        out.append({
+            "lane": lane,
+            **by_state,
+            "oldest_queued_age_s": round((now - oldest).total_seconds(), 3) if oldest else None,
+            "workers_online": online,
+        })
+    return out
+
+
+async def list_workers(engine: AsyncEngine, settings: Settings, user_id: int | None) -> list[dict[str, Any]]:
+    """The user's workers with their current jobs."""
+    now = utcnow()
+    async with engine.begin() as conn:
+        workers = (
+            await conn.execute(select(W).where(W.c.user_id == user_id).order_by(W.c.last_seen_at.desc()))
+        ).mappings().all()
+        running = (
+            await conn.execute(
+                select(J.c.id, J.c.worker_key_id, J.c.worker_id)
+                .where(J.c.state == RUNNING, J.c.stage == "process", J.c.worker_key_id.is_not(None))
+            )
+        ).all()
+    since = _live_since(settings, now)
+    out = []
+    for w in workers:
+        lanes = [k for k, on in (("gpu", w["serves_gpu"]), ("cpu", w["serves_cpu"])) if on]
+        out.append({
+            "worker_id": w["worker_id"],
+            "name": w["name"],
+            "key_id": w["key_id"],
+            "shared": w["shared"],
+            "lanes": lanes,
+            "content_types": [c for c in (w["content_types"] or "").split(",") if c],
+            "version": w["version"],
+            "first_seen_at": w["first_seen_at"],
+            "last_seen_at": w["last_seen_at"],
+            "online": w["last_seen_at"] > since,
+            "current_jobs": [r.id for r in running if r.worker_key_id == w["key_id"] and r.worker_id == w["worker_id"]],
+        })
+    return out
+
+
+def is_final(state: str) -> bool:
+    return state in {s.value for s in FINAL_STATES}

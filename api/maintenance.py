@@ -1,0 +1,100 @@
+"""Background upkeep inside the server: expired leases, lane fallback, file retention."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import and_, delete, select, update
+
+from api import jobstore
+from api.filestore import F, files_dir
+from api.ids import utcnow
+from api.models import Job
+from api.state import AppState
+
+log = logging.getLogger("morag.maintenance")
+J = Job.__table__  # type: ignore[attr-defined]
+FINAL = ["succeeded", "failed", "canceled", "dead"]
+
+
+async def schedule_finished_files(state: AppState) -> int:
+    """Files whose jobs have all ended get a deletion time (after the retention period)."""
+    from datetime import timedelta
+
+    now = utcnow()
+    unfinished = select(J.c.file_id).where(J.c.file_id.is_not(None), J.c.state.not_in(FINAL))
+    used = select(J.c.file_id).where(J.c.file_id.is_not(None))
+    async with state.engine.begin() as conn:
+        res = await conn.execute(
+            update(F)
+            .where(F.c.delete_after.is_(None), F.c.id.in_(used), F.c.id.not_in(unfinished))
+            .values(delete_after=now + timedelta(seconds=state.settings.file_retention_s))
+        )
+    return int(res.rowcount or 0)
+
+
+async def sweep_files(state: AppState) -> int:
+    """Delete files past their retention, and orphans on disk that no row knows."""
+    now = utcnow()
+    async with state.engine.begin() as conn:
+        due = (await conn.execute(select(F.c.id, F.c.path).where(and_(F.c.delete_after <= now)))).all()
+        if due:
+            await conn.execute(delete(F).where(F.c.id.in_([d.id for d in due])))
+    folder = files_dir(state.settings)
+    for d in due:
+        (folder / d.path).unlink(missing_ok=True)
+    # Orphans: files on disk without a row (a crash between write and insert), older than an hour.
+    async with state.engine.begin() as conn:
+        known = {r.path for r in (await conn.execute(select(F.c.path))).all()}
+    removed = len(due)
+    cutoff = now.timestamp() - 3600
+    for path in folder.iterdir():
+        name = path.name.removesuffix(".part")
+        if path.name not in known and name not in known and path.stat().st_mtime < cutoff:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+async def _every(interval: float, name: str, fn: Callable[[], Awaitable[object]]) -> None:
+    while True:
+        try:
+            await fn()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # keep the loop alive: a passing database error must not stop upkeep
+            log.exception("%s failed", name)
+        await asyncio.sleep(interval)
+
+
+class Maintenance:
+    """Starts and stops the upkeep loops of one server process."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        s = self.state
+        interval = s.settings.reaper_interval_s
+        self.tasks = [
+            asyncio.create_task(_every(interval, "lease reaper", lambda: jobstore.release_expired(s.engine, s.notifier))),
+            asyncio.create_task(
+                _every(interval, "fallback sweep", lambda: jobstore.sweep_fallback(s.engine, s.notifier, s.settings))
+            ),
+            asyncio.create_task(_every(60.0, "file retention", lambda: self._files())),
+        ]
+
+    async def _files(self) -> None:
+        await schedule_finished_files(self.state)
+        await sweep_files(self.state)
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

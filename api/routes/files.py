@@ -1,0 +1,47 @@
+"""Signed downloads of input files for the worker holding the job's lease."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse
+
+from api import filestore, jobstore
+from api.auth import worker_access
+from api.errors import Forbidden, NotFound
+from api.keystore import Principal, Scope
+from protocol import paths, signing
+from protocol.states import JobState
+
+router = APIRouter(tags=["worker"])
+
+
+@router.get(paths.FILES, response_class=FileResponse, responses={206: {"description": "Partial content"}})
+async def download(
+    file_id: str,
+    request: Request,
+    job: str = Query(..., max_length=64),
+    exp: int = Query(...),
+    sig: str = Query(..., max_length=128),
+    who: Principal = Depends(worker_access),
+) -> FileResponse:
+    """Stream a job's input file (Range supported) to the worker holding its lease."""
+    state = request.app.state.morag
+    row = await jobstore.get_job_any(state.engine, job)
+    # One answer for every mismatch, so a probe learns nothing about other users' files.
+    denied = NotFound("no such file, or the link is not valid for this key", code="file_not_found")
+    if row is None or row["file_id"] != file_id or row["state"] != JobState.running or not row["lease_token"]:
+        raise denied
+    if not signing.verify(state.secret, sig, file_id, job, row["lease_token"], exp):
+        raise Forbidden("the download link is invalid or expired; claim the job again", code="bad_signature")
+    if who.scope is Scope.shared_worker:
+        if row["worker_key_id"] != who.key_id:
+            raise denied
+    elif row["user_id"] != who.user_id:
+        raise denied
+    f = await filestore.get_file(state.engine, file_id)
+    if f is None:
+        raise denied
+    path = filestore.file_path(state.settings, f)
+    if not path.exists():
+        raise denied
+    return FileResponse(path, media_type="application/octet-stream", filename=f["original_name"] or file_id)

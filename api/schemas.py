@@ -1,0 +1,113 @@
+"""Client-facing request and answer bodies (the /api/v1 surface)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.states import ContentType
+
+
+class IngestURLRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=4096)
+    content_type: ContentType | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    lane: Literal["gpu", "cpu"] | None = None
+    priority: int = Field(default=0, ge=-100, le=100)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    document_id: str | None = Field(default=None, max_length=200)
+    replace_existing: bool = False
+    webhook_url: str | None = Field(default=None, max_length=2048)
+
+
+class TaskCreated(BaseModel):
+    task_id: str
+    status: str
+
+
+class TaskStatus(BaseModel):
+    task_id: str
+    status: str
+    stage: str
+    progress: float
+    message: str | None
+    content_type: str
+    lane: str
+    attempts: int
+    max_attempts: int
+    worker_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: dict[str, Any] | None
+    error: str | None
+    error_class: str | None
+    batch_id: str | None = None
+    document_id: str | None = None
+
+
+class TaskList(BaseModel):
+    tasks: list[TaskStatus]
+    next_cursor: str | None
+
+
+class LaneStats(BaseModel):
+    lane: str
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    canceled: int
+    dead: int
+    oldest_queued_age_s: float | None
+    workers_online: int
+
+
+class QueueStats(BaseModel):
+    lanes: list[LaneStats]
+
+
+class WorkerInfo(BaseModel):
+    worker_id: str
+    name: str | None
+    key_id: str
+    shared: bool
+    lanes: list[str]
+    content_types: list[str]
+    version: str | None
+    first_seen_at: datetime
+    last_seen_at: datetime
+    online: bool
+    current_jobs: list[str]
+
+
+class WorkerList(BaseModel):
+    workers: list[WorkerInfo]
+
+
+def task_status(row: dict[str, Any]) -> TaskStatus:
+    """A job row as the client sees it."""
+    return TaskStatus(
+        task_id=row["id"],
+        status=row["state"],
+        stage=row["stage"],
+        progress=row["progress"],
+        message=row["progress_message"],
+        content_type=row["content_type"],
+        lane=row["lane"],
+        attempts=row["attempt"],
+        max_attempts=row["max_attempts"],
+        worker_id=row["worker_id"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        result=row["result"],
+        error=row["error"],
+        error_class=row["error_class"],
+        batch_id=row["batch_id"],
+        document_id=row["document_id"],
+    )

@@ -1,0 +1,82 @@
+"""Server settings: one object per process, read from ``MORAG_*`` environment variables.
+
+Every limit lives here with a default that runs on one machine with nothing else installed.
+docs/configuration.md lists them all (a test keeps that list complete).
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MORAG_", env_file=None, extra="ignore")
+
+    # Storage
+    data_dir: Path = Field(Path("./data"), description="Embedded database, uploaded files, vector store.")
+    database_url: str | None = Field(
+        None, description="postgresql+asyncpg://... for PostgreSQL; default SQLite in data_dir."
+    )
+    secret_key: str | None = Field(
+        None,
+        description="Signs download URLs and webhooks, encrypts cookies. Default: generated once "
+        "and kept in data_dir/secret.key.",
+    )
+    public_url: str | None = Field(
+        None, description="Base URL workers use to reach this server (default: the request's own)."
+    )
+
+    # Access
+    allow_anonymous: bool = Field(False, description="Accept requests without a key (default lane).")
+
+    # Leases and claims
+    lease_s: float = Field(60.0, gt=1, description="Lease length; workers heartbeat at a third of it.")
+    claim_wait_max_s: float = Field(30.0, ge=0, le=30, description="Longest long-poll a claim may ask for.")
+    claim_recheck_s: float = Field(
+        1.0, gt=0, description="A waiting claim re-checks at least this often (timers, fallback)."
+    )
+    max_attempts: int = Field(3, ge=1, description="Attempts before a job ends `dead`.")
+    retry_base_s: float = Field(5.0, ge=0, description="First retry delay; doubles per attempt, jittered.")
+    retry_max_s: float = Field(600.0, ge=0, description="Longest retry delay.")
+    reaper_interval_s: float = Field(1.0, gt=0, description="How often expired leases are reclaimed.")
+    signed_url_ttl_s: float = Field(3600.0, gt=0, description="Validity of a signed download URL.")
+
+    # Lanes and fallback
+    worker_ttl_s: float = Field(60.0, gt=0, description="A worker not seen for this long is offline.")
+    fallback_after_s: float = Field(
+        300.0, ge=0, description="A GPU-lane job waiting this long becomes claimable by the user's CPU workers."
+    )
+    shared_fallback_after_s: float = Field(
+        900.0, ge=0, description="A user's job waiting this long becomes claimable by shared workers."
+    )
+
+    # Uploads
+    max_upload_bytes: int = Field(5 * 1024**3, gt=0, description="Largest accepted upload (413 past it).")
+    upload_chunk_bytes: int = Field(1024 * 1024, gt=0, description="Read size while streaming uploads.")
+    file_retention_s: float = Field(
+        3600.0, ge=0, description="Input files are removed this long after their job ends."
+    )
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'morag.db').resolve()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url().startswith("sqlite")
+
+    def secret_bytes(self) -> bytes:
+        """The server secret; generated once into data_dir/secret.key when not configured."""
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip().encode()
