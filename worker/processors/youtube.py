@@ -30,7 +30,7 @@ DOWNLOAD_SPAN = 0.3  # share of the progress bar the download takes; transcripti
 # Checked in this order: "Private video. Sign in if you've been granted access" is private, not auth.
 _BAD_INPUT = (
     "private video", "video unavailable", "has been removed", "no longer available", "been terminated",
-    "not available in your country", "geo restrict", "unsupported url", "not a valid url",
+    "available in your country", "geo restrict", "unsupported url", "not a valid url",
     "http error 404", "http error 410", "does not exist", "no video formats", "format is not available",
     "copyright", "is not available",
 )  # fmt: skip
