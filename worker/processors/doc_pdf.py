@@ -8,6 +8,7 @@ rendering the page (pypdfium2) and running pytesseract in the text pipeline.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from functools import cache
@@ -32,6 +33,11 @@ class PdfInfo:
     chars_per_page: list[int]
 
 
+def _has_no_pages(path: Path) -> bool:
+    data = path.read_bytes()[:20_000_000]
+    return bool(re.search(rb"/Count\s*0\b", data)) and not re.search(rb"/Type\s*/Page(?![a-zA-Z])", data)
+
+
 def inspect_pdf(path: Path) -> PdfInfo:
     """Open the PDF with pdfium; raise BadInput for encrypted, corrupt or zero-page files."""
     import pypdfium2 as pdfium
@@ -39,7 +45,7 @@ def inspect_pdf(path: Path) -> PdfInfo:
     try:
         pdf = pdfium.PdfDocument(str(path))
     except pdfium.PdfiumError as exc:
-        if getattr(exc, "err_code", None) == 0:  # pdfium refuses a PDF without pages, naming no error
+        if _has_no_pages(path):  # pdfium refuses a PDF without pages, with no clear error
             raise BadInput("the PDF has no pages") from exc
         if "password" in str(exc).lower():
             raise BadInput(
