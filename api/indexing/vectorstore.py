@@ -108,7 +108,13 @@ class VectorStore:
     def _open(self) -> QdrantClient:
         if self._client is None:
             if self._url:
-                self._client = QdrantClient(url=self._url, api_key=self._api_key, timeout=int(self._timeout))
+                # No version probe at construction: ensure_collection's first call reports reachability.
+                self._client = QdrantClient(
+                    url=self._url,
+                    api_key=self._api_key,
+                    timeout=int(self._timeout),
+                    check_compatibility=False,
+                )
             else:
                 # Local mode keeps a sqlite handle; calls come from varying threads but never at once.
                 self._client = QdrantClient(
