@@ -9,7 +9,9 @@ of the input that starts at a word's first character and ends at a word's last o
 
 from __future__ import annotations
 
+import bisect
 import re
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +21,8 @@ from api.indexing.config import check_chunk_options
 _WORD = re.compile(r"\S+")
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.*?)[ \t#]*$")
 _PAGE_HEADING = re.compile(r"^#{1,6}[ \t]+page[ \t]+(\d+)[ \t#]*$", re.IGNORECASE)
-_PAGE_COMMENT = re.compile(r"^<!--\s*page[ \t:=]*(\d+)\s*-->$", re.IGNORECASE)
+# docling output as the document processor writes it: pages, and pptx slides / xlsx sheets as pages.
+_PAGE_COMMENT = re.compile(r"^<!--\s*(?:page|slide|sheet)[ \t:=]*(\d+)\s*-->$", re.IGNORECASE)
 _PAGE_BREAK = re.compile(r"^<!--\s*page[ _-]?break\s*-->$", re.IGNORECASE)
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _SENTENCE_END = frozenset(".!?:;")
@@ -125,9 +128,32 @@ def _as_int(value: Any) -> int | None:
         return None
 
 
-def _blocks(markdown: str, sections: Any) -> Iterator[_Block]:
-    """Runs of markdown under one heading path on one page (or page range)."""
+def _page_spans(pages: Any) -> list[tuple[int, int, int]]:
+    """(start, end, page) character ranges of pages in the markdown (metadata ``pages``)."""
+    spans = []
+    if isinstance(pages, list):
+        for p in pages:
+            if isinstance(p, Mapping):
+                start, end, page = _as_int(p.get("start")), _as_int(p.get("end")), _as_int(p.get("page"))
+                if start is not None and end is not None and page is not None:
+                    spans.append((start, end, page))
+    return sorted(spans)
+
+
+def _page_at(spans: list[tuple[int, int, int]], offset: int) -> int | None:
+    """The page holding `offset`, else the last page starting before it."""
+    i = bisect.bisect_right(spans, (offset, sys.maxsize, sys.maxsize)) - 1
+    return spans[i][2] if i >= 0 else None
+
+
+def _blocks(markdown: str, sections: Any, pages: Any = None) -> Iterator[_Block]:
+    """Runs of markdown under one heading path on one page (or page range).
+
+    Pages come from markers in the markdown, else from ``pages`` character offsets, else from
+    the page range of the ``sections`` entry whose heading matches.
+    """
     section_pages = _section_pages(sections)
+    page_spans = _page_spans(pages)
     markers = any(
         _PAGE_HEADING.match(ln.strip()) or _PAGE_COMMENT.match(ln.strip()) or _PAGE_BREAK.match(ln.strip())
         for ln in markdown.splitlines()
@@ -136,17 +162,38 @@ def _blocks(markdown: str, sections: Any) -> Iterator[_Block]:
     page: int | None = 1 if markers else None
     page_end: int | None = page
     lines: list[str] = []
+    offsets: list[int] = []  # where each line of `lines` starts in the markdown
     in_fence = False
 
     def flush() -> Iterator[_Block]:
         text = "\n".join(lines)
-        body = [ln for ln in lines if ln.strip() and not _HEADING.match(ln.strip())]
+        body = [
+            (o, ln)
+            for o, ln in zip(offsets, lines, strict=True)
+            if ln.strip() and not _HEADING.match(ln.strip())
+        ]
         lines.clear()
-        if body:  # a heading alone lives on in its children's heading path
-            yield _Block(text, tuple(t for _, t in stack), page, page_end)
+        offsets.clear()
+        if not body:  # a heading alone lives on in its children's heading path
+            return
+        first, last = page, page_end
+        if page_spans and not markers:
+            first = _page_at(page_spans, body[0][0])
+            last = _page_at(page_spans, body[-1][0] + len(body[-1][1]) - 1)
+        yield _Block(text, tuple(t for _, t in stack), first, last)
 
-    for line in markdown.splitlines():
+    pos = 0
+    for raw in markdown.splitlines(keepends=True):
+        line, line_start = raw.rstrip("\r\n"), pos
+        pos += len(raw)
         stripped = line.strip()
+        if (
+            page_spans
+            and not markers
+            and lines
+            and _page_at(page_spans, line_start) != _page_at(page_spans, offsets[-1])
+        ):
+            yield from flush()  # a new page (by the processor's offsets) starts a new block
         if _FENCE.match(line):
             in_fence = not in_fence
         elif not in_fence and (m := _PAGE_HEADING.match(stripped) or _PAGE_COMMENT.match(stripped)):
@@ -167,13 +214,14 @@ def _blocks(markdown: str, sections: Any) -> Iterator[_Block]:
             if queue and not markers:
                 page, page_end = queue.pop(0)
         lines.append(line)
+        offsets.append(line_start)
     yield from flush()
 
 
-def chunk_markdown(markdown: str, sections: Any, size: int, overlap: int) -> list[Chunk]:
+def chunk_markdown(markdown: str, sections: Any, size: int, overlap: int, pages: Any = None) -> list[Chunk]:
     """Chunks of a document, cut at headings and pages first, then by size."""
     chunks: list[Chunk] = []
-    for block in _blocks(markdown, sections):
+    for block in _blocks(markdown, sections, pages):
         loc = ChunkLocation(page=block.page, page_end=block.page_end, heading_path=block.heading_path)
         for s, e in split_text(block.text, size, overlap):
             chunks.append(Chunk(len(chunks), block.text[s:e], loc))
@@ -236,4 +284,4 @@ def chunk_document(
     segments = metadata.get("segments")
     if isinstance(segments, list) and any(isinstance(s, Mapping) and s.get("text") for s in segments):
         return chunk_segments(segments, size, overlap)
-    return chunk_markdown(markdown, metadata.get("sections"), size, overlap)
+    return chunk_markdown(markdown, metadata.get("sections"), size, overlap, metadata.get("pages"))

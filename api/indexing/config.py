@@ -25,7 +25,7 @@ class IndexConfig:
     embed_max_retries: int = 5  # retries after the first try on 429/5xx/transport errors
     embed_backoff_factor_s: float = 1.0  # first backoff wait; doubles each retry
     embed_backoff_max_s: float = 60.0
-    local_batch_size: int = 32  # texts per onnxruntime run
+    local_batch_size: int = 16  # texts per onnxruntime run
     # Qdrant: a server when qdrant_url is set, else local mode in qdrant_path (":memory:" if None).
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None

@@ -83,7 +83,7 @@ class LocalMiniLM:
         model_path: Path | None = None,
         tokenizer_path: Path | None = None,
         *,
-        batch_size: int = 32,
+        batch_size: int = 16,
         max_length: int = 256,  # the window sentence-transformers uses for this model
     ) -> None:
         if model_path is None or tokenizer_path is None:
@@ -203,7 +203,9 @@ class GeminiEmbedder:
 
         config = self._types.EmbedContentConfig(output_dimensionality=self.dimension)
         try:
-            res = await self._client.aio.models.embed_content(model=self.name, contents=batch, config=config)
+            contents: Any = batch  # list[str] is valid; the SDK's union type is invariant for mypy
+            models = self._client.aio.models
+            res = await models.embed_content(model=self.name, contents=contents, config=config)
         except errors.APIError as exc:
             if exc.code == 429 or (exc.code or 0) >= 500:
                 raise _Transient(f"HTTP {exc.code}: {exc.message or exc}") from exc

@@ -108,6 +108,21 @@ def test_sections_metadata_gives_page_ranges_when_no_markers() -> None:
     assert [(c.location.page, c.location.page_end) for c in chunks] == [(1, 1), (2, 4), (5, 5)]
 
 
+def test_slide_markers_and_page_offsets_give_pages() -> None:
+    slides = "<!-- slide 1 -->\n\n# Welcome\n\nHello.\n\n<!-- slide 2 -->\n\nAgenda items."
+    assert [c.location.page for c in chunk_document(slides, {}, size=100, overlap=0)] == [1, 2]
+    # No markers: the processor's character offsets of each page decide, even inside one section.
+    md = "# Title\n\nAlpha text on page one.\nMore alpha.\nBeta text on page two.\n"
+    b = md.index("Beta")
+    pages = [{"page": 1, "start": 0, "end": b}, {"page": 2, "start": b, "end": len(md)}]
+    chunks = chunk_document(md, {"pages": pages}, size=200, overlap=0)
+    assert [(c.location.page, c.location.page_end, c.text.split()[-1]) for c in chunks] == [
+        (1, 1, "alpha."),
+        (2, 2, "two."),
+    ]
+    assert all(c.location.heading_path == ("Title",) for c in chunks)
+
+
 def test_page_breaks_without_numbers_count_from_one() -> None:
     md = "first page text\n<!-- page break -->\nsecond page text\n<!-- page break -->\nthird"
     assert [c.location.page for c in chunk_document(md, None, size=100, overlap=0)] == [1, 2, 3]
