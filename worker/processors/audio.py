@@ -113,7 +113,9 @@ def decode(path: Path) -> Any:
     except MemoryError as exc:
         raise OutOfMemory(f"out of memory decoding {path.name}") from exc
     except Exception as exc:  # PyAV raises InvalidDataError, IndexError (no audio stream), ...
-        raise BadInput(f"cannot decode audio from {path.name}: corrupt, truncated or not audio ({exc})") from exc
+        raise BadInput(
+            f"cannot decode audio from {path.name}: corrupt, truncated or not audio ({exc})"
+        ) from exc
     if len(audio) < SAMPLE_RATE // 10:
         raise BadInput(f"{path.name} contains no audio (empty or truncated)")
     return audio
@@ -145,14 +147,21 @@ def transcribe_file(
             segments.append(Segment(float(seg.start), float(seg.end), seg.text.strip()))
             words.append(
                 [
-                    {"start": float(w.start), "end": float(w.end), "word": w.word.strip(),
-                     "probability": round(float(w.probability), 3)}
+                    {
+                        "start": float(w.start),
+                        "end": float(w.end),
+                        "word": w.word.strip(),
+                        "probability": round(float(w.probability), 3),
+                    }
                     for w in seg.words or []
                 ]
             )
             fraction = low + (high - low) * min(1.0, float(seg.end) / duration)
-            job.progress(fraction, f"transcribed {transcript.format_timestamp(seg.end)} of "
-                         f"{transcript.format_timestamp(duration)}")
+            job.progress(
+                fraction,
+                f"transcribed {transcript.format_timestamp(seg.end)} of "
+                f"{transcript.format_timestamp(duration)}",
+            )
     except Exception as exc:
         if is_out_of_memory(exc):
             raise OutOfMemory(f"out of memory transcribing on {loaded.device}: {exc}") from exc
