@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Any
 
-from docling_core.types.doc import DoclingDocument, SectionHeaderItem, TextItem, TitleItem
+from docling_core.types.doc.document import DoclingDocument
+from docling_core.types.doc.items.text import SectionHeaderItem, TextItem, TitleItem
 
 
 @dataclass
