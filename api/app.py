@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import db
+from api import cookies, db, webhooks
 from api.errors import install_handlers
 from api.maintenance import Maintenance
 from api.notifier import Notifier
@@ -55,8 +55,9 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         summary="Ingestion server for multimodal RAG with remote, user-owned workers.",
         lifespan=lifespan,
     )
-    app.state.startup_hooks = []
-    app.state.shutdown_hooks = []
+    # Client API: users' cookies for workers, webhooks on final states.
+    app.state.startup_hooks = [cookies.startup, webhooks.startup]
+    app.state.shutdown_hooks = [webhooks.shutdown]
     install_handlers(app)
     app.include_router(worker.router)
     app.include_router(files.router)

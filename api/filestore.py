@@ -1,4 +1,11 @@
-"""Input files: streamed to the data directory with a size limit, hashed on the way in."""
+"""Input files: streamed to the data directory with a size limit, hashed on the way in.
+
+A :class:`FileSink` receives the bytes of one upload as they arrive (from the streaming multipart
+parser in ``api.multipart``): it enforces ``MORAG_MAX_UPLOAD_BYTES`` on every chunk, hashes with
+SHA-256 and keeps the first bytes for content detection. Until ``finish`` renames it, the file is
+``<id>.part``; any failure (too large, disk full, client gone) removes it, so nothing
+half-written stays behind.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ import os
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,6 +28,7 @@ from api.settings import Settings
 
 F = StoredFile.__table__  # type: ignore[attr-defined]
 SNIFF_BYTES = 8192
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def files_dir(settings: Settings) -> Path:
@@ -36,6 +44,108 @@ def detect_mime(head: bytes) -> str:
     return str(magic.from_buffer(head, mime=True))
 
 
+def _storage_error(exc: OSError) -> Exception:
+    if exc.errno in _DISK_FULL:
+        return InsufficientStorage()
+    return exc
+
+
+class FileSink:
+    """One upload being written: limit, hash and sniffing on every chunk; atomic rename at the end."""
+
+    def __init__(self, settings: Settings, user_id: int | None, original_name: str | None) -> None:
+        self.settings = settings
+        self.user_id = user_id
+        self.original_name = (original_name or "")[:500] or None
+        self.file_id = new_id()
+        self.final = files_dir(settings) / self.file_id
+        self.partial = self.final.with_suffix(".part")
+        self.size = 0
+        self.head = b""
+        self._digest = hashlib.sha256()
+        self._out: IO[bytes] | None = None
+        try:
+            self._out = open(self.partial, "wb")
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+
+    def write(self, chunk: bytes) -> None:
+        """Append a chunk; raises PayloadTooLarge / InsufficientStorage after removing the partial file."""
+        if not chunk:
+            return
+        try:
+            self.size += len(chunk)
+            if self.size > self.settings.max_upload_bytes:
+                raise PayloadTooLarge(
+                    f"the upload exceeds MORAG_MAX_UPLOAD_BYTES ({self.settings.max_upload_bytes} bytes)",
+                    code="upload_too_large",
+                )
+            if len(self.head) < SNIFF_BYTES:
+                self.head += chunk[: SNIFF_BYTES - len(self.head)]
+            self._digest.update(chunk)
+            assert self._out is not None
+            self._out.write(chunk)
+        except OSError as exc:
+            self.abort()
+            raise _storage_error(exc) from exc
+        except BaseException:
+            self.abort()
+            raise
+
+    def finish(self) -> dict[str, Any]:
+        """Close and rename the file; the row to insert (empty uploads are refused)."""
+        try:
+            assert self._out is not None
+            self._out.close()
+            self._out = None
+            if self.size == 0:
+                raise BadRequest("the uploaded file is empty", code="empty_file")
+            os.replace(self.partial, self.final)
+        except OSError as exc:
+            self.abort()
+            raise _storage_error(exc) from exc
+        except BaseException:
+            self.abort()
+            raise
+        return {
+            "id": self.file_id,
+            "user_id": self.user_id,
+            "path": self.final.name,
+            "size": self.size,
+            "sha256": self._digest.hexdigest(),
+            "mime_type": detect_mime(self.head),
+            "original_name": self.original_name,
+            "created_at": utcnow(),
+        }
+
+    def abort(self) -> None:
+        """Drop whatever was written (idempotent)."""
+        if self._out is not None:
+            with contextlib.suppress(OSError):
+                self._out.close()
+            self._out = None
+        self.partial.unlink(missing_ok=True)
+        self.final.unlink(missing_ok=True)
+
+
+async def insert_files(engine: AsyncEngine, settings: Settings, rows: list[dict[str, Any]]) -> None:
+    """Record finished uploads; on failure their files are removed too."""
+    if not rows:
+        return
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(F.insert(), rows)
+    except BaseException:
+        remove_written(settings, rows)
+        raise
+
+
+def remove_written(settings: Settings, rows: list[dict[str, Any]]) -> None:
+    """Unlink finished files that will not be recorded (the request failed after they were written)."""
+    for row in rows:
+        (files_dir(settings) / str(row["path"])).unlink(missing_ok=True)
+
+
 async def save_stream(
     engine: AsyncEngine,
     settings: Settings,
@@ -43,58 +153,16 @@ async def save_stream(
     chunks: AsyncIterator[bytes],
     original_name: str | None,
 ) -> dict[str, Any]:
-    """Write ``chunks`` to a new file, enforcing the upload limit while streaming.
-
-    Nothing half-written survives: an oversized, aborted or disk-full upload removes its file.
-    """
-    file_id = new_id()
-    final = files_dir(settings) / file_id
-    partial = final.with_suffix(".part")
-    digest = hashlib.sha256()
-    size = 0
-    head = b""
+    """Write ``chunks`` to a new file, enforcing the upload limit while streaming, and record it."""
+    sink = FileSink(settings, user_id, original_name)
     try:
-        with open(partial, "wb") as out:
-            async for chunk in chunks:
-                if not chunk:
-                    continue
-                size += len(chunk)
-                if size > settings.max_upload_bytes:
-                    raise PayloadTooLarge(
-                        f"the upload exceeds MORAG_MAX_UPLOAD_BYTES ({settings.max_upload_bytes} bytes)",
-                        code="upload_too_large",
-                    )
-                if len(head) < SNIFF_BYTES:
-                    head += chunk[: SNIFF_BYTES - len(head)]
-                digest.update(chunk)
-                out.write(chunk)
-        if size == 0:
-            raise BadRequest("the uploaded file is empty", code="empty_file")
-        os.replace(partial, final)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise InsufficientStorage() from exc
-        raise
+        async for chunk in chunks:
+            sink.write(chunk)
     except BaseException:
-        partial.unlink(missing_ok=True)
+        sink.abort()
         raise
-    row = {
-        "id": file_id,
-        "user_id": user_id,
-        "path": final.name,
-        "size": size,
-        "sha256": digest.hexdigest(),
-        "mime_type": detect_mime(head),
-        "original_name": (original_name or "")[:500] or None,
-        "created_at": utcnow(),
-    }
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(F.insert().values(**row))
-    except BaseException:
-        final.unlink(missing_ok=True)
-        raise
+    row = sink.finish()
+    await insert_files(engine, settings, [row])
     return row
 
 
@@ -116,12 +184,20 @@ def file_path(settings: Settings, row: dict[str, Any]) -> Path:
     return files_dir(settings) / str(row["path"])
 
 
-async def discard_file(engine: AsyncEngine, settings: Settings, file_id: str) -> None:
-    """Remove a file that no job will use (e.g. the job could not be created)."""
+async def discard_files(engine: AsyncEngine, settings: Settings, file_ids: list[str]) -> None:
+    """Remove files that no job will use (e.g. the job could not be created)."""
+    if not file_ids:
+        return
     async with engine.begin() as conn:
-        await conn.execute(delete(F).where(F.c.id == file_id))
-    with contextlib.suppress(FileNotFoundError):
-        (files_dir(settings) / file_id).unlink()
+        await conn.execute(delete(F).where(F.c.id.in_(file_ids)))
+    for file_id in file_ids:
+        with contextlib.suppress(FileNotFoundError):
+            (files_dir(settings) / file_id).unlink()
+
+
+async def discard_file(engine: AsyncEngine, settings: Settings, file_id: str) -> None:
+    """Remove one file that no job will use."""
+    await discard_files(engine, settings, [file_id])
 
 
 async def schedule_deletion(engine: AsyncEngine, settings: Settings, file_id: str, now: datetime) -> None:

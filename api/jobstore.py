@@ -6,6 +6,7 @@ AND state = 'running'``. Zero rows is a domain error (stale lease, 409), never a
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from api.errors import Conflict, JobCanceledError, NotFound, StaleLease
 from api.ids import new_id, new_token, utcnow
 from api.keystore import Principal, Scope
-from api.models import Job, Worker
+from api.models import Job, WebhookDelivery, Worker
 from api.notifier import Notifier
 from api.settings import Settings
 from protocol.errors import ErrorClass
@@ -27,6 +28,7 @@ from protocol.states import DEFAULT_LANE, FINAL_STATES, JobState, LaneKind, lane
 
 J = Job.__table__  # type: ignore[attr-defined]
 W = Worker.__table__  # type: ignore[attr-defined]
+WD = WebhookDelivery.__table__  # type: ignore[attr-defined]
 
 QUEUED, RUNNING = JobState.queued.value, JobState.running.value
 
@@ -63,52 +65,67 @@ async def _live_lanes(conn: AsyncConnection, user_id: int, since: datetime) -> t
     return bool(row[0]), bool(row[1])
 
 
-async def enqueue_job(
-    engine: AsyncEngine, notifier: Notifier, settings: Settings, owner: Principal, job: NewJob
+async def _insert_job(
+    conn: AsyncConnection, settings: Settings, owner: Principal, job: NewJob, now: datetime
 ) -> str:
-    """Insert a queued job in its lane, with its fallback times, and wake waiting claims."""
-    now = utcnow()
+    """Insert one queued job in its lane with its fallback times (inside the caller's transaction)."""
     user_id = owner.user_id
     kind = LaneKind.default if user_id is None else job.lane_kind
     fallback_at = shared_at = None
     job_id = new_id()
-    async with engine.begin() as conn:
-        if user_id is not None and kind is not LaneKind.default:
-            gpu_live, cpu_live = await _live_lanes(conn, user_id, _live_since(settings, now))
-            if kind is LaneKind.gpu and owner.cpu_fallback:
-                fallback_at = now if not gpu_live else now + timedelta(seconds=settings.fallback_after_s)
-            if owner.shared_fallback:
-                own_live = (gpu_live or (cpu_live and owner.cpu_fallback)) if kind is LaneKind.gpu else cpu_live
-                shared_at = now if not own_live else now + timedelta(seconds=settings.shared_fallback_after_s)
-        await conn.execute(
-            J.insert().values(
-                id=job_id,
-                user_id=user_id,
-                lane=lane_name(kind, user_id),
-                content_type=job.content_type,
-                kind=job.kind,
-                file_id=job.file_id,
-                source_url=job.source_url,
-                options=job.options or {},
-                state=QUEUED,
-                stage="process",
-                priority=job.priority,
-                attempt=0,
-                max_attempts=settings.max_attempts,
-                run_after=now,
-                fallback_at=fallback_at,
-                shared_at=shared_at,
-                batch_id=job.batch_id,
-                document_id=job.document_id,
-                webhook_url=job.webhook_url,
-                index_options=job.index_options,
-                created_at=now,
-                updated_at=now,
-            )
+    if user_id is not None and kind is not LaneKind.default:
+        gpu_live, cpu_live = await _live_lanes(conn, user_id, _live_since(settings, now))
+        if kind is LaneKind.gpu and owner.cpu_fallback:
+            fallback_at = now if not gpu_live else now + timedelta(seconds=settings.fallback_after_s)
+        if owner.shared_fallback:
+            own_live = (gpu_live or (cpu_live and owner.cpu_fallback)) if kind is LaneKind.gpu else cpu_live
+            shared_at = now if not own_live else now + timedelta(seconds=settings.shared_fallback_after_s)
+    await conn.execute(
+        J.insert().values(
+            id=job_id,
+            user_id=user_id,
+            lane=lane_name(kind, user_id),
+            content_type=job.content_type,
+            kind=job.kind,
+            file_id=job.file_id,
+            source_url=job.source_url,
+            options=job.options or {},
+            state=QUEUED,
+            stage="process",
+            priority=job.priority,
+            attempt=0,
+            max_attempts=settings.max_attempts,
+            run_after=now,
+            fallback_at=fallback_at,
+            shared_at=shared_at,
+            batch_id=job.batch_id,
+            document_id=job.document_id,
+            webhook_url=job.webhook_url,
+            index_options=job.index_options,
+            created_at=now,
+            updated_at=now,
         )
+    )
+    return job_id
+
+
+async def enqueue_job(
+    engine: AsyncEngine, notifier: Notifier, settings: Settings, owner: Principal, job: NewJob
+) -> str:
+    """Insert a queued job in its lane, with its fallback times, and wake waiting claims."""
+    return (await enqueue_jobs(engine, notifier, settings, owner, [job]))[0]
+
+
+async def enqueue_jobs(
+    engine: AsyncEngine, notifier: Notifier, settings: Settings, owner: Principal, jobs: list[NewJob]
+) -> list[str]:
+    """Insert several queued jobs in one transaction (a batch is all or nothing)."""
+    now = utcnow()
+    async with engine.begin() as conn:
+        ids = [await _insert_job(conn, settings, owner, job, now) for job in jobs]
         await notifier.publish(conn)
     notifier.wake()
-    return job_id
+    return ids
 
 
 def _upsert_worker(conn: AsyncConnection, who: Principal, worker_id: str, lanes: list[LaneKind],
@@ -138,10 +155,12 @@ def _eligible(who: Principal, lanes: list[LaneKind], content_types: list[str], n
         # The operator's workers: the default lane, plus users' jobs once their shared fallback is due.
         return and_(base, or_(J.c.lane == DEFAULT_LANE, J.c.shared_at <= now))
     own = [lane_name(k, who.user_id) for k in lanes if k is not LaneKind.default]
-    reach = [J.c.lane.in_(own)]
     if LaneKind.cpu in lanes and LaneKind.gpu not in lanes:
-        reach.append(and_(J.c.lane == lane_name(LaneKind.gpu, who.user_id), J.c.fallback_at <= now))
-    return and_(base, or_(*reach))
+        # A CPU-only worker may also take its user's GPU-lane jobs once their fallback is due.
+        # Written as one lane list so the planner walks ix_jobs_claim_lane (lane = ANY(...)).
+        gpu = lane_name(LaneKind.gpu, who.user_id)
+        return and_(base, J.c.lane.in_([*own, gpu]), or_(J.c.lane != gpu, J.c.fallback_at <= now))
+    return and_(base, J.c.lane.in_(own))
 
 
 _RETURNED = (J.c.id, J.c.lease_token, J.c.lease_expires_at, J.c.attempt, J.c.content_type, J.c.options,
@@ -161,6 +180,33 @@ async def replay_claim(engine: AsyncEngine, who: Principal, claim_id: str) -> li
     return sorted(rows, key=lambda r: (-r.priority, r.id))
 
 
+def claim_statement(dialect: str, who: Principal, lanes: list[LaneKind], content_types: list[str],
+                    max_jobs: int, now: datetime, values: dict[str, Any]) -> Any:
+    """The one atomic claim: lock up to ``max_jobs`` eligible rows (SKIP LOCKED) and lease them."""
+    cond = _eligible(who, lanes, content_types, now)
+    order = (J.c.priority.desc(), J.c.id)
+    if who.scope is Scope.shared_worker:
+        # Fairness: the first job of every user before the second job of any user.
+        rank = func.row_number().over(partition_by=J.c.user_id, order_by=order)
+        ranked = select(J.c.id.label("id"), rank.label("rn")).where(cond).subquery("ranked")
+        top = select(ranked.c.id, ranked.c.rn).order_by(ranked.c.rn, ranked.c.id).limit(max_jobs * 2 + 8)
+        top_sq = top.subquery("top")
+        cand = (
+            select(J.c.id)
+            .join(top_sq, top_sq.c.id == J.c.id)
+            .where(J.c.state == QUEUED)
+            .order_by(top_sq.c.rn, J.c.id)
+            .limit(max_jobs)
+        )
+    else:
+        cand = select(J.c.id).where(cond).order_by(*order).limit(max_jobs)
+    if dialect == "postgresql":
+        locked = cand.with_for_update(of=J, skip_locked=True).cte("locked")
+        return update(J).where(J.c.id == locked.c.id).values(**values).returning(*_RETURNED)
+    # SQLite: BEGIN IMMEDIATE already serialises writers, so the plain subquery is atomic.
+    return update(J).where(J.c.id.in_(cand.scalar_subquery())).values(**values).returning(*_RETURNED)
+
+
 async def claim_jobs(
     engine: AsyncEngine,
     settings: Settings,
@@ -177,44 +223,22 @@ async def claim_jobs(
     now = utcnow()
     token = new_token()
     expires = now + timedelta(seconds=settings.lease_s)
-    cond = _eligible(who, lanes, content_types, now)
-    order = (J.c.priority.desc(), J.c.id)
+    values = dict(
+        state=RUNNING,
+        attempt=J.c.attempt + 1,
+        lease_token=token,
+        lease_expires_at=expires,
+        claim_id=f"{who.key_id}:{claim_id}" if claim_id else None,
+        worker_id=worker_id,
+        worker_key_id=who.key_id,
+        started_at=now,
+        updated_at=now,
+        progress=0.0,
+        progress_message="claimed",
+    )
     async with engine.begin() as conn:
         await _upsert_worker(conn, who, worker_id, lanes, content_types, name, version, now)
-        is_pg = conn.dialect.name == "postgresql"
-        if who.scope is Scope.shared_worker:
-            # Fairness: the first job of every user before the second job of any user.
-            rank = func.row_number().over(partition_by=J.c.user_id, order_by=order)
-            ranked = select(J.c.id.label("id"), rank.label("rn")).where(cond).subquery("ranked")
-            top = select(ranked.c.id, ranked.c.rn).order_by(ranked.c.rn, ranked.c.id).limit(max_jobs * 2 + 8)
-            top_sq = top.subquery("top")
-            cand = (
-                select(J.c.id)
-                .join(top_sq, top_sq.c.id == J.c.id)
-                .where(J.c.state == QUEUED)
-                .order_by(top_sq.c.rn, J.c.id)
-                .limit(max_jobs)
-            )
-        else:
-            cand = select(J.c.id).where(cond).order_by(*order).limit(max_jobs)
-        values = dict(
-            state=RUNNING,
-            attempt=J.c.attempt + 1,
-            lease_token=token,
-            lease_expires_at=expires,
-            claim_id=f"{who.key_id}:{claim_id}" if claim_id else None,
-            worker_id=worker_id,
-            worker_key_id=who.key_id,
-            started_at=now,
-            updated_at=now,
-            progress=0.0,
-            progress_message="claimed",
-        )
-        if is_pg:
-            locked = cand.with_for_update(of=J, skip_locked=True).cte("locked")
-            stmt = update(J).where(J.c.id == locked.c.id).values(**values).returning(*_RETURNED)
-        else:
-            stmt = update(J).where(J.c.id.in_(cand.scalar_subquery())).values(**values).returning(*_RETURNED)
+        stmt = claim_statement(conn.dialect.name, who, lanes, content_types, max_jobs, now, values)
         rows = (await conn.execute(stmt)).all()
     return sorted(rows, key=lambda r: (-r.priority, r.id))
 
@@ -545,3 +569,52 @@ async def list_workers(engine: AsyncEngine, settings: Settings, user_id: int | N
 
 def is_final(state: str) -> bool:
     return state in {s.value for s in FINAL_STATES}
+
+
+async def wait_for_final(
+    engine: AsyncEngine, notifier: Notifier, settings: Settings, user_id: int | None, job_id: str, timeout: float
+) -> dict[str, Any]:
+    """The job once it is final, or as it stands after ``timeout`` seconds (woken by the notifier)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        wake = notifier.generation  # grab before reading, so a completion in between is not missed
+        row = await get_job(engine, user_id, job_id)
+        remaining = deadline - loop.time()
+        if is_final(row["state"]) or remaining <= 0:
+            return row
+        # Re-check now and then too: another server process may finish it (PostgreSQL wakes us, SQLite not).
+        await notifier.wait(wake, min(remaining, max(settings.claim_recheck_s, 0.05)))
+
+
+async def list_batch_jobs(engine: AsyncEngine, user_id: int | None, batch_id: str) -> list[dict[str, Any]]:
+    """The caller's jobs of one batch, in submission order."""
+    async with engine.begin() as conn:
+        rows = (
+            await conn.execute(
+                select(J.c.id, J.c.state, J.c.stage, J.c.progress, J.c.error, J.c.created_at, J.c.finished_at)
+                .where(J.c.batch_id == batch_id, _owner(user_id))
+                .order_by(J.c.id)
+            )
+        ).mappings().all()
+    return [dict(r) for r in rows]
+
+
+async def list_webhooks_due(engine: AsyncEngine, ended_since: datetime, limit: int = 100) -> list[str]:
+    """Jobs that ended after ``ended_since`` with a webhook_url and no successful delivery yet."""
+    delivered = select(WD.c.job_id).where(WD.c.delivered.is_(True))
+    async with engine.begin() as conn:
+        rows = (
+            await conn.execute(
+                select(J.c.id)
+                .where(
+                    J.c.webhook_url.is_not(None),
+                    J.c.state.in_([s.value for s in FINAL_STATES]),
+                    J.c.finished_at >= ended_since,
+                    J.c.id.not_in(delivered),
+                )
+                .order_by(J.c.finished_at)
+                .limit(limit)
+            )
+        ).all()
+    return [r.id for r in rows]

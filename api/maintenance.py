@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 from sqlalchemy import and_, delete, select, update
 
@@ -21,19 +22,27 @@ FINAL = ["succeeded", "failed", "canceled", "dead"]
 
 
 async def schedule_finished_files(state: AppState) -> int:
-    """Files whose jobs have all ended get a deletion time (after the retention period)."""
-    from datetime import timedelta
+    """Files whose jobs have all ended get a deletion time (after the retention period).
 
+    A file row no job refers to (the job insert failed after the upload) is due once it is older
+    than ``orphan_file_age_s``.
+    """
     now = utcnow()
     unfinished = select(J.c.file_id).where(J.c.file_id.is_not(None), J.c.state.not_in(FINAL))
     used = select(J.c.file_id).where(J.c.file_id.is_not(None))
+    orphan_before = now - timedelta(seconds=state.settings.orphan_file_age_s)
     async with state.engine.begin() as conn:
         res = await conn.execute(
             update(F)
             .where(F.c.delete_after.is_(None), F.c.id.in_(used), F.c.id.not_in(unfinished))
             .values(delete_after=now + timedelta(seconds=state.settings.file_retention_s))
         )
-    return int(res.rowcount or 0)
+        orphans = await conn.execute(
+            update(F)
+            .where(F.c.delete_after.is_(None), F.c.id.not_in(used), F.c.created_at < orphan_before)
+            .values(delete_after=now)
+        )
+    return int((res.rowcount or 0) + (orphans.rowcount or 0))
 
 
 async def sweep_files(state: AppState) -> int:
@@ -46,14 +55,19 @@ async def sweep_files(state: AppState) -> int:
     folder = files_dir(state.settings)
     for d in due:
         (folder / d.path).unlink(missing_ok=True)
-    # Orphans: files on disk without a row (a crash between write and insert), older than an hour.
+    # Orphans: files on disk without a row (a crash between write and insert).
     async with state.engine.begin() as conn:
         known = {r.path for r in (await conn.execute(select(F.c.path))).all()}
     removed = len(due)
-    cutoff = now.timestamp() - 3600
+    # An upload in progress touches its .part file with every chunk, so only stale ones go.
+    cutoff = now.timestamp() - state.settings.orphan_file_age_s
     for path in folder.iterdir():
         name = path.name.removesuffix(".part")
-        if path.name not in known and name not in known and path.stat().st_mtime < cutoff:
+        try:
+            stale = path.stat().st_mtime < cutoff
+        except FileNotFoundError:  # removed meanwhile (its upload failed, another sweep)
+            continue
+        if path.name not in known and name not in known and stale:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
@@ -85,7 +99,7 @@ class Maintenance:
             asyncio.create_task(
                 _every(interval, "fallback sweep", lambda: jobstore.sweep_fallback(s.engine, s.notifier, s.settings))
             ),
-            asyncio.create_task(_every(60.0, "file retention", lambda: self._files())),
+            asyncio.create_task(_every(s.settings.file_sweep_interval_s, "file retention", lambda: self._files())),
         ]
 
     async def _files(self) -> None:

@@ -156,3 +156,29 @@ class Worker(SQLModel, table=True):
     version: str | None = Field(default=None, max_length=50)
     first_seen_at: datetime = Field(sa_column=Column(DateTime(), nullable=False))
     last_seen_at: datetime = Field(sa_column=Column(DateTime(), nullable=False, index=True))
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One attempt to POST a job's final state to its webhook_url."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(max_length=32, index=True)
+    attempt: int
+    status_code: int | None = Field(default=None)
+    error: str | None = Field(default=None, max_length=1000)
+    delivered: bool = Field(default=False)
+    at: datetime = Field(sa_column=Column(DateTime(), nullable=False))
+
+
+class UserCookie(SQLModel, table=True):
+    """A user's cookies for one domain (Netscape lines), encrypted with the server secret."""
+
+    __tablename__ = "user_cookies"
+
+    user_id: int = Field(primary_key=True)
+    domain: str = Field(primary_key=True, max_length=255)
+    count: int
+    data: bytes
+    updated_at: datetime = Field(sa_column=Column(DateTime(), nullable=False))

@@ -10,18 +10,108 @@ from pydantic import BaseModel, ConfigDict, Field
 from protocol.states import ContentType
 
 
-class IngestURLRequest(BaseModel):
+class IngestFields(BaseModel):
+    """What every ingest request may carry besides its input (file or URL)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    content_type: ContentType | None = Field(
+        default=None, description="Processor to use; detected from the bytes (files) or the host (URLs)."
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="Processor options.")
+    lane: Literal["gpu", "cpu"] | None = Field(default=None, description="Default: by content type.")
+    priority: int = Field(default=0, ge=-100, le=100)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Stored with every chunk.")
+    document_id: str | None = Field(default=None, min_length=1, max_length=200)
+    replace_existing: bool = Field(default=False, description="Replace the chunks of the same document_id.")
+    webhook_url: str | None = Field(default=None, max_length=2048, description="POSTed on the final state.")
+    chunk_size: int | None = Field(default=None, ge=50, le=100_000, description="Characters per chunk.")
+    chunk_overlap: int | None = Field(default=None, ge=0, le=50_000, description="Characters of overlap.")
+
+    def index_options(self) -> dict[str, Any]:
+        """What the indexer needs, stored in the job's index_options."""
+        return {
+            "metadata": self.metadata,
+            "replace_existing": self.replace_existing,
+            "chunk_size": self.chunk_size,
+            "chunk_overlap": self.chunk_overlap,
+        }
+
+
+class IngestURLRequest(IngestFields):
+    url: str = Field(min_length=1, max_length=4096)
+
+
+class IngestFileForm(IngestFields):
+    """The text fields of a multipart ingest upload (``metadata`` and ``options`` as JSON text)."""
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[IngestURLRequest] = Field(min_length=1, description="Each item becomes its own task.")
+
+
+class BatchCreated(BaseModel):
+    batch_id: str
+    status: str
+    task_ids: list[str]
+
+
+class BatchTask(BaseModel):
+    task_id: str
+    status: str
+    stage: str
+    progress: float
+    error: str | None
+
+
+class BatchStatus(BaseModel):
+    batch_id: str
+    status: str = Field(description="queued, running, succeeded, failed, partial (some failed) or canceled.")
+    total: int
+    counts: dict[str, int]
+    progress: float
+    tasks: list[BatchTask]
+
+
+class ProcessURLRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(min_length=1, max_length=4096)
     content_type: ContentType | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-    lane: Literal["gpu", "cpu"] | None = None
-    priority: int = Field(default=0, ge=-100, le=100)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    document_id: str | None = Field(default=None, max_length=200)
-    replace_existing: bool = False
-    webhook_url: str | None = Field(default=None, max_length=2048)
+    wait_s: float | None = Field(default=None, ge=0, le=600, description="Default 60 s.")
+
+
+class ProcessFileForm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    content_type: ContentType | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    wait_s: float | None = Field(default=None, ge=0, le=600)
+
+
+class ProcessResult(BaseModel):
+    """The outcome of an immediate /process request."""
+
+    success: bool
+    content: str | None
+    metadata: dict[str, Any]
+    processing_time: float | None
+    error_message: str | None
+    task_id: str | None = None
+
+
+class CookieDomain(BaseModel):
+    domain: str
+    count: int
+    updated_at: datetime
+
+
+class CookieList(BaseModel):
+    domains: list[CookieDomain]
+    total: int
 
 
 class TaskCreated(BaseModel):

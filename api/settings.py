@@ -61,6 +61,39 @@ class Settings(BaseSettings):
         3600.0, ge=0, description="Input files are removed this long after their job ends."
     )
 
+    file_sweep_interval_s: float = Field(
+        60.0, gt=0, description="How often ended jobs' files are scheduled for deletion and expired ones removed."
+    )
+    orphan_file_age_s: float = Field(
+        3600.0, gt=0, description="Files on disk (or file rows) that no job uses are removed after this long."
+    )
+
+    # Client API
+    process_wait_default_s: float = Field(
+        60.0, ge=0, le=600, description="How long /process/* waits for the result when wait_s is not given."
+    )
+    process_wait_max_s: float = Field(
+        600.0, ge=0, le=3600, description="Longest wait_s a /process/* request may ask for."
+    )
+    batch_max_items: int = Field(100, ge=1, le=10_000, description="Most items in one /api/v1/ingest/batch.")
+    cookies_max_bytes: int = Field(
+        1024 * 1024, gt=0, description="Largest cookies.txt a user may upload (PUT /api/v1/cookies)."
+    )
+
+    # Webhooks
+    webhook_allow_private: bool = Field(
+        False, description="Accept webhook targets on private or loopback addresses (tests, LAN setups)."
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one webhook POST.")
+    webhook_retry_s: float = Field(
+        3600.0, ge=0, description="A webhook is retried with backoff for this long after the job ended."
+    )
+    webhook_backoff_base_s: float = Field(1.0, gt=0, description="First webhook retry delay; doubles per try.")
+    webhook_backoff_max_s: float = Field(300.0, gt=0, description="Longest delay between webhook tries.")
+    webhook_sweep_interval_s: float = Field(
+        30.0, gt=0, description="How often undelivered webhooks are looked for (after a restart, say)."
+    )
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

@@ -1,0 +1,95 @@
+"""Immediate processing without storage: the request waits for the worker's result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from api import filestore, jobstore
+from api.auth import client_access
+from api.contenttypes import content_type_for_url, resolve_upload_type
+from api.errors import BadRequest
+from api.jobstore import NewJob
+from api.keystore import Principal
+from api.routes.forms import (
+    ERRORS,
+    check_source_url,
+    file_request_body,
+    form_model,
+    lane_kind,
+    uploaded,
+    wait_seconds,
+)
+from api.schemas import ProcessFileForm, ProcessResult, ProcessURLRequest, TaskCreated
+from protocol.states import JobState
+
+router = APIRouter(prefix="/process", tags=["process"])
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"model": TaskCreated, "description": "Still running after wait_s: follow the task"},
+    **ERRORS,
+}
+_WAIT = Query(None, ge=0, le=600, description="Seconds to wait for the result (default 60).")
+
+
+def _result(row: dict[str, Any]) -> ProcessResult:
+    result = row["result"] or {}
+    took = None
+    if row["started_at"] and row["finished_at"]:
+        took = round((row["finished_at"] - row["started_at"]).total_seconds(), 3)
+    ok = row["state"] == JobState.succeeded
+    return ProcessResult(
+        success=ok,
+        content=result.get("markdown") if ok else None,
+        metadata=result.get("metadata") or {},
+        processing_time=took,
+        error_message=None if ok else (row["error"] or f"the task ended {row['state']}"),
+        task_id=row["id"],
+    )
+
+
+async def _enqueue(request: Request, who: Principal, job: NewJob) -> str:
+    state = request.app.state.morag
+    return await jobstore.enqueue_job(state.engine, state.notifier, state.settings, who, job)
+
+
+async def _answer(request: Request, who: Principal, job_id: str, wait_s: float) -> Any:
+    state = request.app.state.morag
+    row = await jobstore.wait_for_final(state.engine, state.notifier, state.settings, who.user_id, job_id, wait_s)
+    if jobstore.is_final(row["state"]):
+        return _result(row)
+    body = TaskCreated(task_id=job_id, status=row["state"])
+    return JSONResponse(status_code=202, content=body.model_dump(), headers={"Location": f"/api/v1/status/{job_id}"})
+
+
+@router.post("/file", response_model=ProcessResult, responses=_RESPONSES,
+             openapi_extra=file_request_body(ProcessFileForm))
+async def process_file(request: Request, wait_s: float | None = _WAIT,
+                       who: Principal = Depends(client_access)) -> Any:
+    """Process an uploaded file now and answer with its content (202 with a task id if it takes longer)."""
+    state = request.app.state.morag
+    async with uploaded(request, who.user_id) as form:
+        fields = form_model(ProcessFileForm, form.fields)
+        if not form.files:
+            raise BadRequest("the multipart field 'file' is missing", code="missing_file")
+        _, row, head = form.files[0]
+        content_type = resolve_upload_type(fields.content_type, row["mime_type"], head)
+        await filestore.insert_files(state.engine, state.settings, [row])
+        job_id = await _enqueue(request, who, NewJob(
+            content_type=content_type.value, lane_kind=lane_kind(None, content_type), file_id=row["id"],
+            options=fields.options))
+    return await _answer(request, who, job_id, wait_seconds(state.settings, wait_s, fields.wait_s))
+
+
+@router.post("/url", response_model=ProcessResult, responses=_RESPONSES)
+async def process_url(body: ProcessURLRequest, request: Request, wait_s: float | None = _WAIT,
+                      who: Principal = Depends(client_access)) -> Any:
+    """Process a URL now and answer with its content (202 with a task id if it takes longer)."""
+    state = request.app.state.morag
+    check_source_url(body.url)
+    content_type = body.content_type or content_type_for_url(body.url)
+    job = NewJob(content_type=content_type.value, lane_kind=lane_kind(None, content_type),
+                 source_url=body.url, options=body.options)
+    job_id = await _enqueue(request, who, job)
+    return await _answer(request, who, job_id, wait_seconds(state.settings, wait_s, body.wait_s))
