@@ -1,0 +1,245 @@
+"""Every branch of the worker's HTTP client, against respx-mocked answers."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import respx
+
+from protocol.models import ClaimRequest
+from worker.client import (
+    AuthFailed,
+    LeaseLost,
+    ServerRejected,
+    ServerUnreachable,
+    WorkerClient,
+    _wait_gen,
+    parse_retry_after,
+)
+from worker.errors import BadInput, TransientError
+
+BASE = "http://srv.test"
+HELLO = {"protocol_version": "1", "server_version": "0.1.0", "user": "alice", "scope": "worker",
+         "lanes": ["gpu", "cpu"], "lease_s": 60.0, "max_claim_wait_s": 30.0}
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[WorkerClient]:
+    c = WorkerClient(BASE, "KEY", retry_base_s=0.01, retry_cap_s=0.05, max_tries=4, max_time_s=5)
+    yield c
+    await c.aclose()
+
+
+def _err(status: int, code: str, **headers: str) -> httpx.Response:
+    return httpx.Response(status, json={"code": code, "message": f"{code} happened"}, headers=headers)
+
+
+@respx.mock
+async def test_hello_sends_bearer_key(client: WorkerClient) -> None:
+    route = respx.get(f"{BASE}/worker/hello").respond(json=HELLO)
+    hello = await client.hello()
+    assert hello.lease_s == 60.0 and hello.user == "alice"
+    assert route.calls.last.request.headers["authorization"] == "Bearer KEY"
+
+
+@respx.mock
+async def test_connection_errors_are_retried_then_succeed(client: WorkerClient) -> None:
+    route = respx.get(f"{BASE}/worker/hello").mock(
+        side_effect=[httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), httpx.Response(200, json=HELLO)]
+    )
+    assert (await client.hello()).scope == "worker"
+    assert route.call_count == 3
+
+
+@respx.mock
+async def test_5xx_retries_stop_at_max_tries(client: WorkerClient) -> None:
+    route = respx.post(f"{BASE}/worker/heartbeat").respond(503, json={"code": "x", "message": "down"})
+    with pytest.raises(ServerUnreachable, match="503"):
+        await client.heartbeat("j", "t", 0.5, "m")
+    assert route.call_count == 4  # max_tries
+
+
+@respx.mock
+async def test_retries_stop_at_max_time() -> None:
+    c = WorkerClient(BASE, "K", retry_base_s=0.2, retry_cap_s=0.2, max_tries=1000, max_time_s=0.5)
+    route = respx.get(f"{BASE}/worker/hello").mock(side_effect=httpx.ConnectError("refused"))
+    start = time.monotonic()
+    with pytest.raises(ServerUnreachable, match="cannot reach"):
+        await c.hello()  # hello caps itself at 3 tries / 15 s
+    assert route.call_count == 3
+    with pytest.raises(ServerUnreachable):
+        await c.call("GET", "/worker/hello")
+    assert time.monotonic() - start < 2.0
+    assert 3 < route.call_count < 3 + 20
+    await c.aclose()
+
+
+@respx.mock
+async def test_429_honours_retry_after(client: WorkerClient) -> None:
+    route = respx.post(f"{BASE}/worker/fail").mock(
+        side_effect=[_err(429, "rate_limited", **{"Retry-After": "0.4"}),
+                     httpx.Response(200, json={"job_id": "j", "status": "queued"})]
+    )
+    start = time.monotonic()
+    resp = await client.fail("j", "t", "boom", "transient", True)
+    assert resp.status == "queued"
+    assert time.monotonic() - start >= 0.38  # the base delay alone would be ~0.01 s
+    assert route.call_count == 2
+
+
+def test_retry_after_forms() -> None:
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    when = datetime.now(UTC) + timedelta(seconds=30)
+    assert 25 <= (parse_retry_after(format_datetime(when, usegmt=True)) or 0) <= 31
+
+
+def test_wait_gen_grows_with_full_jitter_and_prefers_retry_after() -> None:
+    gen = _wait_gen(1.0, 8.0)
+    gen.send(None)  # type: ignore[arg-type]
+    waits = [gen.send(Exception()) for _ in range(6)]
+    assert all(0 <= w <= cap for w, cap in zip(waits, [1, 2, 4, 8, 8, 8], strict=True))  # type: ignore[operator]
+    assert gen.send(ServerUnreachable("x", retry_after=5.0)) == 5.0
+
+
+@respx.mock
+@pytest.mark.parametrize("status,code", [(400, "bad_request"), (404, "job_not_found"), (422, "validation_error")])
+async def test_4xx_is_never_retried(client: WorkerClient, status: int, code: str) -> None:
+    route = respx.post(f"{BASE}/worker/complete").respond(status, json={"code": code, "message": "no"})
+    with pytest.raises(ServerRejected) as info:
+        await client.complete("j", "t", "# md", {})
+    assert info.value.status == status and info.value.code == code
+    assert route.call_count == 1
+
+
+@respx.mock
+@pytest.mark.parametrize("status,code", [(401, "unauthorized"), (403, "wrong_scope")])
+async def test_bad_key_is_auth_failed(client: WorkerClient, status: int, code: str) -> None:
+    route = respx.get(f"{BASE}/worker/hello").respond(status, json={"code": code, "message": "no"})
+    with pytest.raises(AuthFailed) as info:
+        await client.hello()
+    assert info.value.code == code and route.call_count == 1
+
+
+@respx.mock
+async def test_stale_lease_and_canceled_are_lease_lost(client: WorkerClient) -> None:
+    hb = respx.post(f"{BASE}/worker/heartbeat").mock(return_value=_err(409, "stale_lease"))
+    done = respx.post(f"{BASE}/worker/complete").mock(return_value=_err(409, "job_canceled"))
+    with pytest.raises(LeaseLost) as stale:
+        await client.heartbeat("j", "t")
+    assert not stale.value.canceled
+    with pytest.raises(LeaseLost) as canceled:
+        await client.complete("j", "t", "x", {}, max_time_s=5)
+    assert canceled.value.canceled
+    assert hb.call_count == 1 and done.call_count == 1
+
+
+@respx.mock
+async def test_heartbeat_reports_cancel_and_progress(client: WorkerClient) -> None:
+    route = respx.post(f"{BASE}/worker/heartbeat").respond(
+        json={"lease_expires_at": "2030-01-01T00:00:00Z", "canceled": True})
+    resp = await client.heartbeat("j", "t", 0.42, "processing: 42%")
+    assert resp.canceled
+    sent = route.calls.last.request.content
+    assert b'"progress":0.42' in sent and b"processing: 42%" in sent
+
+
+@respx.mock
+async def test_claim_204_is_empty_and_jobs_parse(client: WorkerClient) -> None:
+    job = {"job_id": "J1", "lease_token": "T", "lease_expires_at": "2030-01-01T00:00:00Z", "attempt": 1,
+           "content_type": "echo", "options": {}}
+    route = respx.post(f"{BASE}/worker/claim").mock(
+        side_effect=[httpx.Response(204), httpx.Response(200, json={"jobs": [job]})])
+    req = ClaimRequest(worker_id="w1", content_types=["echo"], wait_s=0.1, claim_id="c1")  # type: ignore[list-item]
+    assert await client.claim(req) == []
+    jobs = await client.claim(req)
+    assert [j.job_id for j in jobs] == ["J1"]
+    assert b'"claim_id":"c1"' in route.calls.last.request.content
+
+
+class _BrokenStream(httpx.AsyncByteStream):
+    """Sends part of a body, then the connection breaks."""
+
+    def __init__(self, part: bytes) -> None:
+        self.part = part
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.part
+        raise httpx.ReadError("connection reset")
+
+
+DATA = bytes(range(256)) * 4096  # 1 MiB
+SHA = hashlib.sha256(DATA).hexdigest()
+
+
+@respx.mock
+async def test_download_resumes_with_range(client: WorkerClient, tmp_path: Path) -> None:
+    cut = 300_000
+    seen: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        rng = request.headers.get("range")
+        seen.append(rng)
+        if rng is None:
+            return httpx.Response(200, stream=_BrokenStream(DATA[:cut]))
+        start = int(rng.removeprefix("bytes=").rstrip("-"))
+        return httpx.Response(206, content=DATA[start:])
+
+    respx.get(f"{BASE}/files/F1").mock(side_effect=answer)
+    progress: list[tuple[int, int | None]] = []
+    out = await client.download(f"{BASE}/files/F1", tmp_path / "in.bin", size=len(DATA), sha256=SHA,
+                                progress=lambda have, total: progress.append((have, total)))
+    assert out.read_bytes() == DATA
+    assert seen == [None, f"bytes={cut}-"]
+    assert progress[-1] == (len(DATA), len(DATA))
+
+
+@respx.mock
+async def test_download_restarts_when_range_is_ignored(client: WorkerClient, tmp_path: Path) -> None:
+    respx.get(f"{BASE}/files/F1").mock(side_effect=[
+        httpx.Response(200, stream=_BrokenStream(DATA[:1000])), httpx.Response(200, content=DATA)])
+    out = await client.download(f"{BASE}/files/F1", tmp_path / "in.bin", size=len(DATA), sha256=SHA)
+    assert out.read_bytes() == DATA
+
+
+@respx.mock
+async def test_download_416_starts_over(client: WorkerClient, tmp_path: Path) -> None:
+    respx.get(f"{BASE}/files/F1").mock(side_effect=[
+        httpx.Response(200, stream=_BrokenStream(DATA[:1000])), httpx.Response(416),
+        httpx.Response(200, content=DATA)])
+    out = await client.download(f"{BASE}/files/F1", tmp_path / "in.bin", size=len(DATA), sha256=SHA)
+    assert out.read_bytes() == DATA
+
+
+@respx.mock
+async def test_download_checksum_and_size_are_verified(client: WorkerClient, tmp_path: Path) -> None:
+    respx.get(f"{BASE}/files/F1").respond(content=DATA)
+    with pytest.raises(TransientError, match="checksum mismatch"):
+        await client.download(f"{BASE}/files/F1", tmp_path / "a", size=len(DATA), sha256="0" * 64)
+    with pytest.raises(TransientError, match="expected 10"):
+        await client.download(f"{BASE}/files/F1", tmp_path / "b", size=10)
+
+
+@respx.mock
+async def test_download_gives_up_after_retries(client: WorkerClient, tmp_path: Path) -> None:
+    route = respx.get(f"{BASE}/files/F1").mock(side_effect=httpx.ConnectError("refused"))
+    with pytest.raises(ServerUnreachable):
+        await client.download(f"{BASE}/files/F1", tmp_path / "a", size=len(DATA))
+    assert route.call_count == 4
+
+
+@respx.mock
+async def test_download_4xx_become_processing_errors(client: WorkerClient, tmp_path: Path) -> None:
+    route = respx.get(f"{BASE}/files/F1").mock(side_effect=[_err(404, "file_not_found"), _err(403, "bad_signature")])
+    with pytest.raises(BadInput, match="no longer on the server"):
+        await client.download(f"{BASE}/files/F1", tmp_path / "a")
+    with pytest.raises(TransientError, match="expired"):
+        await client.download(f"{BASE}/files/F1", tmp_path / "a")
+    assert route.call_count == 2

@@ -1,0 +1,249 @@
+"""The runner against a respx-mocked server: the happy path, cancel, stale lease, shutdown, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from worker.client import WorkerClient
+from worker.config import WorkerConfig
+from worker.runner import Runner
+
+BASE = "http://srv.test"
+
+
+class FakeServer:
+    """Hands out the queued jobs once, then answers 204; records what the worker sent."""
+
+    def __init__(self, mock: respx.MockRouter, lease_s: float = 0.6) -> None:
+        self.queue: list[dict[str, Any]] = []
+        self.files: dict[str, bytes] = {}
+        self.claims: list[dict[str, Any]] = []
+        self.heartbeats: list[dict[str, Any]] = []
+        self.completed: list[dict[str, Any]] = []
+        self.failed: list[dict[str, Any]] = []
+        self.heartbeat_answer: Any = None  # None: extend; else an httpx.Response to send
+        self.complete_outage = 0  # this many complete calls fail with a connection error
+        self.lease_s = lease_s
+        self.on_complete: Any = None  # called with each complete request, outage or not
+        self.on_claim: Any = None
+        mock.get(f"{BASE}/worker/hello").mock(side_effect=self._hello)
+        mock.post(f"{BASE}/worker/claim").mock(side_effect=self._claim)
+        mock.post(f"{BASE}/worker/heartbeat").mock(side_effect=self._heartbeat)
+        mock.post(f"{BASE}/worker/complete").mock(side_effect=self._complete)
+        mock.post(f"{BASE}/worker/fail").mock(side_effect=self._fail)
+        mock.get(url__regex=rf"{BASE}/files/.*").mock(side_effect=self._file)
+
+    def add(self, job_id: str, content: bytes = b"hello", **options: Any) -> None:
+        self.files[job_id] = content
+        self.queue.append({
+            "job_id": job_id, "lease_token": f"tok-{job_id}", "lease_expires_at": "2030-01-01T00:00:00Z",
+            "attempt": 1, "content_type": "echo", "options": options, "file_name": f"{job_id}.txt",
+            "download_url": f"{BASE}/files/{job_id}?sig=x", "file_size": len(content),
+            "file_sha256": hashlib.sha256(content).hexdigest(),
+        })
+
+    def _hello(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"protocol_version": "1", "server_version": "t", "user": "u",
+                                         "scope": "worker", "lanes": ["gpu", "cpu"], "lease_s": self.lease_s,
+                                         "max_claim_wait_s": 30})
+
+    async def _claim(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.claims.append(body)
+        if self.on_claim:
+            self.on_claim(body)
+        if not self.queue:
+            await asyncio.sleep(min(body["wait_s"], 0.05))
+            return httpx.Response(204)
+        jobs, self.queue = self.queue[: body["max_jobs"]], self.queue[body["max_jobs"]:]
+        return httpx.Response(200, json={"jobs": jobs})
+
+    def _heartbeat(self, request: httpx.Request) -> httpx.Response:
+        self.heartbeats.append(json.loads(request.content))
+        if self.heartbeat_answer is not None:
+            return self.heartbeat_answer  # type: ignore[no-any-return]
+        return httpx.Response(200, json={"lease_expires_at": "2030-01-01T00:00:00Z", "canceled": False})
+
+    def _complete(self, request: httpx.Request) -> httpx.Response:
+        if self.on_complete:
+            self.on_complete(request)
+        if self.complete_outage > 0:
+            self.complete_outage -= 1
+            raise httpx.ConnectError("server down")
+        body = json.loads(request.content)
+        self.completed.append(body)
+        return httpx.Response(200, json={"job_id": body["job_id"], "status": "succeeded"})
+
+    def _fail(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.failed.append(body)
+        return httpx.Response(200, json={"job_id": body["job_id"], "status": "queued"})
+
+    def _file(self, request: httpx.Request) -> httpx.Response:
+        job_id = request.url.path.rsplit("/", 1)[-1]
+        return httpx.Response(200, content=self.files[job_id])
+
+
+@pytest.fixture
+def server() -> Any:
+    with respx.mock(assert_all_called=False) as mock:
+        yield FakeServer(mock)
+
+
+def make_runner(tmp_path: Path, **kw: Any) -> Runner:
+    cfg = WorkerConfig(api_key="K", server=BASE, content_types=["echo"], temp_dir=tmp_path / "tmp",
+                       claim_wait_s=0.05, retry_base_s=0.01, retry_cap_s=0.05, **kw)
+    client = WorkerClient(BASE, "K", retry_base_s=0.01, retry_cap_s=0.05, max_tries=3, max_time_s=2)
+    return Runner(cfg, client)
+
+
+async def run_until(runner: Runner, cond: Any, timeout: float = 5.0, stop: bool = True) -> int:
+    task = asyncio.ensure_future(runner.run(install_signals=False))
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        assert not task.done(), f"runner ended early: {task.result()}"
+        await asyncio.sleep(0.02)
+    if stop:
+        runner.request_stop()
+    return await asyncio.wait_for(task, 10)
+
+
+def leftovers(runner: Runner) -> list[Path]:
+    return list(runner.config.jobs_dir.iterdir()) if runner.config.jobs_dir.exists() else []
+
+
+async def test_job_runs_and_completes(server: FakeServer, tmp_path: Path) -> None:
+    server.add("J1", b"hello world", sleep_s=0.5)
+    runner = make_runner(tmp_path)
+    assert await run_until(runner, lambda: server.completed) == 0
+    done = server.completed[0]
+    assert done["lease_token"] == "tok-J1" and "hello world" in done["markdown"]
+    assert done["metadata"]["characters"] == 11
+    assert server.heartbeats and all(0.1 <= hb["progress"] <= 0.95 for hb in server.heartbeats)
+    assert any("processing" in hb["message"] for hb in server.heartbeats)
+    assert not server.failed and leftovers(runner) == []
+    assert not list(runner.config.spool.glob("*.json"))
+
+
+async def test_claims_only_free_slots(server: FakeServer, tmp_path: Path) -> None:
+    server.add("J1", sleep_s=0.6)
+    runner = make_runner(tmp_path, concurrency=3)
+    await run_until(runner, lambda: len(server.claims) >= 3 and runner.jobs)
+    assert server.claims[0]["max_jobs"] == 3
+    assert all(c["max_jobs"] == 2 for c in server.claims[1:])
+
+
+async def test_full_slots_stop_claiming(server: FakeServer, tmp_path: Path) -> None:
+    server.add("J1", sleep_s=0.5)
+    runner = make_runner(tmp_path, concurrency=1)
+    busy: list[int] = []
+    server.on_claim = lambda body: busy.append(len(runner.jobs))
+    await run_until(runner, lambda: server.completed and len(server.claims) >= 2)
+    assert busy[0] == 0 and busy[1:] and all(b == 0 for b in busy)  # no claim while the one slot was taken
+
+
+async def test_cancel_via_heartbeat_stops_at_once(server: FakeServer, tmp_path: Path) -> None:
+    server.add("J1", sleep_s=30)
+    server.heartbeat_answer = httpx.Response(200, json={"lease_expires_at": "2030-01-01T00:00:00Z",
+                                                        "canceled": True})
+    runner = make_runner(tmp_path)
+    start = time.monotonic()
+    await run_until(runner, lambda: runner.finished)
+    assert time.monotonic() - start < 3
+    assert runner.finished[0].outcome == "canceled"
+    assert not server.completed and not server.failed
+    assert leftovers(runner) == []
+
+
+async def test_stale_lease_409_stops_without_reporting(server: FakeServer, tmp_path: Path) -> None:
+    server.add("J1", sleep_s=30)
+    server.heartbeat_answer = httpx.Response(409, json={"code": "stale_lease", "message": "gone"})
+    runner = make_runner(tmp_path)
+    await run_until(runner, lambda: runner.finished)
+    assert runner.finished[0].outcome == "lease lost"
+    assert not server.completed and not server.failed and leftovers(runner) == []
+
+
+async def test_shutdown_gives_the_lease_back_after_grace(server: FakeServer, tmp_path: Path) -> None:
+    server.add("J1", sleep_s=30)
+    runner = make_runner(tmp_path, grace_s=0.3)
+    start = time.monotonic()
+    await run_until(runner, lambda: runner.jobs and runner.jobs["J1"].progress.phase == "processing")
+    assert time.monotonic() - start < 3
+    assert [f["error_class"] for f in server.failed] == ["shutdown"]
+    assert server.failed[0]["retryable"] is True and server.failed[0]["lease_token"] == "tok-J1"
+    assert not server.completed and leftovers(runner) == []
+
+
+async def test_shutdown_lets_a_job_finish_within_grace(server: FakeServer, tmp_path: Path) -> None:
+    server.add("J1", sleep_s=0.4)
+    runner = make_runner(tmp_path, grace_s=5)
+    await run_until(runner, lambda: runner.jobs and runner.jobs["J1"].progress.phase == "processing")
+    assert [c["job_id"] for c in server.completed] == ["J1"] and not server.failed
+    claims = len(server.claims)
+    assert claims == len(server.claims)  # nothing claimed after the stop
+
+
+async def test_processing_error_is_reported_final(server: FakeServer, tmp_path: Path) -> None:
+    server.add("J1", b"\xff\xfe not utf-8")
+    runner = make_runner(tmp_path)
+    await run_until(runner, lambda: server.failed)
+    fail = server.failed[0]
+    assert fail["error_class"] == "bad_input" and fail["retryable"] is False
+    assert "UTF-8" in fail["error"] and leftovers(runner) == []
+
+
+async def test_checksum_mismatch_is_retryable(server: FakeServer, tmp_path: Path) -> None:
+    server.add("J1", b"hello")
+    server.files["J1"] = b"HELLO"
+    runner = make_runner(tmp_path)
+    await run_until(runner, lambda: server.failed)
+    assert server.failed[0]["error_class"] == "transient" and server.failed[0]["retryable"] is True
+
+
+async def test_result_is_spooled_and_delivered_after_an_outage(server: FakeServer, tmp_path: Path) -> None:
+    server.add("J1", b"precious")
+    server.complete_outage = 4  # the first attempts meet a dead server
+    runner = make_runner(tmp_path)
+    spooled: list[bool] = []
+    server.on_complete = lambda request: spooled.append((runner.config.spool / "J1.json").exists())
+    await run_until(runner, lambda: server.completed)
+    assert len(spooled) == 5 and all(spooled)
+    assert "precious" in server.completed[0]["markdown"]
+    assert not (runner.config.spool / "J1.json").exists()
+
+
+async def test_spooled_result_is_delivered_on_start(server: FakeServer, tmp_path: Path) -> None:
+    runner = make_runner(tmp_path)
+    runner.config.spool.mkdir(parents=True)
+    entry = {"job_id": "OLD", "lease_token": "tok-OLD", "saved_at": time.time(), "deliver_until": time.time() + 30,
+             "markdown": "# from before", "metadata": {}}
+    (runner.config.spool / "OLD.json").write_text(json.dumps(entry))
+    await run_until(runner, lambda: server.completed)
+    assert server.completed[0]["job_id"] == "OLD" and server.completed[0]["markdown"] == "# from before"
+    assert not (runner.config.spool / "OLD.json").exists()
+
+
+async def test_once_processes_one_job_and_exits(server: FakeServer, tmp_path: Path) -> None:
+    server.add("J1")
+    server.add("J2")
+    runner = make_runner(tmp_path, once=True)
+    code = await asyncio.wait_for(runner.run(install_signals=False), 10)
+    assert code == 0 and [c["job_id"] for c in server.completed] == ["J1"]
+    assert server.claims[0]["max_jobs"] == 1
+
+
+async def test_bad_key_exits_2(tmp_path: Path) -> None:
+    with respx.mock:
+        respx.get(f"{BASE}/worker/hello").respond(401, json={"code": "unauthorized", "message": "unknown key"})
+        assert await make_runner(tmp_path).run(install_signals=False) == 2
