@@ -1,0 +1,254 @@
+"""The job queue on SQLite and on real PostgreSQL: lanes, leases, fencing, fallback, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from api import jobstore
+from api.errors import JobCanceledError, StaleLease
+from api.ids import utcnow
+from api.jobstore import J, W
+from api.keystore import Scope
+from protocol.errors import ErrorClass
+from protocol.states import LaneKind
+from tests.factories import claim, make_user, submit
+
+CPU, GPU = LaneKind.cpu, LaneKind.gpu
+
+
+async def _state(store, job_id):
+    async with store.engine.begin() as conn:
+        return (await conn.execute(select(J.c.state).where(J.c.id == job_id))).scalar_one()
+
+
+async def test_users_never_see_each_others_jobs(store):
+    alice, _ = await make_user(store.engine, "alice")
+    bob, _ = await make_user(store.engine, "bob")
+    a_jobs = {await submit(store, alice) for _ in range(5)}
+    b_jobs = {await submit(store, bob) for _ in range(5)}
+    got_a = {r.id for r in await claim(store, alice, "wa", n=20)}
+    got_b = {r.id for r in await claim(store, bob, "wb", n=20)}
+    assert got_a == a_jobs
+    assert got_b == b_jobs
+
+
+async def test_lane_by_content_type_and_worker_lanes(store):
+    alice, _ = await make_user(store.engine, "alice")
+    store.settings.fallback_after_s = 3600
+    # A live GPU worker, so GPU jobs stay in the GPU lane instead of falling back at once.
+    assert await claim(store, alice, "gpu-box", lanes=(GPU,), content_types=("audio",)) == []
+    audio = await submit(store, alice, "audio", GPU)
+    doc = await submit(store, alice, "document", CPU)
+    cpu_rows = await claim(store, alice, "cpu-box", lanes=(CPU,), content_types=("audio", "document"), n=5)
+    assert [r.id for r in cpu_rows] == [doc]
+    gpu_rows = await claim(store, alice, "gpu-box", lanes=(GPU,), content_types=("audio", "document"), n=5)
+    assert [r.id for r in gpu_rows] == [audio]
+
+
+async def test_content_types_filter(store):
+    alice, _ = await make_user(store.engine, "alice")
+    await submit(store, alice, "image")
+    assert await claim(store, alice, content_types=("document",)) == []
+    assert len(await claim(store, alice, content_types=("image",))) == 1
+
+
+async def test_killed_worker_job_is_reclaimed_after_lease_expiry_and_completed_once(store):
+    alice, _ = await make_user(store.engine, "alice")
+    store.settings.lease_s = 0.2
+    job = await submit(store, alice)
+    (first,) = await claim(store, alice, "w1")
+    assert await claim(store, alice, "w2") == []  # leased: nobody else gets it
+    await asyncio.sleep(0.3)
+    assert await jobstore.release_expired(store.engine, store.notifier) == 1
+    store.settings.lease_s = 60
+    (second,) = await claim(store, alice, "w2")
+    assert second.id == job and second.attempt == 2 and second.lease_token != first.lease_token
+    # The dead worker comes back: its completion is refused, the live one's is stored once.
+    with pytest.raises(StaleLease):
+        await jobstore.complete_job(store.engine, store.notifier, job, first.lease_token, "old", {})
+    assert await jobstore.complete_job(store.engine, store.notifier, job, second.lease_token, "new", {}) == "succeeded"
+    assert await jobstore.complete_job(store.engine, store.notifier, job, second.lease_token, "new", {}) == "succeeded"
+    row = await jobstore.get_job(store.engine, alice.user_id, job)
+    assert row["result"]["markdown"] == "new" and row["attempt"] == 2
+
+
+async def test_stale_heartbeat_and_fail_are_refused(store):
+    alice, _ = await make_user(store.engine, "alice")
+    job = await submit(store, alice)
+    await claim(store, alice)
+    with pytest.raises(StaleLease):
+        await jobstore.heartbeat(store.engine, store.settings, alice, job, "not-the-token", 0.5, "x")
+    with pytest.raises(StaleLease):
+        await jobstore.fail_job(store.engine, store.notifier, store.settings, job, "nope", "e",
+                                ErrorClass.transient, True)
+
+
+async def test_job_that_keeps_killing_workers_ends_dead(store):
+    alice, _ = await make_user(store.engine, "alice")
+    store.settings.lease_s = 0.05
+    store.settings.max_attempts = 2
+    job = await submit(store, alice)
+    for _ in range(2):
+        assert len(await claim(store, alice)) == 1
+        await asyncio.sleep(0.1)
+        await jobstore.release_expired(store.engine, store.notifier)
+    assert await _state(store, job) == "dead"
+    assert await claim(store, alice) == []
+
+
+async def test_fail_retryable_backs_off_then_dead(store):
+    alice, _ = await make_user(store.engine, "alice")
+    store.settings.retry_base_s = 0.05
+    store.settings.max_attempts = 2
+    job = await submit(store, alice)
+    (r,) = await claim(store, alice)
+    state, retry_at = await jobstore.fail_job(store.engine, store.notifier, store.settings, job, r.lease_token,
+                                              "net down", ErrorClass.transient, True)
+    assert state == "queued" and retry_at > utcnow() - timedelta(seconds=1)
+    assert await claim(store, alice) == []  # not before its backoff
+    await asyncio.sleep(0.1)
+    (r2,) = await claim(store, alice)
+    state, _ = await jobstore.fail_job(store.engine, store.notifier, store.settings, job, r2.lease_token,
+                                       "net down", ErrorClass.transient, True)
+    assert state == "dead"
+    row = await jobstore.get_job(store.engine, alice.user_id, job)
+    assert "gave up after 2 attempts" in row["error"]
+
+
+async def test_non_retryable_fails_and_shutdown_release_requeues_at_once(store):
+    alice, _ = await make_user(store.engine, "alice")
+    a = await submit(store, alice)
+    (r,) = await claim(store, alice)
+    state, _ = await jobstore.fail_job(store.engine, store.notifier, store.settings, a, r.lease_token,
+                                       "corrupt file", ErrorClass.bad_input, False)
+    assert state == "failed"
+    b = await submit(store, alice)
+    (r,) = await claim(store, alice, "w1")
+    state, _ = await jobstore.fail_job(store.engine, store.notifier, store.settings, b, r.lease_token,
+                                       "worker stopping", ErrorClass.shutdown, True)
+    assert state == "queued"
+    (again,) = await claim(store, alice, "w2")
+    assert again.id == b and again.attempt == 1  # the give-back did not cost an attempt
+
+
+async def test_cancel_queued_never_runs_and_running_learns_at_heartbeat(store):
+    alice, _ = await make_user(store.engine, "alice")
+    queued = await submit(store, alice)
+    assert await jobstore.cancel_job(store.engine, alice.user_id, queued) == "canceled"
+    assert await claim(store, alice) == []
+    running = await submit(store, alice)
+    (r,) = await claim(store, alice)
+    await jobstore.cancel_job(store.engine, alice.user_id, running)
+    _, canceled = await jobstore.heartbeat(store.engine, store.settings, alice, running, r.lease_token, 0.5, "")
+    assert canceled is True
+    with pytest.raises(JobCanceledError):
+        await jobstore.complete_job(store.engine, store.notifier, running, r.lease_token, "late", {})
+
+
+async def test_claim_id_replay_returns_the_same_jobs(store):
+    alice, _ = await make_user(store.engine, "alice")
+    for _ in range(3):
+        await submit(store, alice)
+    first = await claim(store, alice, n=2, claim_id="c-1")
+    again = await jobstore.replay_claim(store.engine, alice, "c-1")
+    assert [(r.id, r.lease_token) for r in again] == [(r.id, r.lease_token) for r in first]
+    assert await jobstore.replay_claim(store.engine, alice, "c-2") == []
+
+
+async def _set_fallback_clock(store, job_id, **values):
+    async with store.engine.begin() as conn:
+        await conn.execute(update(J).where(J.c.id == job_id).values(**values))
+
+
+async def test_gpu_job_falls_back_to_cpu_then_shared_only_after_fallback_after(store):
+    alice, _ = await make_user(store.engine, "alice")
+    shared, _ = await make_user(store.engine, "operator", Scope.shared_worker)
+    store.settings.fallback_after_s = 3600
+    store.settings.shared_fallback_after_s = 7200
+    await claim(store, alice, "gpu-box", lanes=(GPU,), content_types=("audio",))  # a live GPU worker
+    job = await submit(store, alice, "audio", GPU)
+    assert await claim(store, alice, "cpu-box", lanes=(CPU,), content_types=("audio",)) == []
+    assert await claim(store, shared, "op-1", lanes=(CPU,), content_types=("audio",)) == []
+    now = utcnow()
+    await _set_fallback_clock(store, job, fallback_at=now - timedelta(seconds=1))
+    assert await claim(store, shared, "op-1", lanes=(CPU,), content_types=("audio",)) == []
+    (r,) = await claim(store, alice, "cpu-box", lanes=(CPU,), content_types=("audio",))
+    assert r.id == job
+    # Next job: past the shared fallback time, a shared worker may take it.
+    job2 = await submit(store, alice, "audio", GPU)
+    await _set_fallback_clock(store, job2, shared_at=now - timedelta(seconds=1))
+    (r2,) = await claim(store, shared, "op-1", lanes=(CPU,), content_types=("audio",))
+    assert r2.id == job2
+
+
+async def test_no_live_gpu_worker_means_immediate_cpu_fallback(store):
+    alice, _ = await make_user(store.engine, "alice")
+    store.settings.fallback_after_s = 3600
+    job = await submit(store, alice, "audio", GPU)  # alice has no GPU worker online
+    (r,) = await claim(store, alice, "cpu-box", lanes=(CPU,), content_types=("audio",))
+    assert r.id == job
+
+
+async def test_worker_going_offline_triggers_fallback_sweep(store):
+    alice, _ = await make_user(store.engine, "alice")
+    store.settings.fallback_after_s = 3600
+    store.settings.shared_fallback_after_s = 3600
+    await claim(store, alice, "gpu-box", lanes=(GPU,), content_types=("audio",))
+    job = await submit(store, alice, "audio", GPU)
+    assert await jobstore.sweep_fallback(store.engine, store.notifier, store.settings) == 0
+    async with store.engine.begin() as conn:  # the GPU box was last seen long ago
+        await conn.execute(update(W).values(last_seen_at=utcnow() - timedelta(hours=1)))
+    assert await jobstore.sweep_fallback(store.engine, store.notifier, store.settings) >= 1
+    (r,) = await claim(store, alice, "cpu-box", lanes=(CPU,), content_types=("audio",))
+    assert r.id == job
+
+
+async def test_shared_fallback_never_when_user_turned_it_off(store):
+    carol, _ = await make_user(store.engine, "carol", shared_fallback=False)
+    shared, _ = await make_user(store.engine, "operator", Scope.shared_worker)
+    store.settings.shared_fallback_after_s = 0
+    job = await submit(store, carol, "document", CPU)
+    await jobstore.sweep_fallback(store.engine, store.notifier, store.settings)
+    await _set_fallback_clock(store, job, run_after=utcnow() - timedelta(days=1))
+    assert await claim(store, shared, "op", content_types=("document",)) == []
+    (r,) = await claim(store, carol, "own", content_types=("document",))
+    assert r.id == job
+
+
+async def test_default_lane_is_fair_between_users(store):
+    shared, _ = await make_user(store.engine, "operator", Scope.shared_worker)
+    busy, _ = await make_user(store.engine, "busy")
+    quiet, _ = await make_user(store.engine, "quiet")
+    store.settings.shared_fallback_after_s = 0  # both users have no workers: their jobs go shared
+    busy_jobs = [await submit(store, busy) for _ in range(20)]
+    quiet_job = await submit(store, quiet)
+    first = await claim(store, shared, "op", n=2)
+    assert quiet_job in {r.id for r in first}  # not after busy's 20 jobs
+    assert {r.id for r in first} & set(busy_jobs)
+
+
+async def test_concurrent_claims_never_hand_a_job_to_two_workers(store, database_url):
+    owner, _ = await make_user(store.engine, "alice")
+    n_jobs, n_workers = 1000, 8
+    await asyncio.gather(*(submit(store, owner) for _ in range(n_jobs)))
+    seen: list[str] = []
+
+    async def worker(i: int) -> None:
+        while True:
+            rows = await claim(store, owner, f"w{i}", n=5)
+            if not rows:
+                return
+            seen.extend(r.id for r in rows)
+            for r in rows:
+                await jobstore.complete_job(store.engine, store.notifier, r.id, r.lease_token, "ok", {})
+
+    await asyncio.wait_for(asyncio.gather(*(worker(i) for i in range(n_workers))), timeout=240)
+    assert len(seen) == n_jobs
+    assert len(set(seen)) == n_jobs
+    async with store.engine.begin() as conn:
+        states = (await conn.execute(select(J.c.state).where(J.c.state != "succeeded"))).all()
+    assert states == []
