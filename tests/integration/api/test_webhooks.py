@@ -1,0 +1,158 @@
+"""Webhooks: signed POST on the final state, retried with backoff (bounded), every attempt recorded,
+delivered by the periodic sweep when no hook fired and after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from api import jobstore, keystore, webhooks
+from api.app import create_app
+from api.ids import utcnow
+from api.models import Job
+from protocol.signing import sign_body
+from tests.integration.api.conftest import Env, make_settings
+
+
+class Receiver:
+    """A tiny HTTP server on 127.0.0.1 answering from a script of status codes (then 200)."""
+
+    def __init__(self, script: list[int]) -> None:
+        self.script = list(script)
+        self.calls: list[dict[str, Any]] = []
+        self.got = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/hook"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        status = self.script.pop(0) if self.script else 200
+        self.calls.append({"headers": headers, "body": body, "status": status, "line": lines[0]})
+        if status == 200:
+            self.got.set()
+        writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".encode())
+        await writer.drain()
+        writer.close()
+
+    async def __aenter__(self) -> Receiver:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+def _verify(call: dict[str, Any], secret: bytes = b"test-secret") -> dict[str, Any]:
+    sig = dict(p.split("=", 1) for p in call["headers"]["x-morag-signature"].split(","))
+    assert hmac.compare_digest(sig["v1"], sign_body(secret, call["body"], int(sig["t"])))
+    return dict(json.loads(call["body"]))
+
+
+async def _submit(env: Env, hook: str) -> str:
+    resp = await env.client.post("/api/v1/ingest/url", headers=env.alice,
+                                 json={"url": "https://example.org/a", "webhook_url": hook, "document_id": "d1"})
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["task_id"])
+
+
+async def test_signed_webhook_retried_until_delivered(env: Env) -> None:
+    async with Receiver([500, 503]) as rx:
+        task_id = await _submit(env, rx.url)
+        await env.client.delete(f"/api/v1/ingest/{task_id}", headers=env.alice)
+        await asyncio.wait_for(rx.got.wait(), 10)
+    assert [c["status"] for c in rx.calls] == [500, 503, 200] and rx.calls[0]["line"].startswith("POST /hook")
+    body = _verify(rx.calls[-1])
+    job = await jobstore.get_job_any(env.state.engine, task_id)
+    assert body == {"task_id": task_id, "status": "canceled", "result": None, "error": None,
+                    "completed_at": job["finished_at"].isoformat(), "batch_id": None, "document_id": "d1"}
+    await asyncio.sleep(0.5)  # the sweep must not send it again
+    rows = await _rows_until(env.state, task_id, 3)
+    assert [(r["attempt"], r["status_code"], r["delivered"]) for r in rows] == [
+        (1, 500, False), (2, 503, False), (3, 200, True)]
+    assert len(rx.calls) == 3
+
+
+async def test_sweep_delivers_when_no_hook_fired_with_result_summary(env: Env) -> None:
+    async with Receiver([]) as rx:
+        task_id = await _submit(env, rx.url)
+        finished = utcnow()
+        # As another process (the indexer) would: the job ends without this process' hook firing.
+        async with env.state.engine.begin() as conn:
+            await conn.execute(update(Job.__table__).where(Job.__table__.c.id == task_id).values(
+                state="succeeded", stage="done", finished_at=finished,
+                result={"markdown": "# abc", "metadata": {"title": "A"}, "chunks": 3}))
+        await asyncio.wait_for(rx.got.wait(), 10)
+    body = _verify(rx.calls[0])
+    assert body["status"] == "succeeded" and body["completed_at"] == finished.isoformat()
+    assert body["result"] == {"content_length": 5, "metadata": {"title": "A"}, "chunks": 3}
+
+
+@pytest.mark.parametrize("settings_overrides", [{"webhook_retry_s": 0.4}])
+async def test_retries_are_bounded(env: Env) -> None:
+    async with Receiver([500] * 100) as rx:
+        task_id = await _submit(env, rx.url)
+        await env.client.delete(f"/api/v1/ingest/{task_id}", headers=env.alice)
+        await asyncio.sleep(1.5)
+    rows = await webhooks.list_deliveries(env.state, task_id)
+    assert 2 <= len(rows) <= 6 and not any(r["delivered"] for r in rows)
+    assert len(rx.calls) == len(rows)
+
+
+async def test_unreachable_target_is_recorded(env: Env) -> None:
+    async with Receiver([]) as rx:
+        url = rx.url
+    task_id = await _submit(env, url)  # nobody listens there any more
+    await env.client.delete(f"/api/v1/ingest/{task_id}", headers=env.alice)
+    await asyncio.sleep(0.5)
+    rows = await webhooks.list_deliveries(env.state, task_id)
+    assert rows and rows[0]["status_code"] is None and "Connect" in rows[0]["error"]
+
+
+async def _rows_until(state: Any, task_id: str, n: int) -> list[dict[str, Any]]:
+    """The delivery rows once there are ``n`` (the receiver answers before the row is written)."""
+    for _ in range(100):
+        rows = await webhooks.list_deliveries(state, task_id)
+        if len(rows) >= n:
+            return rows
+        await asyncio.sleep(0.05)
+    return rows
+
+
+async def test_delivery_resumes_after_a_restart(tmp_path: Path) -> None:
+    async with Receiver([500] * 3) as rx:
+        app = create_app(make_settings(tmp_path, webhook_backoff_base_s=30))
+        async with app.router.lifespan_context(app):
+            engine = app.state.morag.engine
+            await keystore.create_user(engine, "alice")
+            key = (await keystore.create_key(engine, "alice", keystore.Scope.client))[1]
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                h = {"Authorization": f"Bearer {key}"}
+                task_id = (await c.post("/api/v1/ingest/url", headers=h,
+                                        json={"url": "https://a.org", "webhook_url": rx.url})).json()["task_id"]
+                await c.delete(f"/api/v1/ingest/{task_id}", headers=h)
+                for _ in range(50):
+                    if rx.calls:
+                        break
+                    await asyncio.sleep(0.05)
+        assert len(rx.calls) == 1  # first try failed; the server stopped during the 30 s backoff
+        rx.script = []
+        app = create_app(make_settings(tmp_path))
+        async with app.router.lifespan_context(app):
+            await asyncio.wait_for(rx.got.wait(), 10)
+            rows = await _rows_until(app.state.morag, task_id, 2)
+    assert [(r["attempt"], r["delivered"]) for r in rows] == [(1, False), (2, True)]
