@@ -9,11 +9,11 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import cookies, db, webhooks
+from api import cookies, db, indexer, webhooks
 from api.errors import install_handlers
 from api.maintenance import Maintenance
 from api.notifier import Notifier
-from api.routes import files, tasks, worker
+from api.routes import files, search, tasks, worker
 from api.settings import Settings
 from api.state import AppState
 
@@ -56,12 +56,14 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         lifespan=lifespan,
     )
     # Client API: users' cookies for workers, webhooks on final states.
-    app.state.startup_hooks = [cookies.startup, webhooks.startup]
-    app.state.shutdown_hooks = [webhooks.shutdown]
+    # Indexing: ingest results -> chunks -> embeddings -> vector store (server side only).
+    app.state.startup_hooks = [cookies.startup, webhooks.startup, indexer.start_indexing]
+    app.state.shutdown_hooks = [webhooks.shutdown, indexer.stop_indexing]
     install_handlers(app)
     app.include_router(worker.router)
     app.include_router(files.router)
     app.include_router(tasks.router)
+    app.include_router(search.router)
 
     @app.get("/health", tags=["meta"])
     async def health() -> dict[str, Any]:

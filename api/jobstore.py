@@ -618,3 +618,60 @@ async def list_webhooks_due(engine: AsyncEngine, ended_since: datetime, limit: i
             )
         ).all()
     return [r.id for r in rows]
+
+
+# --- Indexing stage (ingest jobs after the worker's result) -------------------------------------
+
+async def claim_index_work(engine: AsyncEngine, limit: int, hold_s: float) -> list[dict[str, Any]]:
+    """Take up to ``limit`` jobs due for indexing, holding them for ``hold_s`` (other servers skip them)."""
+    now = utcnow()
+    due = and_(J.c.state == RUNNING, J.c.stage == "index", J.c.index_next_at <= now)
+    cand = select(J.c.id).where(due).order_by(J.c.index_next_at, J.c.id).limit(limit)
+    values = {"index_next_at": now + timedelta(seconds=hold_s), "index_attempts": J.c.index_attempts + 1}
+    async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            locked = cand.with_for_update(of=J, skip_locked=True).cte("locked")
+            stmt = update(J).where(J.c.id == locked.c.id).values(**values).returning(*J.c)
+        else:
+            stmt = update(J).where(J.c.id.in_(cand.scalar_subquery())).values(**values).returning(*J.c)
+        rows = (await conn.execute(stmt)).mappings().all()
+    return [dict(r) for r in rows]
+
+
+async def finish_indexing(engine: AsyncEngine, job_id: str, result: dict[str, Any], message: str) -> bool:
+    """Indexed: the ingest job succeeds (unless it was canceled meanwhile)."""
+    now = utcnow()
+    async with engine.begin() as conn:
+        res = await conn.execute(
+            update(J)
+            .where(J.c.id == job_id, J.c.state == RUNNING, J.c.stage == "index")
+            .values(state=JobState.succeeded.value, stage="done", result=result, progress=1.0,
+                    progress_message=message, finished_at=now, updated_at=now, index_next_at=None,
+                    error=None, error_class=None)
+        )
+    return bool(res.rowcount)
+
+
+async def defer_indexing(engine: AsyncEngine, job_id: str, retry_at: datetime, reason: str) -> bool:
+    """Indexing hit a passing outage: show why on the task and try again at ``retry_at``."""
+    async with engine.begin() as conn:
+        res = await conn.execute(
+            update(J)
+            .where(J.c.id == job_id, J.c.state == RUNNING, J.c.stage == "index")
+            .values(index_next_at=retry_at, progress_message=f"waiting for indexing: {reason}"[:500],
+                    error=reason, error_class="indexing_delayed", updated_at=utcnow())
+        )
+    return bool(res.rowcount)
+
+
+async def fail_indexing(engine: AsyncEngine, job_id: str, reason: str) -> bool:
+    """Indexing failed for good: the task ends ``failed`` (its processed result is kept)."""
+    now = utcnow()
+    async with engine.begin() as conn:
+        res = await conn.execute(
+            update(J)
+            .where(J.c.id == job_id, J.c.state == RUNNING, J.c.stage == "index")
+            .values(state=JobState.failed.value, error=reason, error_class="indexing_failed",
+                    progress_message="indexing failed", finished_at=now, updated_at=now, index_next_at=None)
+        )
+    return bool(res.rowcount)

@@ -94,6 +94,27 @@ class Settings(BaseSettings):
         30.0, gt=0, description="How often undelivered webhooks are looked for (after a restart, say)."
     )
 
+    # Indexing (chunks, embeddings, vector store)
+    chunk_size: int = Field(1500, gt=0, description="Target chunk size in characters (cut on word boundaries).")
+    chunk_overlap: int = Field(200, ge=0, description="Characters shared by consecutive chunks.")
+    gemini_api_key: str | None = Field(
+        None, description="Embed with Gemini (google-genai) when set; else the local MiniLM model."
+    )
+    gemini_model: str = Field("gemini-embedding-001", description="Gemini embedding model.")
+    gemini_dimensions: int = Field(768, gt=0, description="Gemini output dimensionality.")
+    embed_batch_size: int = Field(100, gt=0, description="Texts per Gemini embedding request.")
+    embed_max_retries: int = Field(5, ge=0, description="Retries of an embedding request on 429/5xx.")
+    qdrant_url: str | None = Field(None, description="Qdrant server URL; default: local mode in data_dir/qdrant.")
+    qdrant_api_key: str | None = Field(None, description="Qdrant server API key.")
+    collection: str = Field("morag", description="Qdrant collection name.")
+    distance: str = Field("cosine", pattern="^(cosine|dot|euclid|manhattan)$", description="Vector distance.")
+    index_interval_s: float = Field(0.5, gt=0, description="How often the indexer looks for finished ingest jobs.")
+    index_retry_base_s: float = Field(2.0, gt=0, description="First wait after an embedding/vector store outage.")
+    index_retry_max_s: float = Field(300.0, gt=0, description="Longest wait between indexing retries.")
+    index_max_attempts: int = Field(
+        30, ge=1, description="Indexing tries (outages included) before the task fails for good."
+    )
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
