@@ -155,8 +155,9 @@ class YoutubeProcessor:
             return False, "yt-dlp is not installed: pip install '.[media]'"
         return media_available()
 
-    def _options(self, job: JobInput, config: ProcessorConfig, cookies: Path | None) -> dict[str, Any]:
-        self.canceled: JobCanceled | None = None
+    def _options(
+        self, job: JobInput, config: ProcessorConfig, cookies: Path | None, canceled: list[JobCanceled]
+    ) -> dict[str, Any]:
 
         def hook(d: dict[str, Any]) -> None:
             total = d.get("total_bytes") or d.get("total_bytes_estimate")
@@ -167,7 +168,7 @@ class YoutubeProcessor:
                 except JobCanceled as exc:
                     import yt_dlp
 
-                    self.canceled = exc
+                    canceled.append(exc)  # per job: one processor instance serves concurrent jobs
                     raise yt_dlp.utils.DownloadCancelled(str(exc)) from exc
 
         return {
@@ -204,8 +205,9 @@ class YoutubeProcessor:
         subs: list[Segment] = []
         sub_info: dict[str, Any] = {}
         media: Path | None = None
+        canceled: list[JobCanceled] = []
         try:
-            with yt_dlp.YoutubeDL(self._options(job, config, cookies)) as ydl:
+            with yt_dlp.YoutubeDL(self._options(job, config, cookies, canceled)) as ydl:
                 info = ydl.sanitize_info(ydl.extract_info(job.url, download=False))
                 if info.get("_type") in {"playlist", "multi_video"}:
                     entries = [e for e in info.get("entries") or [] if e]
@@ -227,7 +229,7 @@ class YoutubeProcessor:
                     ]
                     media = next((f for f in files if f.is_file()), None)
         except yt_dlp.utils.DownloadCancelled as exc:
-            raise self.canceled or JobCanceled(str(exc)) from exc
+            raise (canceled[0] if canceled else JobCanceled(str(exc))) from exc
         except (yt_dlp.utils.YoutubeDLError, OSError) as exc:
             raise classify(exc) from exc
         if not subs and media is None:

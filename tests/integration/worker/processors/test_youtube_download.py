@@ -109,6 +109,7 @@ def test_direct_mp4_needs_cookie_and_transcribes_with_it(server: str, cookies: P
     with pytest.raises(AuthRequired, match="cookies"):
         YoutubeProcessor().process(_job(tmp_path, f"{server}/talk.mp4"), CONFIG)
     progress: list[float] = []
+    original = cookies.read_text()
     job = _job(tmp_path, f"{server}/talk.mp4", cookies)
     job.progress = lambda fraction, message: progress.append(fraction)
     result = YoutubeProcessor().process(job, CONFIG)
@@ -118,7 +119,8 @@ def test_direct_mp4_needs_cookie_and_transcribes_with_it(server: str, cookies: P
     assert result.metadata["webpage_url"] == f"{server}/talk.mp4"
     assert "[00:00]" in result.markdown
     assert progress == sorted(progress) and progress[-1] == 1.0
-    assert cookies.read_text().count("letmein") == 1  # yt-dlp got a copy, the original is untouched
+    assert cookies.read_text() == original  # yt-dlp rewrote a copy, never the server's file
+    assert (job.temp_dir / "cookies.txt").read_text() != original
 
 
 def test_page_with_video_tag_prefers_its_subtitles(server: str, cookies: Path, tmp_path: Path) -> None:
