@@ -1,0 +1,144 @@
+"""A real server process for end-to-end tests: ``live_server(env)`` starts ``python -m api serve``.
+
+The factory gives each server a free port on 127.0.0.1 and its own data directory (SQLite), creates
+a user ``alice`` with a worker and a client key through the CLI, and stops every server it started
+when the test ends. ``LiveServer.kill()`` + ``start()`` cut the server and bring it back on the same
+port and data directory (what an outage looks like to a worker).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST_ENV = {"MORAG_LEASE_S": "3", "MORAG_REAPER_INTERVAL_S": "0.2", "MORAG_RETRY_BASE_S": "0.1",
+            "MORAG_CLAIM_RECHECK_S": "0.2"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    """One ``python -m api serve`` subprocess and the keys made for it."""
+
+    data_dir: Path
+    port: int
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    keys: dict[str, str] = field(default_factory=dict)  # "worker", "client", ...
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def worker_key(self) -> str:
+        return self.keys["worker"]
+
+    @property
+    def client_key(self) -> str:
+        return self.keys["client"]
+
+    def cli(self, *args: str) -> str:
+        """Run ``python -m api ARGS`` on this server's data; its stdout."""
+        out = subprocess.run([sys.executable, "-m", "api", *args], env=self.env, cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    def create_key(self, user: str, scope: str) -> str:
+        return self.cli("keys", "create", "--user", user, "--scope", scope).strip().splitlines()[-1]
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start (or restart) the server and wait until /health answers."""
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the server process without waiting for it."""
+        log = (self.data_dir / "server.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "api", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             "--log-level", "warning"],
+            env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until /health answers; fail with the server's log if it exited."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {(self.data_dir / 'server.log').read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not answer /health in time")
+
+    def kill(self) -> None:
+        """Cut the server at once (SIGKILL), like a crash or a lost network."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """A client-key request to /api/v1."""
+        headers = {"Authorization": f"Bearer {self.client_key}"}
+        return httpx.request(method, f"{self.url}/api/v1{path}", headers=headers, timeout=10, **kw)
+
+
+LiveServerFactory = Callable[..., LiveServer]
+
+
+@pytest.fixture
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServerFactory]:
+    """Factory: ``live_server(env={...}, scopes=("worker", "client"))`` -> a started LiveServer."""
+    started: list[LiveServer] = []
+
+    def factory(env: dict[str, str] | None = None, scopes: tuple[str, ...] = ("worker", "client"),
+                user: str = "alice") -> LiveServer:
+        data = tmp_path_factory.mktemp("server")
+        full = {k: v for k, v in os.environ.items() if not k.startswith("MORAG_")}
+        full.update(FAST_ENV)
+        full.update({"MORAG_DATA_DIR": str(data), "PYTHONUNBUFFERED": "1"})
+        full.update(env or {})
+        server = LiveServer(data_dir=data, port=free_port(), env=full)
+        server.cli("users", "create", user)  # migrates the database before the server opens it
+        started.append(server)
+        server.launch()  # boots while the keys are made (each CLI call is a process of its own)
+        for scope in scopes:
+            server.keys[scope] = server.create_key(user, scope)
+        server.wait_ready()
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
