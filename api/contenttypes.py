@@ -8,15 +8,20 @@ from api.errors import UnsupportedContent
 from protocol.states import ContentType
 
 #: MIME types (besides audio/*, video/*, image/*, text/*) the document processor reads.
-DOCUMENT_MIMES = frozenset({
-    "application/pdf",
-    "application/msword",
-    "application/rtf",
-    "application/xhtml+xml",
-    "application/epub+zip",
-})
-DOCUMENT_PREFIXES = ("application/vnd.openxmlformats-officedocument.", "application/vnd.ms-",
-                     "application/vnd.oasis.opendocument.")
+DOCUMENT_MIMES = frozenset(
+    {
+        "application/pdf",
+        "application/msword",
+        "application/rtf",
+        "application/xhtml+xml",
+        "application/epub+zip",
+    }
+)
+DOCUMENT_PREFIXES = (
+    "application/vnd.openxmlformats-officedocument.",
+    "application/vnd.ms-",
+    "application/vnd.oasis.opendocument.",
+)
 #: libmagic guesses these from weak evidence (random bytes often "are" TGA): not trusted.
 UNTRUSTED = frozenset({"image/x-tga", "application/octet-stream", "inode/x-empty"})
 #: Text formats that are data, not documents a reader would index.

@@ -30,7 +30,9 @@ HTTPONLY = "#HttpOnly_"
 
 def fernet_for(secret: bytes) -> Fernet:
     """The cookie cipher: a key derived from the server secret (HKDF-SHA256, own context)."""
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"morag-remote cookies v1").derive(secret)
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"morag-remote cookies v1").derive(
+        secret
+    )
     return Fernet(base64.urlsafe_b64encode(key))
 
 
@@ -55,7 +57,8 @@ def parse_netscape(text: str) -> list[CookieLine]:
         fields = line.split("\t")
         if len(fields) != 7 or not fields[4].lstrip("-").isdigit():
             raise BadRequest(
-                f"line {number} is not a Netscape cookie line (7 tab-separated fields)", code="invalid_cookies"
+                f"line {number} is not a Netscape cookie line (7 tab-separated fields)",
+                code="invalid_cookies",
             )
         domain = fields[0].removeprefix(HTTPONLY)
         flag = fields[1].upper() == "TRUE"
@@ -82,8 +85,13 @@ async def put_cookies(engine: AsyncEngine, fernet: Fernet, user_id: int, text: s
         by_domain[cookie.domain].append(cookie.line)
     now = utcnow()
     rows = [
-        {"user_id": user_id, "domain": d, "count": len(lines), "updated_at": now,
-         "data": fernet.encrypt("\n".join(lines).encode())}
+        {
+            "user_id": user_id,
+            "domain": d,
+            "count": len(lines),
+            "updated_at": now,
+            "data": fernet.encrypt("\n".join(lines).encode()),
+        }
         for d, lines in sorted(by_domain.items())
     ]
     async with engine.begin() as conn:
@@ -96,10 +104,16 @@ async def list_cookies(engine: AsyncEngine, user_id: int) -> list[dict[str, Any]
     """Domains and counts only: cookie values never leave the server through the client API."""
     async with engine.begin() as conn:
         rows = (
-            await conn.execute(
-                select(C.c.domain, C.c.count, C.c.updated_at).where(C.c.user_id == user_id).order_by(C.c.domain)
+            (
+                await conn.execute(
+                    select(C.c.domain, C.c.count, C.c.updated_at)
+                    .where(C.c.user_id == user_id)
+                    .order_by(C.c.domain)
+                )
             )
-        ).mappings().all()
+            .mappings()
+            .all()
+        )
     return [dict(r) for r in rows]
 
 
@@ -127,7 +141,9 @@ async def cookies_for_url(engine: AsyncEngine, fernet: Fernet, user_id: int, url
         return None
     async with engine.begin() as conn:
         rows = (
-            await conn.execute(select(C.c.data).where(C.c.user_id == user_id, C.c.domain.in_(_suffixes(host))))
+            await conn.execute(
+                select(C.c.data).where(C.c.user_id == user_id, C.c.domain.in_(_suffixes(host)))
+            )
         ).all()
     lines: list[str] = []
     for row in rows:

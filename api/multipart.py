@@ -127,8 +127,14 @@ async def read_form(
 
 
 def _on_event(
-    kind: str, value: Any, part: _Part | None, form: UploadedForm, settings: Settings,
-    user_id: int | None, file_fields: frozenset[str], max_files: int,
+    kind: str,
+    value: Any,
+    part: _Part | None,
+    form: UploadedForm,
+    settings: Settings,
+    user_id: int | None,
+    file_fields: frozenset[str],
+    max_files: int,
 ) -> _Part | None:
     if kind == "begin":
         return _Part()
@@ -159,13 +165,18 @@ def _on_event(
 
 
 def _start_part(
-    part: _Part, form: UploadedForm, settings: Settings, user_id: int | None,
-    file_fields: frozenset[str], max_files: int,
+    part: _Part,
+    form: UploadedForm,
+    settings: Settings,
+    user_id: int | None,
+    file_fields: frozenset[str],
+    max_files: int,
 ) -> None:
     disposition, params = parse_options_header(part.headers.get(b"content-disposition", b""))
     if disposition != b"form-data" or b"name" not in params:
-        raise BadRequest("a multipart part lacks Content-Disposition: form-data; name=...",
-                         code="malformed_multipart")
+        raise BadRequest(
+            "a multipart part lacks Content-Disposition: form-data; name=...", code="malformed_multipart"
+        )
     part.name = params[b"name"].decode("utf-8", "replace")
     if b"filename" in params:
         if part.name not in file_fields:

@@ -1,4 +1,4 @@
-"""Write docs/configuration.md from the Settings fields: ``python -m api.settings_doc > docs/configuration.md``."""
+"""Write docs/configuration.md from Settings: ``python -m api.settings_doc > docs/configuration.md``."""
 
 from __future__ import annotations
 

@@ -76,8 +76,14 @@ async def _record(state: AppState, job_id: str, attempt: int, status: int | None
     ok = status is not None and 200 <= status < 300
     async with state.engine.begin() as conn:
         await conn.execute(
-            D.insert().values(job_id=job_id, attempt=attempt, status_code=status,
-                              error=error[:1000] if error else None, delivered=ok, at=utcnow())
+            D.insert().values(
+                job_id=job_id,
+                attempt=attempt,
+                status_code=status,
+                error=error[:1000] if error else None,
+                delivered=ok,
+                at=utcnow(),
+            )
         )
 
 
@@ -160,8 +166,11 @@ class WebhookSender:
         try:
             # Checked again at delivery: the name may resolve elsewhere than at submission.
             await asyncio.to_thread(check_url, url, self.state.settings.webhook_allow_private)
-            headers = {"Content-Type": "application/json", "User-Agent": "morag-remote webhook",
-                       SIGNATURE_HEADER: signature_header(self.state.secret, body)}
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": "morag-remote webhook",
+                SIGNATURE_HEADER: signature_header(self.state.secret, body),
+            }
             resp = await self.client.post(url, content=body, headers=headers)
         except UnsafeURL as exc:
             return None, f"refused target: {exc}"

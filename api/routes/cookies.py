@@ -12,8 +12,19 @@ from api.routes.forms import ERRORS
 from api.schemas import CookieList
 
 router = APIRouter(prefix="/api/v1/cookies", tags=["cookies"])
-_BODY = {"requestBody": {"required": True, "content": {"text/plain": {"schema": {
-    "type": "string", "description": "A Netscape cookies.txt (e.g. exported with yt-dlp --cookies)."}}}}}
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "text/plain": {
+                "schema": {
+                    "type": "string",
+                    "description": "A Netscape cookies.txt (e.g. exported with yt-dlp --cookies).",
+                }
+            }
+        },
+    }
+}
 
 
 def _user(who: Principal) -> int:

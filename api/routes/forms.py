@@ -23,14 +23,17 @@ from protocol.urlguard import UnsafeURL, check_scheme, check_url
 M = TypeVar("M", bound=BaseModel)
 JSON_FIELDS = ("options", "metadata")
 #: The error answers of the submission routes (body: ErrorBody with a stable ``code``).
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody, "description": text} for code, text in (
-    (400, "Bad input (stable `code`: invalid_json, unsupported_scheme, empty_file, ...)"),
-    (401, "A valid API key is required"),
-    (413, "The upload or batch is too large"),
-    (415, "The content matches no processor"),
-    (422, "A field has the wrong type or value"),
-    (507, "The server's disk is full; nothing was stored"),
-)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "Bad input (stable `code`: invalid_json, unsupported_scheme, empty_file, ...)"),
+        (401, "A valid API key is required"),
+        (413, "The upload or batch is too large"),
+        (415, "The content matches no processor"),
+        (422, "A field has the wrong type or value"),
+        (507, "The server's disk is full; nothing was stored"),
+    )
+}
 
 
 def form_model(model: type[M], fields: dict[str, str]) -> M:
@@ -49,7 +52,9 @@ def form_model(model: type[M], fields: dict[str, str]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_context=False)]
+        errors = [
+            {**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_context=False)
+        ]
         raise RequestValidationError(errors) from exc
 
 
@@ -107,7 +112,10 @@ def file_request_body(model: type[BaseModel], many: bool = False) -> dict[str, A
         props["content_type"] = {"type": "string", "enum": [c.value for c in ContentType]}
     for name in JSON_FIELDS:
         if name in props:
-            props[name] = {"type": "string", "description": f"JSON object ({props[name].get('description', '')})"}
+            props[name] = {
+                "type": "string",
+                "description": f"JSON object ({props[name].get('description', '')})",
+            }
     binary = {"type": "string", "format": "binary"}
     if many:
         props["files"] = {"type": "array", "items": binary}

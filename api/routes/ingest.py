@@ -32,17 +32,31 @@ from api.schemas import (
 from protocol.states import JobState
 
 router = APIRouter(prefix="/api/v1", tags=["ingest"])
+
+
 def _url_job(item: IngestURLRequest, batch_id: str | None = None) -> NewJob:
     content_type = item.content_type or content_type_for_url(item.url)
     return NewJob(
-        content_type=content_type.value, lane_kind=lane_kind(item.lane, content_type), kind="ingest",
-        source_url=item.url, options=item.options, priority=item.priority, batch_id=batch_id,
-        document_id=item.document_id, webhook_url=item.webhook_url, index_options=item.index_options(),
+        content_type=content_type.value,
+        lane_kind=lane_kind(item.lane, content_type),
+        kind="ingest",
+        source_url=item.url,
+        options=item.options,
+        priority=item.priority,
+        batch_id=batch_id,
+        document_id=item.document_id,
+        webhook_url=item.webhook_url,
+        index_options=item.index_options(),
     )
 
 
-@router.post("/ingest/file", response_model=TaskCreated, status_code=202, responses=ERRORS,
-             openapi_extra=file_request_body(IngestFileForm))
+@router.post(
+    "/ingest/file",
+    response_model=TaskCreated,
+    status_code=202,
+    responses=ERRORS,
+    openapi_extra=file_request_body(IngestFileForm),
+)
 async def ingest_file(request: Request, who: Principal = Depends(client_access)) -> TaskCreated:
     """Upload a file (streamed to disk) and queue it for processing and indexing."""
     state = request.app.state.morag
@@ -55,11 +69,21 @@ async def ingest_file(request: Request, who: Principal = Depends(client_access))
         await check_webhook(state.settings, fields.webhook_url)
         await filestore.insert_files(state.engine, state.settings, [row])
         job_id = await jobstore.enqueue_job(
-            state.engine, state.notifier, state.settings, who,
-            NewJob(content_type=content_type.value, lane_kind=lane_kind(fields.lane, content_type),
-                   kind="ingest", file_id=row["id"], options=fields.options, priority=fields.priority,
-                   document_id=fields.document_id, webhook_url=fields.webhook_url,
-                   index_options=fields.index_options()),
+            state.engine,
+            state.notifier,
+            state.settings,
+            who,
+            NewJob(
+                content_type=content_type.value,
+                lane_kind=lane_kind(fields.lane, content_type),
+                kind="ingest",
+                file_id=row["id"],
+                options=fields.options,
+                priority=fields.priority,
+                document_id=fields.document_id,
+                webhook_url=fields.webhook_url,
+                index_options=fields.index_options(),
+            ),
         )
     return TaskCreated(task_id=job_id, status=JobState.queued.value)
 
@@ -77,13 +101,16 @@ async def ingest_url(
 
 
 @router.post("/ingest/batch", response_model=BatchCreated, status_code=202, responses=ERRORS)
-async def ingest_batch(body: BatchRequest, request: Request, who: Principal = Depends(client_access)) -> BatchCreated:
+async def ingest_batch(
+    body: BatchRequest, request: Request, who: Principal = Depends(client_access)
+) -> BatchCreated:
     """Queue up to 100 URLs at once; each becomes its own task, all share a batch id."""
     state = request.app.state.morag
     limit = state.settings.batch_max_items
     if len(body.items) > limit:
-        raise PayloadTooLarge(f"a batch holds at most {limit} items, not {len(body.items)}",
-                              code="batch_too_large")
+        raise PayloadTooLarge(
+            f"a batch holds at most {limit} items, not {len(body.items)}", code="batch_too_large"
+        )
     for n, item in enumerate(body.items):
         try:
             check_source_url(item.url)
@@ -113,7 +140,9 @@ def _aggregate(states: list[str]) -> str:
 
 
 @router.get("/ingest/batch/{batch_id}", response_model=BatchStatus)
-async def batch_status(batch_id: str, request: Request, who: Principal = Depends(client_access)) -> BatchStatus:
+async def batch_status(
+    batch_id: str, request: Request, who: Principal = Depends(client_access)
+) -> BatchStatus:
     """Aggregate status of a batch: counts by state, overall progress and each task."""
     rows = await jobstore.list_batch_jobs(request.app.state.morag.engine, who.user_id, batch_id)
     if not rows:
@@ -121,10 +150,20 @@ async def batch_status(batch_id: str, request: Request, who: Principal = Depends
     counts = {s.value: 0 for s in JobState}
     for r in rows:
         counts[r["state"]] += 1
-    tasks = [BatchTask(task_id=r["id"], status=r["state"], stage=r["stage"], progress=r["progress"],
-                       error=r["error"]) for r in rows]
-    return BatchStatus(batch_id=batch_id, status=_aggregate([r["state"] for r in rows]), total=len(rows),
-                       counts=counts, progress=round(sum(t.progress for t in tasks) / len(tasks), 4), tasks=tasks)
+    tasks = [
+        BatchTask(
+            task_id=r["id"], status=r["state"], stage=r["stage"], progress=r["progress"], error=r["error"]
+        )
+        for r in rows
+    ]
+    return BatchStatus(
+        batch_id=batch_id,
+        status=_aggregate([r["state"] for r in rows]),
+        total=len(rows),
+        counts=counts,
+        progress=round(sum(t.progress for t in tasks) / len(tasks), 4),
+        tasks=tasks,
+    )
 
 
 @router.delete("/ingest/{task_id}", response_model=TaskCreated)

@@ -56,17 +56,26 @@ async def _enqueue(request: Request, who: Principal, job: NewJob) -> str:
 
 async def _answer(request: Request, who: Principal, job_id: str, wait_s: float) -> Any:
     state = request.app.state.morag
-    row = await jobstore.wait_for_final(state.engine, state.notifier, state.settings, who.user_id, job_id, wait_s)
+    row = await jobstore.wait_for_final(
+        state.engine, state.notifier, state.settings, who.user_id, job_id, wait_s
+    )
     if jobstore.is_final(row["state"]):
         return _result(row)
     body = TaskCreated(task_id=job_id, status=row["state"])
-    return JSONResponse(status_code=202, content=body.model_dump(), headers={"Location": f"/api/v1/status/{job_id}"})
+    return JSONResponse(
+        status_code=202, content=body.model_dump(), headers={"Location": f"/api/v1/status/{job_id}"}
+    )
 
 
-@router.post("/file", response_model=ProcessResult, responses=_RESPONSES,
-             openapi_extra=file_request_body(ProcessFileForm))
-async def process_file(request: Request, wait_s: float | None = _WAIT,
-                       who: Principal = Depends(client_access)) -> Any:
+@router.post(
+    "/file",
+    response_model=ProcessResult,
+    responses=_RESPONSES,
+    openapi_extra=file_request_body(ProcessFileForm),
+)
+async def process_file(
+    request: Request, wait_s: float | None = _WAIT, who: Principal = Depends(client_access)
+) -> Any:
     """Process an uploaded file now and answer with its content (202 with a task id if it takes longer)."""
     state = request.app.state.morag
     async with uploaded(request, who.user_id) as form:
@@ -76,20 +85,35 @@ async def process_file(request: Request, wait_s: float | None = _WAIT,
         _, row, head = form.files[0]
         content_type = resolve_upload_type(fields.content_type, row["mime_type"], head)
         await filestore.insert_files(state.engine, state.settings, [row])
-        job_id = await _enqueue(request, who, NewJob(
-            content_type=content_type.value, lane_kind=lane_kind(None, content_type), file_id=row["id"],
-            options=fields.options))
+        job_id = await _enqueue(
+            request,
+            who,
+            NewJob(
+                content_type=content_type.value,
+                lane_kind=lane_kind(None, content_type),
+                file_id=row["id"],
+                options=fields.options,
+            ),
+        )
     return await _answer(request, who, job_id, wait_seconds(state.settings, wait_s, fields.wait_s))
 
 
 @router.post("/url", response_model=ProcessResult, responses=_RESPONSES)
-async def process_url(body: ProcessURLRequest, request: Request, wait_s: float | None = _WAIT,
-                      who: Principal = Depends(client_access)) -> Any:
+async def process_url(
+    body: ProcessURLRequest,
+    request: Request,
+    wait_s: float | None = _WAIT,
+    who: Principal = Depends(client_access),
+) -> Any:
     """Process a URL now and answer with its content (202 with a task id if it takes longer)."""
     state = request.app.state.morag
     check_source_url(body.url)
     content_type = body.content_type or content_type_for_url(body.url)
-    job = NewJob(content_type=content_type.value, lane_kind=lane_kind(None, content_type),
-                 source_url=body.url, options=body.options)
+    job = NewJob(
+        content_type=content_type.value,
+        lane_kind=lane_kind(None, content_type),
+        source_url=body.url,
+        options=body.options,
+    )
     job_id = await _enqueue(request, who, job)
     return await _answer(request, who, job_id, wait_seconds(state.settings, wait_s, body.wait_s))

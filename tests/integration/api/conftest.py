@@ -50,7 +50,9 @@ def check_openapi(resp: httpx.Response, path: str, method: str | None = None) ->
     method = (method or resp.request.method).lower()
     op = OPENAPI["paths"][path][method]
     spec = op["responses"].get(str(resp.status_code))
-    assert spec is not None, f"{method.upper()} {path} documents no {resp.status_code} answer: {resp.text[:300]}"
+    assert spec is not None, (
+        f"{method.upper()} {path} documents no {resp.status_code} answer: {resp.text[:300]}"
+    )
     content = spec.get("content", {}).get("application/json")
     body = resp.json()
     if content and content.get("schema"):
@@ -72,8 +74,12 @@ def check_error(resp: httpx.Response, path: str, status: int, code: str) -> dict
 
 def make_settings(tmp_path: Path, **kw: Any) -> Settings:
     base: dict[str, Any] = dict(
-        data_dir=tmp_path / "data", secret_key="test-secret", claim_recheck_s=0.2,
-        webhook_allow_private=True, webhook_backoff_base_s=0.05, webhook_sweep_interval_s=0.2,
+        data_dir=tmp_path / "data",
+        secret_key="test-secret",
+        claim_recheck_s=0.2,
+        webhook_allow_private=True,
+        webhook_backoff_base_s=0.05,
+        webhook_sweep_interval_s=0.2,
     )
     base.update(kw)
     return Settings(**base)
@@ -98,7 +104,9 @@ async def env(tmp_path: Path, settings_overrides: dict[str, Any]) -> AsyncIterat
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=30) as client:
             yield Env(
-                app=app, client=client, settings=settings,
+                app=app,
+                client=client,
+                settings=settings,
                 alice={"Authorization": f"Bearer {keys['alice']}"},
                 bob={"Authorization": f"Bearer {keys['bob']}"},
                 worker={"Authorization": f"Bearer {worker_key}"},
@@ -108,9 +116,14 @@ async def env(tmp_path: Path, settings_overrides: dict[str, Any]) -> AsyncIterat
 async def claim(env: Env, content_types: list[str], wait_s: float = 5.0) -> list[dict[str, Any]]:
     """Claim like a worker of alice's (both lanes)."""
     resp = await env.client.post(
-        "/worker/claim", headers=env.worker,
-        json={"worker_id": "test-worker", "lanes": ["gpu", "cpu"], "content_types": content_types,
-              "wait_s": wait_s},
+        "/worker/claim",
+        headers=env.worker,
+        json={
+            "worker_id": "test-worker",
+            "lanes": ["gpu", "cpu"],
+            "content_types": content_types,
+            "wait_s": wait_s,
+        },
     )
     if resp.status_code == 204:
         return []
@@ -118,10 +131,17 @@ async def claim(env: Env, content_types: list[str], wait_s: float = 5.0) -> list
     return list(resp.json()["jobs"])
 
 
-async def complete(env: Env, job: dict[str, Any], markdown: str, metadata: dict[str, Any] | None = None) -> None:
+async def complete(
+    env: Env, job: dict[str, Any], markdown: str, metadata: dict[str, Any] | None = None
+) -> None:
     resp = await env.client.post(
-        "/worker/complete", headers=env.worker,
-        json={"job_id": job["job_id"], "lease_token": job["lease_token"], "markdown": markdown,
-              "metadata": metadata or {}},
+        "/worker/complete",
+        headers=env.worker,
+        json={
+            "job_id": job["job_id"],
+            "lease_token": job["lease_token"],
+            "markdown": markdown,
+            "metadata": metadata or {},
+        },
     )
     assert resp.status_code == 200, resp.text

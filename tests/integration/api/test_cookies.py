@@ -17,15 +17,19 @@ PATH = "/api/v1/cookies"
 
 
 async def _put(env: Env, text: str, headers: dict | None = None):
-    return await env.client.put(PATH, headers={**(headers or env.alice), "Content-Type": "text/plain"},
-                                content=text.encode())
+    return await env.client.put(
+        PATH, headers={**(headers or env.alice), "Content-Type": "text/plain"}, content=text.encode()
+    )
 
 
 async def test_upload_list_delete(env: Env) -> None:
     body = check_openapi(await _put(env, COOKIES), PATH)
     assert body == {"domains": body["domains"], "total": 4}
     assert [(d["domain"], d["count"]) for d in body["domains"]] == [
-        ("exact.example.org", 1), ("google.com", 1), ("youtube.com", 2)]
+        ("exact.example.org", 1),
+        ("google.com", 1),
+        ("youtube.com", 2),
+    ]
     listed = (await env.client.get(PATH, headers=env.alice)).text
     assert "secret" not in listed and check_openapi(await env.client.get(PATH, headers=env.alice), PATH)
     assert (await env.client.get(PATH, headers=env.bob)).json() == {"domains": [], "total": 0}
@@ -33,13 +37,25 @@ async def test_upload_list_delete(env: Env) -> None:
     await _put(env, ".youtube.com\tTRUE\t/\tTRUE\t1999999999\tSID\tnew\n")
     body = (await env.client.get(PATH, headers=env.alice)).json()
     assert [(d["domain"], d["count"]) for d in body["domains"]] == [
-        ("exact.example.org", 1), ("google.com", 1), ("youtube.com", 1)]
+        ("exact.example.org", 1),
+        ("google.com", 1),
+        ("youtube.com", 1),
+    ]
     resp = await env.client.delete(f"{PATH}/google.com", headers=env.alice)
     assert [d["domain"] for d in check_openapi(resp, f"{PATH}/{{domain}}")["domains"]] == [
-        "exact.example.org", "youtube.com"]
-    check_error(await env.client.delete(f"{PATH}/google.com", headers=env.alice), f"{PATH}/{{domain}}", 404,
-                "cookies_not_found")
-    assert check_openapi(await env.client.delete(PATH, headers=env.alice), PATH) == {"domains": [], "total": 0}
+        "exact.example.org",
+        "youtube.com",
+    ]
+    check_error(
+        await env.client.delete(f"{PATH}/google.com", headers=env.alice),
+        f"{PATH}/{{domain}}",
+        404,
+        "cookies_not_found",
+    )
+    assert check_openapi(await env.client.delete(PATH, headers=env.alice), PATH) == {
+        "domains": [],
+        "total": 0,
+    }
 
 
 async def test_encrypted_at_rest(env: Env) -> None:
@@ -52,7 +68,9 @@ async def test_encrypted_at_rest(env: Env) -> None:
 async def test_bad_cookie_files(env: Env) -> None:
     check_error(await _put(env, "not a cookie line\n"), PATH, 400, "invalid_cookies")
     check_error(await _put(env, "# only comments\n\n"), PATH, 400, "invalid_cookies")
-    resp = await env.client.put(PATH, headers={**env.alice, "Content-Type": "text/plain"}, content=b"\xff\xfe\x00")
+    resp = await env.client.put(
+        PATH, headers={**env.alice, "Content-Type": "text/plain"}, content=b"\xff\xfe\x00"
+    )
     check_error(resp, PATH, 400, "invalid_cookies")
     assert (await env.client.get(PATH, headers=env.alice)).json()["total"] == 0
 
@@ -60,9 +78,18 @@ async def test_bad_cookie_files(env: Env) -> None:
 async def test_claim_hands_only_matching_cookies_of_the_jobs_user(env: Env) -> None:
     await _put(env, COOKIES)
     await _put(env, ".youtube.com\tTRUE\t/\tTRUE\t1999999999\tSID\tbob-secret\n", env.bob)
-    for url in ("https://www.youtube.com/watch?v=1", "https://other.example.org/x", "https://exact.example.org/a"):
-        await env.client.post("/api/v1/ingest/url", headers=env.alice, json={"url": url, "content_type": "web"})
-    jobs = {j["source_url"]: j for j in await claim(env, ["web"]) + await claim(env, ["web"]) + await claim(env, ["web"])}
+    for url in (
+        "https://www.youtube.com/watch?v=1",
+        "https://other.example.org/x",
+        "https://exact.example.org/a",
+    ):
+        await env.client.post(
+            "/api/v1/ingest/url", headers=env.alice, json={"url": url, "content_type": "web"}
+        )
+    jobs = {
+        j["source_url"]: j
+        for j in await claim(env, ["web"]) + await claim(env, ["web"]) + await claim(env, ["web"])
+    }
     yt = jobs["https://www.youtube.com/watch?v=1"]["cookies"]
     assert yt.startswith("# Netscape HTTP Cookie File") and "yt-secret-1" in yt and "yt-secret-2" in yt
     assert "g-secret" not in yt and "ex-secret" not in yt and "bob-secret" not in yt

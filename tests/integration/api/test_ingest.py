@@ -12,8 +12,10 @@ from tests.fixtures import documents
 from tests.integration.api.conftest import Env, check_error, check_openapi
 
 PDF = b"%PDF-1.4\n%\xe2\xe3\n1 0 obj\n<<>>\nendobj\ntrailer\n<<>>\n%%EOF\n"
-WAV = (b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\x40\x1f\x00\x00\x80\x3e\x00\x00"
-       b"\x02\x00\x10\x00data\x00\x00\x00\x00")
+WAV = (
+    b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\x40\x1f\x00\x00\x80\x3e\x00\x00"
+    b"\x02\x00\x10\x00data\x00\x00\x00\x00"
+)
 ELF = b"\x7fELF\x02\x01\x01" + b"\x00" * 200
 
 
@@ -24,18 +26,30 @@ async def _job(env: Env, task_id: str) -> dict:
 async def test_ingest_file_detects_type_stores_fields_and_hash(env: Env, tmp_path: Path) -> None:
     docx = documents.make_docx(tmp_path / "report.bin").read_bytes()  # the name says nothing
     resp = await env.client.post(
-        "/api/v1/ingest/file", headers=env.alice,
+        "/api/v1/ingest/file",
+        headers=env.alice,
         files={"file": ("report.bin", docx, "application/octet-stream")},
-        data={"metadata": json.dumps({"project": "x"}), "document_id": "doc-1", "replace_existing": "true",
-              "priority": "5", "chunk_size": "800", "chunk_overlap": "100", "options": '{"ocr": false}'},
+        data={
+            "metadata": json.dumps({"project": "x"}),
+            "document_id": "doc-1",
+            "replace_existing": "true",
+            "priority": "5",
+            "chunk_size": "800",
+            "chunk_overlap": "100",
+            "options": '{"ocr": false}',
+        },
     )
     assert resp.status_code == 202, resp.text
     body = check_openapi(resp, "/api/v1/ingest/file")
     job = await _job(env, body["task_id"])
     assert job["kind"] == "ingest" and job["content_type"] == "document" and job["lane"].startswith("cpu-")
     assert job["priority"] == 5 and job["document_id"] == "doc-1" and job["options"] == {"ocr": False}
-    assert job["index_options"] == {"metadata": {"project": "x"}, "replace_existing": True,
-                                    "chunk_size": 800, "chunk_overlap": 100}
+    assert job["index_options"] == {
+        "metadata": {"project": "x"},
+        "replace_existing": True,
+        "chunk_size": 800,
+        "chunk_overlap": 100,
+    }
     # The worker gets the SHA-256 computed on the way in, and the bytes are on disk.
     from tests.integration.api.conftest import claim
 
@@ -47,33 +61,47 @@ async def test_ingest_file_detects_type_stores_fields_and_hash(env: Env, tmp_pat
     assert [f.read_bytes() == docx for f in files] == [True]
 
 
-@pytest.mark.parametrize(("payload", "declared", "expected", "lane"), [
-    (PDF, None, "document", "cpu"),
-    (b"just some plain words in a text file\n", None, "document", "cpu"),
-    (WAV, None, "audio", "gpu"),
-    (WAV, "video", "video", "gpu"),
-    (b"anything at all", "echo", "echo", "cpu"),
-])
+@pytest.mark.parametrize(
+    ("payload", "declared", "expected", "lane"),
+    [
+        (PDF, None, "document", "cpu"),
+        (b"just some plain words in a text file\n", None, "document", "cpu"),
+        (WAV, None, "audio", "gpu"),
+        (WAV, "video", "video", "gpu"),
+        (b"anything at all", "echo", "echo", "cpu"),
+    ],
+)
 async def test_ingest_file_content_types(env: Env, payload, declared, expected, lane) -> None:
     data = {"content_type": declared} if declared else {}
-    resp = await env.client.post("/api/v1/ingest/file", headers=env.alice,
-                                 files={"file": ("x", payload)}, data=data)
+    resp = await env.client.post(
+        "/api/v1/ingest/file", headers=env.alice, files={"file": ("x", payload)}, data=data
+    )
     assert resp.status_code == 202, resp.text
     job = await _job(env, resp.json()["task_id"])
     assert job["content_type"] == expected and job["lane"].startswith(lane)
 
 
 async def test_ingest_url_youtube_web_and_lane(env: Env) -> None:
-    for url, expected in (("https://www.youtube.com/watch?v=abc", "youtube"), ("https://youtu.be/abc", "youtube"),
-                          ("https://example.org/page", "web")):
+    for url, expected in (
+        ("https://www.youtube.com/watch?v=abc", "youtube"),
+        ("https://youtu.be/abc", "youtube"),
+        ("https://example.org/page", "web"),
+    ):
         resp = await env.client.post("/api/v1/ingest/url", headers=env.alice, json={"url": url})
         assert resp.status_code == 202, resp.text
         check_openapi(resp, "/api/v1/ingest/url")
         job = await _job(env, resp.json()["task_id"])
         assert job["content_type"] == expected and job["source_url"] == url and job["kind"] == "ingest"
-    resp = await env.client.post("/api/v1/ingest/url", headers=env.alice,
-                                 json={"url": "https://youtu.be/x", "lane": "cpu", "metadata": {"a": 1},
-                                       "webhook_url": "http://127.0.0.1:9/hook"})
+    resp = await env.client.post(
+        "/api/v1/ingest/url",
+        headers=env.alice,
+        json={
+            "url": "https://youtu.be/x",
+            "lane": "cpu",
+            "metadata": {"a": 1},
+            "webhook_url": "http://127.0.0.1:9/hook",
+        },
+    )
     job = await _job(env, resp.json()["task_id"])
     assert job["lane"].startswith("cpu-") and job["index_options"]["metadata"] == {"a": 1}
     assert job["webhook_url"] == "http://127.0.0.1:9/hook"
@@ -86,14 +114,22 @@ async def test_batch_and_its_status(env: Env) -> None:
     body = check_openapi(resp, "/api/v1/ingest/batch")
     assert len(body["task_ids"]) == 3
     jobs = [await _job(env, t) for t in body["task_ids"]]
-    assert {j["batch_id"] for j in jobs} == {body["batch_id"]} and [j["document_id"] for j in jobs] == ["d0", "d1", "d2"]
+    assert {j["batch_id"] for j in jobs} == {body["batch_id"]} and [j["document_id"] for j in jobs] == [
+        "d0",
+        "d1",
+        "d2",
+    ]
     path = "/api/v1/ingest/batch/{batch_id}"
     resp = await env.client.get(f"/api/v1/ingest/batch/{body['batch_id']}", headers=env.alice)
     status = check_openapi(resp, path)
     assert status["status"] == "queued" and status["total"] == 3 and status["counts"]["queued"] == 3
     await env.client.delete(f"/api/v1/ingest/{body['task_ids'][0]}", headers=env.alice)
     status = (await env.client.get(f"/api/v1/ingest/batch/{body['batch_id']}", headers=env.alice)).json()
-    assert status["status"] == "running" and status["counts"] == {**status["counts"], "queued": 2, "canceled": 1}
+    assert status["status"] == "running" and status["counts"] == {
+        **status["counts"],
+        "queued": 2,
+        "canceled": 1,
+    }
     for t in body["task_ids"][1:]:
         await env.client.delete(f"/api/v1/ingest/{t}", headers=env.alice)
     status = (await env.client.get(f"/api/v1/ingest/batch/{body['batch_id']}", headers=env.alice)).json()
@@ -104,17 +140,27 @@ async def test_batch_and_its_status(env: Env) -> None:
 
 
 async def test_cancel_queued_and_twice(env: Env) -> None:
-    task = (await env.client.post("/api/v1/ingest/url", headers=env.alice, json={"url": "https://a.org"})).json()
+    task = (
+        await env.client.post("/api/v1/ingest/url", headers=env.alice, json={"url": "https://a.org"})
+    ).json()
     path = "/api/v1/ingest/{task_id}"
-    check_error(await env.client.delete(f"/api/v1/ingest/{task['task_id']}", headers=env.bob), path, 404,
-                "task_not_found")
+    check_error(
+        await env.client.delete(f"/api/v1/ingest/{task['task_id']}", headers=env.bob),
+        path,
+        404,
+        "task_not_found",
+    )
     resp = await env.client.delete(f"/api/v1/ingest/{task['task_id']}", headers=env.alice)
     assert check_openapi(resp, path)["status"] == "canceled"
     from tests.integration.api.conftest import claim
 
     assert await claim(env, ["web"], wait_s=0) == []  # a canceled job never runs
-    check_error(await env.client.delete(f"/api/v1/ingest/{task['task_id']}", headers=env.alice), path, 409,
-                "task_finished")
+    check_error(
+        await env.client.delete(f"/api/v1/ingest/{task['task_id']}", headers=env.alice),
+        path,
+        409,
+        "task_finished",
+    )
 
 
 # --- bad input: a 4xx with a stable code, and nothing left on disk or in the tables ---------------------
@@ -151,9 +197,12 @@ async def test_bad_multipart_bodies(env: Env) -> None:
     path = "/api/v1/ingest/file"
     resp = await env.client.post(path, headers=env.alice, json={"url": "x"})
     check_error(resp, path, 400, "expected_multipart")
-    resp = await env.client.post(path, headers={**env.alice, "Content-Type": "multipart/form-data; boundary=zz"},
-                                 content=b"--zz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n"
-                                         b"\r\n%PDF-1.4 and then the body just stops")
+    resp = await env.client.post(
+        path,
+        headers={**env.alice, "Content-Type": "multipart/form-data; boundary=zz"},
+        content=b'--zz\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n'
+        b"\r\n%PDF-1.4 and then the body just stops",
+    )
     check_error(resp, path, 400, "malformed_multipart")
     assert await env.snapshot() == before
 
@@ -174,8 +223,9 @@ BAD_URL_BODIES = [
 async def test_bad_url_bodies_leave_nothing(env: Env, raw, status, code, monkeypatch) -> None:
     monkeypatch.setattr(env.settings, "webhook_allow_private", False)
     before = await env.snapshot()
-    resp = await env.client.post("/api/v1/ingest/url", headers={**env.alice, "Content-Type": "application/json"},
-                                 content=raw)
+    resp = await env.client.post(
+        "/api/v1/ingest/url", headers={**env.alice, "Content-Type": "application/json"}, content=raw
+    )
     check_error(resp, "/api/v1/ingest/url", status, code)
     assert await env.snapshot() == before
 
@@ -194,9 +244,13 @@ async def test_bad_batches_leave_nothing(env: Env) -> None:
     path = "/api/v1/ingest/batch"
     too_many = {"items": [{"url": f"https://a.org/{i}"} for i in range(101)]}
     check_error(await env.client.post(path, headers=env.alice, json=too_many), path, 413, "batch_too_large")
-    check_error(await env.client.post(path, headers=env.alice, json={"items": []}), path, 422, "validation_error")
+    check_error(
+        await env.client.post(path, headers=env.alice, json={"items": []}), path, 422, "validation_error"
+    )
     one_bad = {"items": [{"url": "https://a.org/1"}, {"url": "file:///etc/passwd"}]}
-    body = check_error(await env.client.post(path, headers=env.alice, json=one_bad), path, 400, "unsupported_scheme")
+    body = check_error(
+        await env.client.post(path, headers=env.alice, json=one_bad), path, 400, "unsupported_scheme"
+    )
     assert body["message"].startswith("items[1]")
     assert await env.snapshot() == before
 

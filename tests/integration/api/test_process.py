@@ -16,8 +16,9 @@ async def _worker(env: Env, content_types: list[str], markdown: str = "# Result"
 
 
 async def test_process_file_waits_for_the_worker(env: Env) -> None:
-    req = env.client.post("/process/file", headers=env.alice, files={"file": ("a.pdf", PDF)},
-                          data={"options": '{"fast": true}'})
+    req = env.client.post(
+        "/process/file", headers=env.alice, files={"file": ("a.pdf", PDF)}, data={"options": '{"fast": true}'}
+    )
     resp, job = await asyncio.gather(req, _worker(env, ["document"], "# Hello"))
     assert resp.status_code == 200, resp.text
     body = check_openapi(resp, "/process/file")
@@ -29,9 +30,17 @@ async def test_process_file_waits_for_the_worker(env: Env) -> None:
 async def test_process_url_detects_youtube_and_returns_failure(env: Env) -> None:
     async def fail_it() -> dict:
         (job,) = await claim(env, ["youtube"])
-        resp = await env.client.post("/worker/fail", headers=env.worker, json={
-            "job_id": job["job_id"], "lease_token": job["lease_token"], "error": "video is private",
-            "error_class": "bad_input", "retryable": False})
+        resp = await env.client.post(
+            "/worker/fail",
+            headers=env.worker,
+            json={
+                "job_id": job["job_id"],
+                "lease_token": job["lease_token"],
+                "error": "video is private",
+                "error_class": "bad_input",
+                "retryable": False,
+            },
+        )
         assert resp.status_code == 200
         return job
 
@@ -53,8 +62,9 @@ async def test_process_answers_202_when_the_worker_is_slow(env: Env) -> None:
     assert resp.status_code == 202, resp.text
     body = check_openapi(resp, "/process/url")
     assert body["status"] == "queued" and resp.headers["location"] == f"/api/v1/status/{body['task_id']}"
-    resp = await env.client.post("/process/file", headers=env.alice, files={"file": ("a.pdf", PDF)},
-                                 data={"wait_s": "0"})
+    resp = await env.client.post(
+        "/process/file", headers=env.alice, files={"file": ("a.pdf", PDF)}, data={"wait_s": "0"}
+    )
     assert resp.status_code == 202 and check_openapi(resp, "/process/file")["status"] == "queued"
     # The result can then be followed on the status endpoint.
     job = await _worker(env, ["web"])
@@ -64,17 +74,44 @@ async def test_process_answers_202_when_the_worker_is_slow(env: Env) -> None:
 
 async def test_process_bad_input_leaves_nothing(env: Env) -> None:
     before = await env.snapshot()
-    check_error(await env.client.post("/process/file", headers=env.alice, files={"file": ("e", b"")}),
-                "/process/file", 400, "empty_file")
-    check_error(await env.client.post("/process/file", headers=env.alice,
-                                      files={"file": ("x", b"\x7fELF\x02\x01\x01" + b"\0" * 99)}),
-                "/process/file", 415, "unsupported_content")
-    check_error(await env.client.post("/process/file?wait_s=601", headers=env.alice, files={"file": ("a", PDF)}),
-                "/process/file", 422, "validation_error")
-    check_error(await env.client.post("/process/url", headers=env.alice, json={"url": "file:///etc/passwd"}),
-                "/process/url", 400, "unsupported_scheme")
-    check_error(await env.client.post("/process/url", headers={**env.alice, "Content-Type": "application/json"},
-                                      content=b"{oops"), "/process/url", 400, "invalid_json")
-    check_error(await env.client.post("/process/url", headers=env.alice, json={"url": "https://a", "wait_s": "x"}),
-                "/process/url", 422, "validation_error")
+    check_error(
+        await env.client.post("/process/file", headers=env.alice, files={"file": ("e", b"")}),
+        "/process/file",
+        400,
+        "empty_file",
+    )
+    check_error(
+        await env.client.post(
+            "/process/file", headers=env.alice, files={"file": ("x", b"\x7fELF\x02\x01\x01" + b"\0" * 99)}
+        ),
+        "/process/file",
+        415,
+        "unsupported_content",
+    )
+    check_error(
+        await env.client.post("/process/file?wait_s=601", headers=env.alice, files={"file": ("a", PDF)}),
+        "/process/file",
+        422,
+        "validation_error",
+    )
+    check_error(
+        await env.client.post("/process/url", headers=env.alice, json={"url": "file:///etc/passwd"}),
+        "/process/url",
+        400,
+        "unsupported_scheme",
+    )
+    check_error(
+        await env.client.post(
+            "/process/url", headers={**env.alice, "Content-Type": "application/json"}, content=b"{oops"
+        ),
+        "/process/url",
+        400,
+        "invalid_json",
+    )
+    check_error(
+        await env.client.post("/process/url", headers=env.alice, json={"url": "https://a", "wait_s": "x"}),
+        "/process/url",
+        422,
+        "validation_error",
+    )
     assert await env.snapshot() == before

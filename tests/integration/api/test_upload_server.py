@@ -72,8 +72,10 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     key = await _make_key(data_dir)
     port = _free_port()
     env = {**os.environ, "MORAG_DATA_DIR": str(data_dir), "MORAG_SECRET_KEY": "s"}
-    code = ("import uvicorn; from api.app import create_app; "
-            f"uvicorn.run(create_app(), host='127.0.0.1', port={port}, log_level='warning')")
+    code = (
+        "import uvicorn; from api.app import create_app; "
+        f"uvicorn.run(create_app(), host='127.0.0.1', port={port}, log_level='warning')"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
     srv = Server(f"http://127.0.0.1:{port}", proc, data_dir, {"Authorization": f"Bearer {key}"})
     try:
@@ -95,9 +97,11 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
 
 
 def _head(name: str = "big.pdf") -> bytes:
-    return (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="document_id"\r\n\r\nbig\r\n'
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n").encode()
+    return (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="document_id"\r\n\r\nbig\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
 
 
 TAIL = f"\r\n--{BOUNDARY}--\r\n".encode()
@@ -128,25 +132,35 @@ async def test_one_gib_upload_keeps_memory_flat(server: Server) -> None:
             yield chunk
         yield TAIL
 
-    headers = {**server.headers, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
-               "Content-Length": str(len(_head()) + size + len(TAIL))}
+    headers = {
+        **server.headers,
+        "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+        "Content-Length": str(len(_head()) + size + len(TAIL)),
+    }
     async with httpx.AsyncClient(timeout=300) as c:
         # Warm up (imports, libmagic, first queries) so the baseline is the steady state.
-        warm = await c.post(server.url + "/api/v1/ingest/file", headers=server.headers,
-                            files={"file": ("w.txt", b"some plain text to warm up\n")})
+        warm = await c.post(
+            server.url + "/api/v1/ingest/file",
+            headers=server.headers,
+            files={"file": ("w.txt", b"some plain text to warm up\n")},
+        )
         assert warm.status_code == 202, warm.text
         sampler = RssSampler(server)
         base = sampler.peak
         sampler.start()
         started = time.monotonic()
-        resp = await c.post(server.url + "/api/v1/ingest/file", headers=headers, content=_sync_to_async(payload()))
+        resp = await c.post(
+            server.url + "/api/v1/ingest/file", headers=headers, content=_sync_to_async(payload())
+        )
         took = time.monotonic() - started
         sampler.stop.set()
         sampler.join()
     assert resp.status_code == 202, resp.text
     growth = sampler.peak - base
-    print(f"\n1 GiB upload: {took:.1f} s ({size / MIB / took:.0f} MiB/s), server RSS {base / MIB:.0f} MiB "
-          f"-> peak {sampler.peak / MIB:.0f} MiB (growth {growth / MIB:.1f} MiB)")
+    print(
+        f"\n1 GiB upload: {took:.1f} s ({size / MIB / took:.0f} MiB/s), server RSS {base / MIB:.0f} MiB "
+        f"-> peak {sampler.peak / MIB:.0f} MiB (growth {growth / MIB:.1f} MiB)"
+    )
     assert growth < 100 * MIB
     rows = server.file_rows()
     assert (size, digest.hexdigest()) in rows
@@ -161,11 +175,13 @@ async def test_aborted_upload_leaves_no_file(server: Server) -> None:
     host, port = server.url.removeprefix("http://").split(":")
     body_len = 20 * MIB
     head = _head()
-    request = (f"POST /api/v1/ingest/file HTTP/1.1\r\nHost: {host}\r\n"
-               f"Authorization: {server.headers['Authorization']}\r\n"
-               f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-               f"Content-Length: {len(head) + body_len + len(TAIL)}\r\n\r\n").encode() + head
-    reader, writer = await asyncio.open_connection(host, int(port))
+    request = (
+        f"POST /api/v1/ingest/file HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: {server.headers['Authorization']}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {len(head) + body_len + len(TAIL)}\r\n\r\n"
+    ).encode() + head
+    _reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(request)
     for _ in range(3):  # 3 of the 20 MiB, then hang up
         writer.write(b"%PDF-1.4\n" + bytes(MIB - 9))
@@ -182,6 +198,9 @@ async def test_aborted_upload_leaves_no_file(server: Server) -> None:
         await asyncio.sleep(0.05)
     assert server.files() == [] and server.file_rows() == []
     async with httpx.AsyncClient() as c:  # and the server carries on
-        ok = await c.post(server.url + "/api/v1/ingest/file", headers=server.headers,
-                          files={"file": ("a.txt", b"plain text after the abort\n")})
+        ok = await c.post(
+            server.url + "/api/v1/ingest/file",
+            headers=server.headers,
+            files={"file": ("a.txt", b"plain text after the abort\n")},
+        )
     assert ok.status_code == 202 and len(server.files()) == 1

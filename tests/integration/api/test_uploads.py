@@ -20,8 +20,10 @@ BOUNDARY = "testboundary123"
 
 
 async def _multipart(payload_chunks: int, chunk: bytes, pulled: list[int]) -> AsyncIterator[bytes]:
-    yield (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="big.pdf"\r\n'
-           f"Content-Type: application/pdf\r\n\r\n").encode() + PDF[:64]
+    yield (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="big.pdf"\r\n'
+        f"Content-Type: application/pdf\r\n\r\n"
+    ).encode() + PDF[:64]
     for _ in range(payload_chunks):
         pulled[0] += len(chunk)
         yield chunk
@@ -34,7 +36,8 @@ async def test_limit_is_enforced_while_streaming(env: Env) -> None:
     pulled = [0]
     # Chunked (no Content-Length): only the streaming check can stop it.
     resp = await env.client.post(
-        "/api/v1/ingest/file", headers={**env.alice, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        "/api/v1/ingest/file",
+        headers={**env.alice, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
         content=_multipart(1000, b"x" * 10_000, pulled),
     )
     check_error(resp, "/api/v1/ingest/file", 413, "upload_too_large")
@@ -45,8 +48,9 @@ async def test_limit_is_enforced_while_streaming(env: Env) -> None:
 @pytest.mark.parametrize("settings_overrides", [{"max_upload_bytes": 1000}])
 async def test_declared_length_over_the_limit_is_refused_before_reading(env: Env) -> None:
     before = await env.snapshot()
-    resp = await env.client.post("/api/v1/ingest/file", headers=env.alice,
-                                 files={"file": ("a.pdf", PDF + b"x" * (5 * 1024 * 1024))})
+    resp = await env.client.post(
+        "/api/v1/ingest/file", headers=env.alice, files={"file": ("a.pdf", PDF + b"x" * (5 * 1024 * 1024))}
+    )
     check_error(resp, "/api/v1/ingest/file", 413, "upload_too_large")
     assert await env.snapshot() == before
 
@@ -76,13 +80,16 @@ async def test_disk_full_answers_507_and_leaves_nothing(env: Env, monkeypatch) -
     before = await env.snapshot()
 
     async def body() -> AsyncIterator[bytes]:
-        yield (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.pdf"\r\n\r\n').encode()
+        yield (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.pdf"\r\n\r\n'
+        ).encode()
         for _ in range(5):
             yield PDF
         yield f"\r\n--{BOUNDARY}--\r\n".encode()
 
     resp = await env.client.post(
-        "/api/v1/ingest/file", headers={**env.alice, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        "/api/v1/ingest/file",
+        headers={**env.alice, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
         content=body(),
     )
     check_error(resp, "/api/v1/ingest/file", 507, "insufficient_storage")
@@ -95,7 +102,9 @@ async def test_two_uploads_keep_their_own_bytes_and_hashes(env: Env) -> None:
 
     a, b = PDF + b"a" * 70_000, PDF + b"b" * 130_000
     for payload in (a, b):
-        resp = await env.client.post("/api/v1/ingest/file", headers=env.alice, files={"file": ("x.pdf", payload)})
+        resp = await env.client.post(
+            "/api/v1/ingest/file", headers=env.alice, files={"file": ("x.pdf", payload)}
+        )
         assert resp.status_code == 202
     async with env.state.engine.begin() as conn:
         rows = (await conn.execute(select(filestore.F).order_by(filestore.F.c.size))).mappings().all()

@@ -64,8 +64,11 @@ def _verify(call: dict[str, Any], secret: bytes = b"test-secret") -> dict[str, A
 
 
 async def _submit(env: Env, hook: str) -> str:
-    resp = await env.client.post("/api/v1/ingest/url", headers=env.alice,
-                                 json={"url": "https://example.org/a", "webhook_url": hook, "document_id": "d1"})
+    resp = await env.client.post(
+        "/api/v1/ingest/url",
+        headers=env.alice,
+        json={"url": "https://example.org/a", "webhook_url": hook, "document_id": "d1"},
+    )
     assert resp.status_code == 202, resp.text
     return str(resp.json()["task_id"])
 
@@ -78,12 +81,22 @@ async def test_signed_webhook_retried_until_delivered(env: Env) -> None:
     assert [c["status"] for c in rx.calls] == [500, 503, 200] and rx.calls[0]["line"].startswith("POST /hook")
     body = _verify(rx.calls[-1])
     job = await jobstore.get_job_any(env.state.engine, task_id)
-    assert body == {"task_id": task_id, "status": "canceled", "result": None, "error": None,
-                    "completed_at": job["finished_at"].isoformat(), "batch_id": None, "document_id": "d1"}
+    assert body == {
+        "task_id": task_id,
+        "status": "canceled",
+        "result": None,
+        "error": None,
+        "completed_at": job["finished_at"].isoformat(),
+        "batch_id": None,
+        "document_id": "d1",
+    }
     await asyncio.sleep(0.5)  # the sweep must not send it again
     rows = await _rows_until(env.state, task_id, 3)
     assert [(r["attempt"], r["status_code"], r["delivered"]) for r in rows] == [
-        (1, 500, False), (2, 503, False), (3, 200, True)]
+        (1, 500, False),
+        (2, 503, False),
+        (3, 200, True),
+    ]
     assert len(rx.calls) == 3
 
 
@@ -93,9 +106,16 @@ async def test_sweep_delivers_when_no_hook_fired_with_result_summary(env: Env) -
         finished = utcnow()
         # As another process (the indexer) would: the job ends without this process' hook firing.
         async with env.state.engine.begin() as conn:
-            await conn.execute(update(Job.__table__).where(Job.__table__.c.id == task_id).values(
-                state="succeeded", stage="done", finished_at=finished,
-                result={"markdown": "# abc", "metadata": {"title": "A"}, "chunks": 3}))
+            await conn.execute(
+                update(Job.__table__)
+                .where(Job.__table__.c.id == task_id)
+                .values(
+                    state="succeeded",
+                    stage="done",
+                    finished_at=finished,
+                    result={"markdown": "# abc", "metadata": {"title": "A"}, "chunks": 3},
+                )
+            )
         await asyncio.wait_for(rx.got.wait(), 10)
     body = _verify(rx.calls[0])
     assert body["status"] == "succeeded" and body["completed_at"] == finished.isoformat()
@@ -142,8 +162,11 @@ async def test_delivery_resumes_after_a_restart(tmp_path: Path) -> None:
             key = (await keystore.create_key(engine, "alice", keystore.Scope.client))[1]
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
                 h = {"Authorization": f"Bearer {key}"}
-                task_id = (await c.post("/api/v1/ingest/url", headers=h,
-                                        json={"url": "https://a.org", "webhook_url": rx.url})).json()["task_id"]
+                task_id = (
+                    await c.post(
+                        "/api/v1/ingest/url", headers=h, json={"url": "https://a.org", "webhook_url": rx.url}
+                    )
+                ).json()["task_id"]
                 await c.delete(f"/api/v1/ingest/{task_id}", headers=h)
                 for _ in range(50):
                     if rx.calls:
@@ -156,3 +179,19 @@ async def test_delivery_resumes_after_a_restart(tmp_path: Path) -> None:
             await asyncio.wait_for(rx.got.wait(), 10)
             rows = await _rows_until(app.state.morag, task_id, 2)
     assert [(r["attempt"], r["delivered"]) for r in rows] == [(1, False), (2, True)]
+
+
+async def test_webhook_after_processing_and_indexing(env: Env) -> None:
+    from tests.integration.api.conftest import claim, complete
+
+    async with Receiver([]) as rx:
+        task_id = await _submit(env, rx.url)
+        (job,) = await claim(env, ["web"])
+        await complete(env, job, "# Title\n\nSome words worth indexing here.", {"title": "T"})
+        await asyncio.wait_for(rx.got.wait(), 30)
+    body = _verify(rx.calls[0])
+    row = await jobstore.get_job_any(env.state.engine, task_id)
+    assert len(rx.calls) == 1 and body["status"] == "succeeded" == row["state"]
+    assert body["completed_at"] == row["finished_at"].isoformat()
+    assert body["result"]["content_length"] == len("# Title\n\nSome words worth indexing here.")
+    assert body["result"]["metadata"] == {"title": "T"} and body["error"] is None

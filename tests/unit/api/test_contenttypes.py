@@ -10,13 +10,24 @@ from api.filestore import detect_mime
 from protocol.states import ContentType as CT
 
 
-@pytest.mark.parametrize(("mime", "expected"), [
-    ("audio/x-wav", CT.audio), ("video/mp4", CT.video), ("image/png", CT.image), ("application/pdf", CT.document),
-    ("application/vnd.openxmlformats-officedocument.wordprocessingml.document", CT.document),
-    ("application/msword", CT.document), ("text/html", CT.document), ("text/plain", CT.document),
-    ("text/markdown", CT.document), ("application/octet-stream", None), ("application/x-executable", None),
-    ("image/x-tga", None), ("application/zip", None),
-])
+@pytest.mark.parametrize(
+    ("mime", "expected"),
+    [
+        ("audio/x-wav", CT.audio),
+        ("video/mp4", CT.video),
+        ("image/png", CT.image),
+        ("application/pdf", CT.document),
+        ("application/vnd.openxmlformats-officedocument.wordprocessingml.document", CT.document),
+        ("application/msword", CT.document),
+        ("text/html", CT.document),
+        ("text/plain", CT.document),
+        ("text/markdown", CT.document),
+        ("application/octet-stream", None),
+        ("application/x-executable", None),
+        ("image/x-tga", None),
+        ("application/zip", None),
+    ],
+)
 def test_mime_map(mime: str, expected: CT | None) -> None:
     assert content_type_for_mime(mime) == expected
 
@@ -41,10 +52,16 @@ def test_detect_from_bytes_not_name() -> None:
         resolve_upload_type(CT.youtube, "video/mp4", b"")
 
 
-@pytest.mark.parametrize(("url", "expected"), [
-    ("https://www.youtube.com/watch?v=x", CT.youtube), ("https://youtube.com/shorts/x", CT.youtube),
-    ("https://m.youtube.com/watch?v=x", CT.youtube), ("https://youtu.be/x", CT.youtube),
-    ("https://notyoutube.com/x", CT.web), ("https://example.org/a.html", CT.web),
-])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://www.youtube.com/watch?v=x", CT.youtube),
+        ("https://youtube.com/shorts/x", CT.youtube),
+        ("https://m.youtube.com/watch?v=x", CT.youtube),
+        ("https://youtu.be/x", CT.youtube),
+        ("https://notyoutube.com/x", CT.web),
+        ("https://example.org/a.html", CT.web),
+    ],
+)
 def test_url_types(url: str, expected: CT) -> None:
     assert content_type_for_url(url) == expected
