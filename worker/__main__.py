@@ -39,21 +39,35 @@ OPTIONS: list[tuple[str, Any, Any, str]] = [
     ("--retry-cap", float, 30.0, "longest retry delay in seconds"),
     ("--min-free-gb", float, 2.0, "free space `check` wants in the temp dir"),
 ]
-_DEST = {"--grace": "grace_s", "--claim-wait": "claim_wait_s", "--retry-base": "retry_base_s",
-         "--retry-cap": "retry_cap_s", "--cookies": "cookies", "--spool-dir": "spool_dir"}
+_DEST = {
+    "--grace": "grace_s",
+    "--claim-wait": "claim_wait_s",
+    "--retry-base": "retry_base_s",
+    "--retry-cap": "retry_cap_s",
+    "--cookies": "cookies",
+    "--spool-dir": "spool_dir",
+}
 
 
 def build_parser(prog: str, env: Mapping[str, str]) -> argparse.ArgumentParser:
     """The parser for the worker or for ``check``; defaults come from the environment."""
-    p = argparse.ArgumentParser(prog=prog, description="morag-remote worker",
-                                epilog="Every option also reads MORAG_WORKER_<OPTION> from the environment.")
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="morag-remote worker",
+        epilog="Every option also reads MORAG_WORKER_<OPTION> from the environment.",
+    )
     for flag, kind, default, help_text in OPTIONS:
         var = env_name(flag)
         raw = env.get(var)
         dest = _DEST.get(flag, flag.lstrip("-").replace("-", "_"))
         if kind == "bool":
-            p.add_argument(flag, dest=dest, action="store_true", default=env_bool(raw) if raw else default,
-                           help=f"{help_text} [{var}]")
+            p.add_argument(
+                flag,
+                dest=dest,
+                action="store_true",
+                default=env_bool(raw) if raw else default,
+                help=f"{help_text} [{var}]",
+            )
             continue
         conv = split_list if kind == "list" else kind
         value = conv(raw) if raw not in (None, "") else default

@@ -45,7 +45,10 @@ def cuda_devices() -> tuple[int, str]:
         try:
             out = subprocess.run(
                 ["nvidia-smi", "--query-gpu=name,memory.total,memory.free", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=10, check=True,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
             ).stdout
             summary = "; ".join(line.strip() for line in out.splitlines() if line.strip())
         except (OSError, subprocess.SubprocessError):
@@ -53,32 +56,68 @@ def cuda_devices() -> tuple[int, str]:
     return count, summary
 
 
-async def check_server(config: WorkerConfig, client: WorkerClient) -> tuple[list[Check], HelloResponse | None]:
+async def check_server(
+    config: WorkerConfig, client: WorkerClient
+) -> tuple[list[Check], HelloResponse | None]:
     """Server reachable, protocol compatible, key valid and of a worker scope."""
     try:
         hello = await client.hello()
     except AuthFailed as exc:
         reach = Check("server reachable", "ok", f"{config.server} answered")
         if exc.code == "wrong_scope":
-            return [reach, Check("API key", "fail", exc.message,
-                                 "this is not a worker key: python -m api keys create --user NAME --scope worker")], None
-        return [reach, Check("API key", "fail", exc.message,
-                             "check --api-key; ask the operator for a worker key (keys may have been revoked)")], None
+            return [
+                reach,
+                Check(
+                    "API key",
+                    "fail",
+                    exc.message,
+                    "this is not a worker key: python -m api keys create --user NAME --scope worker",
+                ),
+            ], None
+        return [
+            reach,
+            Check(
+                "API key",
+                "fail",
+                exc.message,
+                "check --api-key; ask the operator for a worker key (keys may have been revoked)",
+            ),
+        ], None
     except ServerRejected as exc:
-        return [Check("server reachable", "fail", exc.message,
-                      "is --server the morag-remote base URL (no /api/v1 suffix)?")], None
+        return [
+            Check(
+                "server reachable",
+                "fail",
+                exc.message,
+                "is --server the morag-remote base URL (no /api/v1 suffix)?",
+            )
+        ], None
     except ServerError as exc:
-        return [Check("server reachable", "fail", exc.message,
-                      f"is the server running and reachable from here? try: curl {config.server}/health ; "
-                      "check --server, firewalls and proxies")], None
+        return [
+            Check(
+                "server reachable",
+                "fail",
+                exc.message,
+                f"is the server running and reachable from here? try: curl {config.server}/health ; "
+                "check --server, firewalls and proxies",
+            )
+        ], None
     out = [Check("server reachable", "ok", f"{config.server} (server {hello.server_version})")]
     major = hello.protocol_version.split(".")[0]
     if major != PROTOCOL_VERSION.split(".")[0]:
-        out.append(Check("protocol version", "fail", f"server {hello.protocol_version}, worker {PROTOCOL_VERSION}",
-                         "install the worker version that matches the server: pip install -U '.[worker]'"))
+        out.append(
+            Check(
+                "protocol version",
+                "fail",
+                f"server {hello.protocol_version}, worker {PROTOCOL_VERSION}",
+                "install the worker version that matches the server: pip install -U '.[worker]'",
+            )
+        )
     else:
         out.append(Check("protocol version", "ok", hello.protocol_version))
-    out.append(Check("API key", "ok", f"{hello.scope} key of user {hello.user or '-'}; lease {hello.lease_s:.0f} s"))
+    out.append(
+        Check("API key", "ok", f"{hello.scope} key of user {hello.user or '-'}; lease {hello.lease_s:.0f} s")
+    )
     return out, hello
 
 
@@ -91,8 +130,12 @@ def check_lanes(config: WorkerConfig, hello: HelloResponse | None, gpus: int) ->
     if bad:
         return Check("lanes", "fail", f"unknown lane(s) {bad}", "use --lanes gpu,cpu (or one of them)")
     if "gpu" in lanes and gpus == 0:
-        return Check("lanes", "fail", "gpu lane requested but no CUDA device is visible",
-                     "install the NVIDIA driver + CUDA 12 runtime, or use --lanes cpu")
+        return Check(
+            "lanes",
+            "fail",
+            "gpu lane requested but no CUDA device is visible",
+            "install the NVIDIA driver + CUDA 12 runtime, or use --lanes cpu",
+        )
     return Check("lanes", "ok", ",".join(lanes) + ("" if config.lanes else " (detected)"))
 
 
@@ -100,9 +143,13 @@ def check_cuda(config: WorkerConfig, gpus: int, memory: str) -> Check:
     if gpus:
         return Check("CUDA", "ok", f"{gpus} device(s)" + (f": {memory}" if memory else ""))
     if config.device == "cuda":
-        return Check("CUDA", "fail", "--device cuda but CTranslate2 sees no CUDA device",
-                     "install the NVIDIA driver and CUDA 12 + cuDNN 9 libraries (see docs/worker-setup.md), "
-                     "or use --device auto/cpu")
+        return Check(
+            "CUDA",
+            "fail",
+            "--device cuda but CTranslate2 sees no CUDA device",
+            "install the NVIDIA driver and CUDA 12 + cuDNN 9 libraries (see docs/worker-setup.md), "
+            "or use --device auto/cpu",
+        )
     return Check("CUDA", "ok", "no CUDA device: processing on the CPU")
 
 
@@ -114,8 +161,14 @@ def check_processors(config: WorkerConfig) -> tuple[list[Check], list[str]]:
     wanted = set(config.content_types or [])
     for ct in config.content_types or []:
         if ct not in REGISTRY:
-            out.append(Check(f"processor {ct}", "fail", "unknown content type",
-                             f"--content-types takes: {', '.join(REGISTRY)}"))
+            out.append(
+                Check(
+                    f"processor {ct}",
+                    "fail",
+                    "unknown content type",
+                    f"--content-types takes: {', '.join(REGISTRY)}",
+                )
+            )
     for ct in REGISTRY:
         try:
             ok, why = availability(ct)
@@ -137,7 +190,12 @@ def check_ffmpeg(served: list[str]) -> Check:
     if path:
         return Check("ffmpeg", "ok", path)
     if MEDIA_TYPES & set(served):
-        return Check("ffmpeg", "fail", "not on PATH", "apt install ffmpeg / brew install ffmpeg / winget install ffmpeg")
+        return Check(
+            "ffmpeg",
+            "fail",
+            "not on PATH",
+            "apt install ffmpeg / brew install ffmpeg / winget install ffmpeg",
+        )
     return Check("ffmpeg", "warn", "not on PATH (needed only for audio/video)", "apt install ffmpeg")
 
 
@@ -151,11 +209,17 @@ def check_whisper(config: WorkerConfig, served: list[str]) -> Check:
     try:
         loaded = load_model(config.whisper_model, config.device)
     except Exception as exc:
-        return Check("whisper model", "fail", f"{config.whisper_model!r}: {exc}",
-                     "give a model name the hub has (tiny, base, small, medium, large-v3) with network access, "
-                     "or a local CTranslate2 directory with --whisper-model /path/to/model")
+        return Check(
+            "whisper model",
+            "fail",
+            f"{config.whisper_model!r}: {exc}",
+            "give a model name the hub has (tiny, base, small, medium, large-v3) with network access, "
+            "or a local CTranslate2 directory with --whisper-model /path/to/model",
+        )
     took = time.monotonic() - start
-    return Check("whisper model", "ok", f"{loaded.name} on {loaded.device} ({loaded.compute_type}), {took:.1f} s")
+    return Check(
+        "whisper model", "ok", f"{loaded.name} on {loaded.device} ({loaded.compute_type}), {took:.1f} s"
+    )
 
 
 def check_temp_dir(config: WorkerConfig) -> Check:
@@ -166,12 +230,20 @@ def check_temp_dir(config: WorkerConfig) -> Check:
             fh.write(b"ok")
             fh.flush()
     except OSError as exc:
-        return Check("temp dir", "fail", f"{path} is not writable ({exc})",
-                     "choose a writable directory with --temp-dir (or MORAG_WORKER_TEMP_DIR)")
+        return Check(
+            "temp dir",
+            "fail",
+            f"{path} is not writable ({exc})",
+            "choose a writable directory with --temp-dir (or MORAG_WORKER_TEMP_DIR)",
+        )
     free_gb = shutil.disk_usage(path).free / 1e9
     if free_gb < config.min_free_gb:
-        return Check("temp dir", "fail", f"{path}: only {free_gb:.1f} GB free (want {config.min_free_gb:g})",
-                     "free disk space or point --temp-dir at a larger disk")
+        return Check(
+            "temp dir",
+            "fail",
+            f"{path}: only {free_gb:.1f} GB free (want {config.min_free_gb:g})",
+            "free disk space or point --temp-dir at a larger disk",
+        )
     return Check("temp dir", "ok", f"{path} writable, {free_gb:.1f} GB free")
 
 
@@ -179,14 +251,30 @@ def check_cookies(config: WorkerConfig) -> list[Check]:
     out = []
     if config.cookies:
         ok, detail = check_cookies_file(Path(config.cookies))
-        out.append(Check("cookies file", "ok" if ok else "fail", detail,
-                         "" if ok else "export cookies.txt (Netscape format) with a browser extension; "
-                         "see docs/worker-setup.md#cookies"))
+        out.append(
+            Check(
+                "cookies file",
+                "ok" if ok else "fail",
+                detail,
+                ""
+                if ok
+                else "export cookies.txt (Netscape format) with a browser extension; "
+                "see docs/worker-setup.md#cookies",
+            )
+        )
     if config.cookies_from_browser:
         ok, detail = check_browser(config.cookies_from_browser)
-        out.append(Check("browser cookies", "ok" if ok else "fail", detail,
-                         "" if ok else "run the worker in the desktop session of the browser's user, "
-                         "or export a cookies.txt and use --cookies FILE"))
+        out.append(
+            Check(
+                "browser cookies",
+                "ok" if ok else "fail",
+                detail,
+                ""
+                if ok
+                else "run the worker in the desktop session of the browser's user, "
+                "or export a cookies.txt and use --cookies FILE",
+            )
+        )
     if not out:
         out.append(Check("cookies", "ok", "none configured (only needed for sign-in-only media)"))
     return out
@@ -207,8 +295,9 @@ def render(checks: list[Check]) -> str:
 async def collect(config: WorkerConfig, client: WorkerClient | None = None) -> list[Check]:
     """Every check, in the order a person fixes them."""
     own = client is None
-    client = client or WorkerClient(config.server, config.api_key, timeout_s=10, retry_base_s=0.5,
-                                    max_tries=2, max_time_s=10)
+    client = client or WorkerClient(
+        config.server, config.api_key, timeout_s=10, retry_base_s=0.5, max_tries=2, max_time_s=10
+    )
     try:
         checks, hello = await check_server(config, client)
     finally:

@@ -25,6 +25,7 @@ import backoff
 import httpx
 
 from protocol import paths
+from protocol.errors import ErrorClass
 from protocol.models import (
     ClaimedJob,
     ClaimRequest,
@@ -39,6 +40,8 @@ from protocol.models import (
 )
 from worker import __version__
 from worker.errors import BadInput, ServerError, TransientError
+
+__all__ = ["AuthFailed", "LeaseLost", "ServerError", "ServerRejected", "ServerUnreachable", "WorkerClient"]
 
 T = TypeVar("T")
 DownloadProgress = Callable[[int, int | None], None]
@@ -163,11 +166,12 @@ class WorkerClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _retrying(self, call: Callable[[], Any], *, max_time_s: float | None = None,
-                        max_tries: int | None = None) -> Any:
+    async def _retrying(
+        self, call: Callable[[], Any], *, max_time_s: float | None = None, max_tries: int | None = None
+    ) -> Any:
         """Run ``call`` (an async callable) with backoff on ServerUnreachable."""
         deco = backoff.on_exception(
-            lambda: _wait_gen(self.retry_base_s, self.retry_cap_s),
+            lambda: _wait_gen(self.retry_base_s, self.retry_cap_s),  # type: ignore[arg-type,return-value]
             ServerUnreachable,
             max_tries=max_tries or self.max_tries,
             max_time=self.max_time_s if max_time_s is None else max_time_s,
@@ -180,8 +184,9 @@ class WorkerClient:
 
         return await deco(attempt)()
 
-    async def _request(self, method: str, path: str, *, json: Any = None,
-                       timeout: float | None = None) -> httpx.Response:
+    async def _request(
+        self, method: str, path: str, *, json: Any = None, timeout: float | None = None
+    ) -> httpx.Response:
         """One attempt; transport errors become ServerUnreachable."""
         try:
             resp = await self._http.request(
@@ -191,13 +196,23 @@ class WorkerClient:
             raise ServerUnreachable(f"cannot reach {self.server}: {type(exc).__name__}: {exc}") from exc
         return _check(resp)
 
-    async def call(self, method: str, path: str, *, json: Any = None, timeout: float | None = None,
-                   max_time_s: float | None = None, max_tries: int | None = None) -> httpx.Response:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        timeout: float | None = None,
+        max_time_s: float | None = None,
+        max_tries: int | None = None,
+    ) -> httpx.Response:
         """A request retried on transient failures; 4xx raise at once."""
-        return await self._retrying(
-            lambda: self._request(method, path, json=json, timeout=timeout), max_time_s=max_time_s,
+        resp: httpx.Response = await self._retrying(
+            lambda: self._request(method, path, json=json, timeout=timeout),
+            max_time_s=max_time_s,
             max_tries=max_tries,
         )
+        return resp
 
     async def hello(self) -> HelloResponse:
         """Who this key is for the server, its protocol version and lease length."""
@@ -212,32 +227,77 @@ class WorkerClient:
             return []
         return ClaimResponse.model_validate(resp.json()).jobs
 
-    async def heartbeat(self, job_id: str, lease_token: str, progress: float | None = None,
-                        message: str | None = None, *, max_time_s: float | None = None) -> HeartbeatResponse:
+    async def heartbeat(
+        self,
+        job_id: str,
+        lease_token: str,
+        progress: float | None = None,
+        message: str | None = None,
+        *,
+        max_time_s: float | None = None,
+    ) -> HeartbeatResponse:
         """Extend the lease and report progress; raises LeaseLost on 409."""
-        body = HeartbeatRequest(job_id=job_id, lease_token=lease_token, progress=progress,
-                                message=(message or None) and message[:500])
-        resp = await self.call("POST", paths.HEARTBEAT, json=body.model_dump(mode="json"), max_time_s=max_time_s)
+        body = HeartbeatRequest(
+            job_id=job_id,
+            lease_token=lease_token,
+            progress=progress,
+            message=(message or None) and message[:500],
+        )
+        resp = await self.call(
+            "POST", paths.HEARTBEAT, json=body.model_dump(mode="json"), max_time_s=max_time_s
+        )
         return HeartbeatResponse.model_validate(resp.json())
 
-    async def complete(self, job_id: str, lease_token: str, markdown: str, metadata: dict[str, Any], *,
-                       max_time_s: float | None = None) -> CompleteResponse:
+    async def complete(
+        self,
+        job_id: str,
+        lease_token: str,
+        markdown: str,
+        metadata: dict[str, Any],
+        *,
+        max_time_s: float | None = None,
+    ) -> CompleteResponse:
         """Deliver a result; repeating it with the same lease is harmless on the server."""
         body = CompleteRequest(job_id=job_id, lease_token=lease_token, markdown=markdown, metadata=metadata)
-        resp = await self.call("POST", paths.COMPLETE, json=body.model_dump(mode="json"), max_time_s=max_time_s,
-                               max_tries=10_000 if max_time_s else None)
+        resp = await self.call(
+            "POST",
+            paths.COMPLETE,
+            json=body.model_dump(mode="json"),
+            max_time_s=max_time_s,
+            max_tries=10_000 if max_time_s else None,
+        )
         return CompleteResponse.model_validate(resp.json())
 
-    async def fail(self, job_id: str, lease_token: str, error: str, error_class: str, retryable: bool, *,
-                   max_time_s: float | None = None) -> FailResponse:
+    async def fail(
+        self,
+        job_id: str,
+        lease_token: str,
+        error: str,
+        error_class: str,
+        retryable: bool,
+        *,
+        max_time_s: float | None = None,
+    ) -> FailResponse:
         """Report a failure (``shutdown`` gives the lease back at once)."""
-        body = FailRequest(job_id=job_id, lease_token=lease_token, error=error[:10_000],
-                           error_class=error_class, retryable=retryable)  # type: ignore[arg-type]
+        body = FailRequest(
+            job_id=job_id,
+            lease_token=lease_token,
+            error=error[:10_000],
+            error_class=ErrorClass(error_class),
+            retryable=retryable,
+        )
         resp = await self.call("POST", paths.FAIL, json=body.model_dump(mode="json"), max_time_s=max_time_s)
         return FailResponse.model_validate(resp.json())
 
-    async def download(self, url: str, dest: Path, *, size: int | None = None, sha256: str | None = None,
-                       progress: DownloadProgress | None = None) -> Path:
+    async def download(
+        self,
+        url: str,
+        dest: Path,
+        *,
+        size: int | None = None,
+        sha256: str | None = None,
+        progress: DownloadProgress | None = None,
+    ) -> Path:
         """Stream ``url`` to ``dest``, resuming with Range after a broken connection; verify size/sha256."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(b"")
@@ -261,7 +321,9 @@ class WorkerClient:
                     if total is None and "content-length" in resp.headers and resp.status_code == 200:
                         total = int(resp.headers["content-length"])
                     with dest.open(mode) as fh:
-                        async for chunk in resp.aiter_bytes():  # as received: nothing buffered is lost on a break
+                        async for (
+                            chunk
+                        ) in resp.aiter_bytes():  # as received: nothing buffered is lost on a break
                             fh.write(chunk)
                             state["sha"].update(chunk)
                             state["have"] += len(chunk)

@@ -9,8 +9,19 @@ from __future__ import annotations
 from http.cookiejar import LoadError, MozillaCookieJar
 from pathlib import Path
 
-BROWSERS = ("chrome", "chromium", "firefox", "edge", "brave", "opera", "opera_gx", "vivaldi", "safari",
-            "librewolf", "arc")
+BROWSERS = (
+    "chrome",
+    "chromium",
+    "firefox",
+    "edge",
+    "brave",
+    "opera",
+    "opera_gx",
+    "vivaldi",
+    "safari",
+    "librewolf",
+    "arc",
+)
 PROBE_DOMAIN = "youtube.com"
 
 

@@ -18,7 +18,12 @@ from worker.processors.base import JobInput, ProcessorConfig, ProcessResult
 
 log = logging.getLogger("morag.worker.executor")
 
-_OOM_MARKERS = ("out of memory", "cudaerrormemoryallocation", "cuda_error_out_of_memory", "cublas_status_alloc")
+_OOM_MARKERS = (
+    "out of memory",
+    "cudaerrormemoryallocation",
+    "cuda_error_out_of_memory",
+    "cublas_status_alloc",
+)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -39,7 +44,9 @@ def classify(exc: BaseException) -> ProcessingError | JobCanceled:
     return err
 
 
-def guarded_progress(report: Callable[[float, str], None], canceled: threading.Event) -> Callable[[float, str], None]:
+def guarded_progress(
+    report: Callable[[float, str], None], canceled: threading.Event
+) -> Callable[[float, str], None]:
     """A progress callback that raises JobCanceled once the job was canceled (stops long loops)."""
 
     def progress(fraction: float, message: str) -> None:
@@ -63,7 +70,7 @@ def execute(job: JobInput, config: ProcessorConfig, canceled: threading.Event | 
         raise Unsupported(f"this worker cannot process {job.content_type!r}: {why}")
     try:
         result = processor.process(job, config)
-    except BaseException as exc:  # noqa: BLE001 - every failure must be classified and reported
+    except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         err = classify(exc)
@@ -73,7 +80,9 @@ def execute(job: JobInput, config: ProcessorConfig, canceled: threading.Event | 
     if canceled.is_set():
         raise JobCanceled()
     if not isinstance(result, ProcessResult) or not isinstance(result.markdown, str):
-        raise ProcessingError(f"the {job.content_type} processor returned {type(result).__name__}, not a result")
+        raise ProcessingError(
+            f"the {job.content_type} processor returned {type(result).__name__}, not a result"
+        )
     return result
 
 

@@ -53,7 +53,12 @@ class JobProgress:
                 return
             self._last_line, self._last_phase, self._last_pct = now, phase, pct
         log.info(
-            "job %s [%s] %-10s %3d%% %s", self.job_id, self.content_type, phase, pct, message,
+            "job %s [%s] %-10s %3d%% %s",
+            self.job_id,
+            self.content_type,
+            phase,
+            pct,
+            message,
             extra={"job_id": self.job_id, "phase": phase, "progress": self.fraction},
         )
 
@@ -73,7 +78,8 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),

@@ -25,6 +25,7 @@ from typing import Any
 from protocol import PROTOCOL_VERSION
 from protocol.errors import ErrorClass
 from protocol.models import ClaimedJob, ClaimRequest, HelloResponse
+from protocol.states import ContentType, LaneKind
 from worker import __version__
 from worker.client import AuthFailed, LeaseLost, ServerRejected, ServerUnreachable, WorkerClient
 from worker.config import WorkerConfig
@@ -70,8 +71,11 @@ class Runner:
     def __init__(self, config: WorkerConfig, client: WorkerClient | None = None) -> None:
         self.config = config
         self.client = client or WorkerClient(
-            config.server, config.api_key, timeout_s=config.request_timeout_s,
-            retry_base_s=config.retry_base_s, retry_cap_s=config.retry_cap_s,
+            config.server,
+            config.api_key,
+            timeout_s=config.request_timeout_s,
+            retry_base_s=config.retry_base_s,
+            retry_cap_s=config.retry_cap_s,
         )
         self.worker_id = f"{config.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}".replace(" ", "_")[:128]
         self.worker_id = "".join(c if c.isalnum() or c in "._:@-" else "_" for c in self.worker_id)
@@ -116,9 +120,16 @@ class Runner:
             self.content_types = list(self.config.content_types)
         else:
             self.content_types = available_content_types()
-        log.info("worker %s serving lanes %s, types %s, %d slot(s), lease %.0f s (server %s, user %s)",
-                 self.worker_id, ",".join(self.lanes), ",".join(self.content_types), self.config.concurrency,
-                 self.lease_s, hello.server_version, hello.user or "-")
+        log.info(
+            "worker %s serving lanes %s, types %s, %d slot(s), lease %.0f s (server %s, user %s)",
+            self.worker_id,
+            ",".join(self.lanes),
+            ",".join(self.content_types),
+            self.config.concurrency,
+            self.lease_s,
+            hello.server_version,
+            hello.user or "-",
+        )
 
     # ----- main loop ------------------------------------------------------------------------
     async def run(self, *, install_signals: bool = True) -> int:
@@ -146,8 +157,11 @@ class Runner:
     def request_stop(self) -> None:
         """Stop claiming; current jobs get ``grace_s`` to finish before their leases are given back."""
         if not self.stopping.is_set():
-            log.info("stopping: no new jobs; %d running job(s) get %.0f s to finish", len(self.jobs),
-                     self.config.grace_s)
+            log.info(
+                "stopping: no new jobs; %d running job(s) get %.0f s to finish",
+                len(self.jobs),
+                self.config.grace_s,
+            )
         self.stopping.set()
 
     def _on_signal(self) -> None:
@@ -188,9 +202,14 @@ class Runner:
                 slot.cancel()
                 continue
             req = ClaimRequest(
-                worker_id=self.worker_id, lanes=self.lanes, content_types=self.content_types,  # type: ignore[arg-type]
-                max_jobs=1 if self.config.once else free, wait_s=self.config.claim_wait_s,
-                claim_id=uuid.uuid4().hex, name=self.config.name[:200], version=__version__,
+                worker_id=self.worker_id,
+                lanes=[LaneKind(lane) for lane in self.lanes],
+                content_types=[ContentType(ct) for ct in self.content_types],
+                max_jobs=1 if self.config.once else free,
+                wait_s=self.config.claim_wait_s,
+                claim_id=uuid.uuid4().hex,
+                name=self.config.name[:200],
+                version=__version__,
             )
             claim = asyncio.ensure_future(self.client.claim(req))
             stop = asyncio.ensure_future(self.stopping.wait())
@@ -219,13 +238,19 @@ class Runner:
         return 0
 
     async def _give_back_claim(self, req: ClaimRequest) -> None:
-        """A claim cut off by a stop may still have leased jobs: fetch them (same claim id) and return them."""
+        """A claim cut off by a stop may have leased jobs: fetch them (same claim id), give them back."""
         try:
             replay = req.model_copy(update={"wait_s": 0.0})
             jobs = await self.client.claim(replay)
             for job in jobs:
-                await self.client.fail(job.job_id, job.lease_token, "worker shutting down", ErrorClass.shutdown,
-                                       True, max_time_s=5)
+                await self.client.fail(
+                    job.job_id,
+                    job.lease_token,
+                    "worker shutting down",
+                    ErrorClass.shutdown,
+                    True,
+                    max_time_s=5,
+                )
         except Exception as exc:  # best effort: the server's reaper frees them when the lease ends
             log.debug("giving back the interrupted claim failed: %s", exc)
 
@@ -235,7 +260,7 @@ class Runner:
             return
         tasks = [rj.task for rj in self.jobs.values() if rj.task]
         grace = self.config.grace_s if self.stopping.is_set() else None
-        done, pending = await asyncio.wait(tasks, timeout=grace)
+        _, pending = await asyncio.wait(tasks, timeout=grace)
         if pending:
             for rj in list(self.jobs.values()):
                 self._stop_job(rj, "shutdown")
@@ -244,8 +269,12 @@ class Runner:
     # ----- one job --------------------------------------------------------------------------
     def _start_job(self, job: ClaimedJob) -> None:
         tdir = self.config.jobs_dir / f"{job.job_id}-{job.attempt}"
-        rj = RunningJob(job=job, progress=JobProgress(job.job_id, job.content_type.value), temp_dir=tdir,
-                        lease_deadline=time.monotonic() + self.lease_s)
+        rj = RunningJob(
+            job=job,
+            progress=JobProgress(job.job_id, job.content_type.value),
+            temp_dir=tdir,
+            lease_deadline=time.monotonic() + self.lease_s,
+        )
         self.jobs[job.job_id] = rj
         rj.task = asyncio.ensure_future(self._run_job(rj))
         log.info("job %s [%s] claimed (attempt %d)", job.job_id, job.content_type.value, job.attempt)
@@ -286,12 +315,21 @@ class Runner:
         rj.outcome = reason
         if reason == "shutdown":
             try:
-                await self.client.fail(rj.job.job_id, rj.job.lease_token, "the worker shut down; retrying elsewhere",
-                                       ErrorClass.shutdown, True, max_time_s=10)
+                await self.client.fail(
+                    rj.job.job_id,
+                    rj.job.lease_token,
+                    "the worker shut down; retrying elsewhere",
+                    ErrorClass.shutdown,
+                    True,
+                    max_time_s=10,
+                )
                 log.info("job %s: lease given back (shutdown)", rj.job.job_id)
             except Exception as exc:
-                log.warning("job %s: could not give the lease back (%s); it frees when the lease ends",
-                            rj.job.job_id, exc)
+                log.warning(
+                    "job %s: could not give the lease back (%s); it frees when the lease ends",
+                    rj.job.job_id,
+                    exc,
+                )
         else:
             log.info("job %s: stopped (%s)", rj.job.job_id, reason)
 
@@ -303,8 +341,13 @@ class Runner:
             name = Path(job.file_name or "input").name or "input"
             path = rj.temp_dir / "in" / name
             rj.progress.download(0, job.file_size)
-            await self.client.download(job.download_url, path, size=job.file_size, sha256=job.file_sha256,
-                                       progress=rj.progress.download)
+            await self.client.download(
+                job.download_url,
+                path,
+                size=job.file_size,
+                sha256=job.file_sha256,
+                progress=rj.progress.download,
+            )
         cookies = None
         if job.cookies:
             cookies = rj.temp_dir / "server-cookies.txt"
@@ -312,9 +355,16 @@ class Runner:
             cookies.chmod(0o600)
         work = rj.temp_dir / "work"
         work.mkdir(exist_ok=True)
-        inp = JobInput(content_type=job.content_type.value, options=dict(job.options), temp_dir=work, path=path,
-                       url=job.source_url, cookies_file=cookies, file_name=job.file_name,
-                       progress=lambda f, m: rj.progress.update("processing", f, m))
+        inp = JobInput(
+            content_type=job.content_type.value,
+            options=dict(job.options),
+            temp_dir=work,
+            path=path,
+            url=job.source_url,
+            cookies_file=cookies,
+            file_name=job.file_name,
+            progress=lambda f, m: rj.progress.update("processing", f, m),
+        )
         rj.progress.update("processing", 0.0, "starting")
         return await self._in_thread(rj, inp)
 
@@ -346,8 +396,9 @@ class Runner:
             await asyncio.sleep(interval)
             fraction, message = rj.progress.snapshot()
             try:
-                resp = await self.client.heartbeat(rj.job.job_id, rj.job.lease_token, fraction, message,
-                                                   max_time_s=interval)
+                resp = await self.client.heartbeat(
+                    rj.job.job_id, rj.job.lease_token, fraction, message, max_time_s=interval
+                )
             except LeaseLost as exc:
                 self._stop_job(rj, "canceled" if exc.canceled else "lease lost")
                 return
@@ -355,8 +406,12 @@ class Runner:
                 log.warning("job %s: heartbeat refused: %s", rj.job.job_id, exc.message)
                 continue
             except ServerUnreachable as exc:
-                log.warning("job %s: heartbeat failed (%s); lease ends in %.0f s", rj.job.job_id, exc.message,
-                            rj.lease_deadline - time.monotonic())
+                log.warning(
+                    "job %s: heartbeat failed (%s); lease ends in %.0f s",
+                    rj.job.job_id,
+                    exc.message,
+                    rj.lease_deadline - time.monotonic(),
+                )
                 continue
             if resp.canceled:
                 self._stop_job(rj, "canceled")
@@ -364,11 +419,22 @@ class Runner:
             rj.lease_deadline = time.monotonic() + self.lease_s
 
     async def _report_failure(self, rj: RunningJob, err: ProcessingError) -> None:
-        log.warning("job %s failed (%s, %s): %s", rj.job.job_id, err.error_class.value,
-                    "will be retried" if err.retryable else "final", err.message)
+        log.warning(
+            "job %s failed (%s, %s): %s",
+            rj.job.job_id,
+            err.error_class.value,
+            "will be retried" if err.retryable else "final",
+            err.message,
+        )
         try:
-            await self.client.fail(rj.job.job_id, rj.job.lease_token, err.message, err.error_class.value,
-                                   err.retryable, max_time_s=max(rj.lease_deadline - time.monotonic(), 5.0))
+            await self.client.fail(
+                rj.job.job_id,
+                rj.job.lease_token,
+                err.message,
+                err.error_class.value,
+                err.retryable,
+                max_time_s=max(rj.lease_deadline - time.monotonic(), 5.0),
+            )
         except LeaseLost as exc:
             log.info("job %s: failure not recorded, %s", rj.job.job_id, exc.code)
         except Exception as exc:
@@ -385,8 +451,13 @@ class Runner:
         spool = self._spool_path(rj.job.job_id)
         spool.parent.mkdir(parents=True, exist_ok=True)
         remaining = rj.lease_deadline - time.monotonic()
-        entry = {"job_id": rj.job.job_id, "lease_token": rj.job.lease_token, "saved_at": time.time(),
-                 "deliver_until": time.time() + remaining + self.lease_s, **payload}
+        entry = {
+            "job_id": rj.job.job_id,
+            "lease_token": rj.job.lease_token,
+            "saved_at": time.time(),
+            "deliver_until": time.time() + remaining + self.lease_s,
+            **payload,
+        }
         tmp = spool.with_suffix(".tmp")
         tmp.write_text(json.dumps(entry))
         tmp.replace(spool)
@@ -398,15 +469,17 @@ class Runner:
     async def _send_spooled(self, entry: dict[str, Any], spool: Path, max_time_s: float) -> bool:
         job_id = entry["job_id"]
         try:
-            await self.client.complete(job_id, entry["lease_token"], entry["markdown"], entry["metadata"],
-                                       max_time_s=max_time_s)
+            await self.client.complete(
+                job_id, entry["lease_token"], entry["markdown"], entry["metadata"], max_time_s=max_time_s
+            )
         except LeaseLost as exc:
             log.warning("job %s: result discarded, %s", job_id, exc.code)
         except ServerRejected as exc:
             log.error("job %s: the server refused the result: %s", job_id, exc.message)
         except ServerUnreachable as exc:
-            log.error("job %s: result not delivered (%s); kept in %s for the next start", job_id, exc.message,
-                      spool)
+            log.error(
+                "job %s: result not delivered (%s); kept in %s for the next start", job_id, exc.message, spool
+            )
             return False
         else:
             log.info("job %s: result delivered", job_id)

@@ -23,8 +23,12 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST_ENV = {"MORAG_LEASE_S": "3", "MORAG_REAPER_INTERVAL_S": "0.2", "MORAG_RETRY_BASE_S": "0.1",
-            "MORAG_CLAIM_RECHECK_S": "0.2"}
+FAST_ENV = {
+    "MORAG_LEASE_S": "3",
+    "MORAG_REAPER_INTERVAL_S": "0.2",
+    "MORAG_RETRY_BASE_S": "0.1",
+    "MORAG_CLAIM_RECHECK_S": "0.2",
+}
 
 
 def free_port() -> int:
@@ -57,8 +61,14 @@ class LiveServer:
 
     def cli(self, *args: str) -> str:
         """Run ``python -m api ARGS`` on this server's data; its stdout."""
-        out = subprocess.run([sys.executable, "-m", "api", *args], env=self.env, cwd=ROOT, capture_output=True,
-                             text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "api", *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         return out.stdout
 
@@ -74,9 +84,23 @@ class LiveServer:
         """Start the server process without waiting for it."""
         log = (self.data_dir / "server.log").open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "api", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "warning"],
-            env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "api",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
 
@@ -123,8 +147,9 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     """Factory: ``live_server(env={...}, scopes=("worker", "client"))`` -> a started LiveServer."""
     started: list[LiveServer] = []
 
-    def factory(env: dict[str, str] | None = None, scopes: tuple[str, ...] = ("worker", "client"),
-                user: str = "alice") -> LiveServer:
+    def factory(
+        env: dict[str, str] | None = None, scopes: tuple[str, ...] = ("worker", "client"), user: str = "alice"
+    ) -> LiveServer:
         data = tmp_path_factory.mktemp("server")
         full = {k: v for k, v in os.environ.items() if not k.startswith("MORAG_")}
         full.update(FAST_ENV)

@@ -31,10 +31,34 @@ class Workers:
     def start(self, server: LiveServer, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = (self.tmp / f"{name}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "--api-key", server.worker_key, "--server", server.url,
-             "--name", name, "--content-types", "echo", "--lanes", "cpu", "--temp-dir", str(self.tmp / name),
-             "--claim-wait", "2", "--retry-base", "0.2", "--retry-cap", "1", *args],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "worker",
+                "--api-key",
+                server.worker_key,
+                "--server",
+                server.url,
+                "--name",
+                name,
+                "--content-types",
+                "echo",
+                "--lanes",
+                "cpu",
+                "--temp-dir",
+                str(self.tmp / name),
+                "--claim-wait",
+                "2",
+                "--retry-base",
+                "0.2",
+                "--retry-cap",
+                "1",
+                *args,
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         self.procs[name] = proc
@@ -60,8 +84,12 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
 def submit(server: LiveServer, text: str, **options: Any) -> str:
     import json
 
-    resp = server.api("POST", "/ingest/file", files={"file": ("note.txt", text.encode())},
-                      data={"content_type": "echo", "options": json.dumps(options)})
+    resp = server.api(
+        "POST",
+        "/ingest/file",
+        files={"file": ("note.txt", text.encode())},
+        data={"content_type": "echo", "options": json.dumps(options)},
+    )
     assert resp.status_code == 202, resp.text
     return str(resp.json()["task_id"])
 
@@ -89,8 +117,12 @@ def processed(st: dict[str, Any]) -> bool:
 
 def running_on(server: LiveServer, task_id: str, prefix: str, min_progress: float = 0.15) -> bool:
     st = status(server, task_id)
-    return (st["status"] == "running" and st["stage"] == "process" and (st["worker_id"] or "").startswith(prefix)
-            and (st["progress"] or 0) >= min_progress)
+    return (
+        st["status"] == "running"
+        and st["stage"] == "process"
+        and (st["worker_id"] or "").startswith(prefix)
+        and (st["progress"] or 0) >= min_progress
+    )
 
 
 def test_kill_9_mid_job_finishes_on_another_worker(live_server: LiveServerFactory, workers: Workers) -> None:
@@ -110,7 +142,9 @@ def test_kill_9_mid_job_finishes_on_another_worker(live_server: LiveServerFactor
     assert took < 12
 
 
-def test_server_outage_result_delivered_after_it_returns(live_server: LiveServerFactory, workers: Workers) -> None:
+def test_server_outage_result_delivered_after_it_returns(
+    live_server: LiveServerFactory, workers: Workers
+) -> None:
     # The lease must outlast the outage: the worker delivers "as long as the lease allows".
     server = live_server(env={"MORAG_LEASE_S": "20"})
     workers.start(server, "wa")

@@ -26,8 +26,15 @@ from worker.client import (
 from worker.errors import BadInput, TransientError
 
 BASE = "http://srv.test"
-HELLO = {"protocol_version": "1", "server_version": "0.1.0", "user": "alice", "scope": "worker",
-         "lanes": ["gpu", "cpu"], "lease_s": 60.0, "max_claim_wait_s": 30.0}
+HELLO = {
+    "protocol_version": "1",
+    "server_version": "0.1.0",
+    "user": "alice",
+    "scope": "worker",
+    "lanes": ["gpu", "cpu"],
+    "lease_s": 60.0,
+    "max_claim_wait_s": 30.0,
+}
 
 
 @pytest.fixture
@@ -52,7 +59,11 @@ async def test_hello_sends_bearer_key(client: WorkerClient) -> None:
 @respx.mock
 async def test_connection_errors_are_retried_then_succeed(client: WorkerClient) -> None:
     route = respx.get(f"{BASE}/worker/hello").mock(
-        side_effect=[httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), httpx.Response(200, json=HELLO)]
+        side_effect=[
+            httpx.ConnectError("refused"),
+            httpx.ReadTimeout("slow"),
+            httpx.Response(200, json=HELLO),
+        ]
     )
     assert (await client.hello()).scope == "worker"
     assert route.call_count == 3
@@ -84,8 +95,10 @@ async def test_retries_stop_at_max_time() -> None:
 @respx.mock
 async def test_429_honours_retry_after(client: WorkerClient) -> None:
     route = respx.post(f"{BASE}/worker/fail").mock(
-        side_effect=[_err(429, "rate_limited", **{"Retry-After": "0.4"}),
-                     httpx.Response(200, json={"job_id": "j", "status": "queued"})]
+        side_effect=[
+            _err(429, "rate_limited", **{"Retry-After": "0.4"}),
+            httpx.Response(200, json={"job_id": "j", "status": "queued"}),
+        ]
     )
     start = time.monotonic()
     resp = await client.fail("j", "t", "boom", "transient", True)
@@ -110,7 +123,9 @@ def test_wait_gen_grows_with_full_jitter_and_prefers_retry_after() -> None:
 
 
 @respx.mock
-@pytest.mark.parametrize("status,code", [(400, "bad_request"), (404, "job_not_found"), (422, "validation_error")])
+@pytest.mark.parametrize(
+    "status,code", [(400, "bad_request"), (404, "job_not_found"), (422, "validation_error")]
+)
 async def test_4xx_is_never_retried(client: WorkerClient, status: int, code: str) -> None:
     route = respx.post(f"{BASE}/worker/complete").respond(status, json={"code": code, "message": "no"})
     with pytest.raises(ServerRejected) as info:
@@ -144,7 +159,8 @@ async def test_stale_lease_and_canceled_are_lease_lost(client: WorkerClient) -> 
 @respx.mock
 async def test_heartbeat_reports_cancel_and_progress(client: WorkerClient) -> None:
     route = respx.post(f"{BASE}/worker/heartbeat").respond(
-        json={"lease_expires_at": "2030-01-01T00:00:00Z", "canceled": True})
+        json={"lease_expires_at": "2030-01-01T00:00:00Z", "canceled": True}
+    )
     resp = await client.heartbeat("j", "t", 0.42, "processing: 42%")
     assert resp.canceled
     sent = route.calls.last.request.content
@@ -153,10 +169,17 @@ async def test_heartbeat_reports_cancel_and_progress(client: WorkerClient) -> No
 
 @respx.mock
 async def test_claim_204_is_empty_and_jobs_parse(client: WorkerClient) -> None:
-    job = {"job_id": "J1", "lease_token": "T", "lease_expires_at": "2030-01-01T00:00:00Z", "attempt": 1,
-           "content_type": "echo", "options": {}}
+    job = {
+        "job_id": "J1",
+        "lease_token": "T",
+        "lease_expires_at": "2030-01-01T00:00:00Z",
+        "attempt": 1,
+        "content_type": "echo",
+        "options": {},
+    }
     route = respx.post(f"{BASE}/worker/claim").mock(
-        side_effect=[httpx.Response(204), httpx.Response(200, json={"jobs": [job]})])
+        side_effect=[httpx.Response(204), httpx.Response(200, json={"jobs": [job]})]
+    )
     req = ClaimRequest(worker_id="w1", content_types=["echo"], wait_s=0.1, claim_id="c1")  # type: ignore[list-item]
     assert await client.claim(req) == []
     jobs = await client.claim(req)
@@ -194,8 +217,13 @@ async def test_download_resumes_with_range(client: WorkerClient, tmp_path: Path)
 
     respx.get(f"{BASE}/files/F1").mock(side_effect=answer)
     progress: list[tuple[int, int | None]] = []
-    out = await client.download(f"{BASE}/files/F1", tmp_path / "in.bin", size=len(DATA), sha256=SHA,
-                                progress=lambda have, total: progress.append((have, total)))
+    out = await client.download(
+        f"{BASE}/files/F1",
+        tmp_path / "in.bin",
+        size=len(DATA),
+        sha256=SHA,
+        progress=lambda have, total: progress.append((have, total)),
+    )
     assert out.read_bytes() == DATA
     assert seen == [None, f"bytes={cut}-"]
     assert progress[-1] == (len(DATA), len(DATA))
@@ -203,17 +231,25 @@ async def test_download_resumes_with_range(client: WorkerClient, tmp_path: Path)
 
 @respx.mock
 async def test_download_restarts_when_range_is_ignored(client: WorkerClient, tmp_path: Path) -> None:
-    respx.get(f"{BASE}/files/F1").mock(side_effect=[
-        httpx.Response(200, stream=_BrokenStream(DATA[:1000])), httpx.Response(200, content=DATA)])
+    respx.get(f"{BASE}/files/F1").mock(
+        side_effect=[
+            httpx.Response(200, stream=_BrokenStream(DATA[:1000])),
+            httpx.Response(200, content=DATA),
+        ]
+    )
     out = await client.download(f"{BASE}/files/F1", tmp_path / "in.bin", size=len(DATA), sha256=SHA)
     assert out.read_bytes() == DATA
 
 
 @respx.mock
 async def test_download_416_starts_over(client: WorkerClient, tmp_path: Path) -> None:
-    respx.get(f"{BASE}/files/F1").mock(side_effect=[
-        httpx.Response(200, stream=_BrokenStream(DATA[:1000])), httpx.Response(416),
-        httpx.Response(200, content=DATA)])
+    respx.get(f"{BASE}/files/F1").mock(
+        side_effect=[
+            httpx.Response(200, stream=_BrokenStream(DATA[:1000])),
+            httpx.Response(416),
+            httpx.Response(200, content=DATA),
+        ]
+    )
     out = await client.download(f"{BASE}/files/F1", tmp_path / "in.bin", size=len(DATA), sha256=SHA)
     assert out.read_bytes() == DATA
 
@@ -237,7 +273,9 @@ async def test_download_gives_up_after_retries(client: WorkerClient, tmp_path: P
 
 @respx.mock
 async def test_download_4xx_become_processing_errors(client: WorkerClient, tmp_path: Path) -> None:
-    route = respx.get(f"{BASE}/files/F1").mock(side_effect=[_err(404, "file_not_found"), _err(403, "bad_signature")])
+    route = respx.get(f"{BASE}/files/F1").mock(
+        side_effect=[_err(404, "file_not_found"), _err(403, "bad_signature")]
+    )
     with pytest.raises(BadInput, match="no longer on the server"):
         await client.download(f"{BASE}/files/F1", tmp_path / "a")
     with pytest.raises(TransientError, match="expired"):

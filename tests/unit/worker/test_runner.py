@@ -44,17 +44,34 @@ class FakeServer:
 
     def add(self, job_id: str, content: bytes = b"hello", **options: Any) -> None:
         self.files[job_id] = content
-        self.queue.append({
-            "job_id": job_id, "lease_token": f"tok-{job_id}", "lease_expires_at": "2030-01-01T00:00:00Z",
-            "attempt": 1, "content_type": "echo", "options": options, "file_name": f"{job_id}.txt",
-            "download_url": f"{BASE}/files/{job_id}?sig=x", "file_size": len(content),
-            "file_sha256": hashlib.sha256(content).hexdigest(),
-        })
+        self.queue.append(
+            {
+                "job_id": job_id,
+                "lease_token": f"tok-{job_id}",
+                "lease_expires_at": "2030-01-01T00:00:00Z",
+                "attempt": 1,
+                "content_type": "echo",
+                "options": options,
+                "file_name": f"{job_id}.txt",
+                "download_url": f"{BASE}/files/{job_id}?sig=x",
+                "file_size": len(content),
+                "file_sha256": hashlib.sha256(content).hexdigest(),
+            }
+        )
 
     def _hello(self, request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"protocol_version": "1", "server_version": "t", "user": "u",
-                                         "scope": "worker", "lanes": ["gpu", "cpu"], "lease_s": self.lease_s,
-                                         "max_claim_wait_s": 30})
+        return httpx.Response(
+            200,
+            json={
+                "protocol_version": "1",
+                "server_version": "t",
+                "user": "u",
+                "scope": "worker",
+                "lanes": ["gpu", "cpu"],
+                "lease_s": self.lease_s,
+                "max_claim_wait_s": 30,
+            },
+        )
 
     async def _claim(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
@@ -64,7 +81,7 @@ class FakeServer:
         if not self.queue:
             await asyncio.sleep(min(body["wait_s"], 0.05))
             return httpx.Response(204)
-        jobs, self.queue = self.queue[: body["max_jobs"]], self.queue[body["max_jobs"]:]
+        jobs, self.queue = self.queue[: body["max_jobs"]], self.queue[body["max_jobs"] :]
         return httpx.Response(200, json={"jobs": jobs})
 
     def _heartbeat(self, request: httpx.Request) -> httpx.Response:
@@ -100,8 +117,16 @@ def server() -> Any:
 
 
 def make_runner(tmp_path: Path, **kw: Any) -> Runner:
-    cfg = WorkerConfig(api_key="K", server=BASE, content_types=["echo"], temp_dir=tmp_path / "tmp",
-                       claim_wait_s=0.05, retry_base_s=0.01, retry_cap_s=0.05, **kw)
+    cfg = WorkerConfig(
+        api_key="K",
+        server=BASE,
+        content_types=["echo"],
+        temp_dir=tmp_path / "tmp",
+        claim_wait_s=0.05,
+        retry_base_s=0.01,
+        retry_cap_s=0.05,
+        **kw,
+    )
     client = WorkerClient(BASE, "K", retry_base_s=0.01, retry_cap_s=0.05, max_tries=3, max_time_s=2)
     return Runner(cfg, client)
 
@@ -154,8 +179,9 @@ async def test_full_slots_stop_claiming(server: FakeServer, tmp_path: Path) -> N
 
 async def test_cancel_via_heartbeat_stops_at_once(server: FakeServer, tmp_path: Path) -> None:
     server.add("J1", sleep_s=30)
-    server.heartbeat_answer = httpx.Response(200, json={"lease_expires_at": "2030-01-01T00:00:00Z",
-                                                        "canceled": True})
+    server.heartbeat_answer = httpx.Response(
+        200, json={"lease_expires_at": "2030-01-01T00:00:00Z", "canceled": True}
+    )
     runner = make_runner(tmp_path)
     start = time.monotonic()
     await run_until(runner, lambda: runner.finished)
@@ -226,8 +252,14 @@ async def test_result_is_spooled_and_delivered_after_an_outage(server: FakeServe
 async def test_spooled_result_is_delivered_on_start(server: FakeServer, tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
     runner.config.spool.mkdir(parents=True)
-    entry = {"job_id": "OLD", "lease_token": "tok-OLD", "saved_at": time.time(), "deliver_until": time.time() + 30,
-             "markdown": "# from before", "metadata": {}}
+    entry = {
+        "job_id": "OLD",
+        "lease_token": "tok-OLD",
+        "saved_at": time.time(),
+        "deliver_until": time.time() + 30,
+        "markdown": "# from before",
+        "metadata": {},
+    }
     (runner.config.spool / "OLD.json").write_text(json.dumps(entry))
     await run_until(runner, lambda: server.completed)
     assert server.completed[0]["job_id"] == "OLD" and server.completed[0]["markdown"] == "# from before"
@@ -245,5 +277,7 @@ async def test_once_processes_one_job_and_exits(server: FakeServer, tmp_path: Pa
 
 async def test_bad_key_exits_2(tmp_path: Path) -> None:
     with respx.mock:
-        respx.get(f"{BASE}/worker/hello").respond(401, json={"code": "unauthorized", "message": "unknown key"})
+        respx.get(f"{BASE}/worker/hello").respond(
+            401, json={"code": "unauthorized", "message": "unknown key"}
+        )
         assert await make_runner(tmp_path).run(install_signals=False) == 2
