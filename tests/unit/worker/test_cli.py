@@ -134,3 +134,23 @@ def test_worker_imports_without_server_libraries() -> None:
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok []"
+
+
+def test_json_log_lines_carry_job_progress(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import logging
+
+    from worker.progress import JobProgress, setup_logging
+
+    root = logging.getLogger("morag")
+    saved = (root.handlers[:], root.level, root.propagate)
+    setup_logging("json")
+    progress = JobProgress("J1", "echo", min_interval_s=60)
+    progress.download(500, 1000)
+    progress.download(600, 1000)  # same phase within the interval: no new line
+    progress.update("processing", 0.5, "halfway")
+    root.handlers[:], root.level, root.propagate = saved
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(ln["phase"], ln["job_id"]) for ln in lines] == [("download", "J1"), ("processing", "J1")]
+    assert lines[1]["progress"] == pytest.approx(0.525) and "halfway" in lines[1]["msg"]
+    assert progress.snapshot() == (pytest.approx(0.525), "processing: halfway")
