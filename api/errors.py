@@ -151,7 +151,7 @@ def install_handlers(app: FastAPI) -> None:
         errors = _clean_validation(list(exc.errors()))
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         if first.get("type") == "json_invalid":
-            return error_response(400, "invalid_json", f"the body is not valid JSON: {first['msg']}", errors)
+            return error_response(422, "invalid_json", f"the body is not valid JSON: {first['msg']}", errors)
         where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
         return error_response(422, "validation_error", f"{where}: {first['msg']}", errors)
 

@@ -182,7 +182,9 @@ def _start_part(
         if part.name not in file_fields:
             raise BadRequest(f"unexpected file field {part.name!r}", code="unexpected_file")
         if len(form.files) >= max_files:
-            raise BadRequest(f"at most {max_files} file(s) per request", code="too_many_files")
+            if max_files > 1:
+                raise PayloadTooLarge(f"a batch holds at most {max_files} files", code="batch_too_large")
+            raise BadRequest("one file per request", code="too_many_files")
         part.sink = FileSink(settings, user_id, params[b"filename"].decode("utf-8", "replace"))
     elif part.name in form.fields or len(form.fields) >= MAX_FIELDS:
         raise BadRequest(f"form field {part.name!r} repeated, or too many fields", code="invalid_field")

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from api import filestore
-from api.errors import BadRequest
+from api.errors import BadRequest, Unprocessable
 from api.multipart import UploadedForm, read_form
 from api.settings import Settings
 from protocol.errors import ErrorBody
@@ -26,11 +26,11 @@ JSON_FIELDS = ("options", "metadata")
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in (
-        (400, "Bad input (stable `code`: invalid_json, unsupported_scheme, empty_file, ...)"),
+        (400, "Bad input (stable `code`: unsupported_scheme, empty_file, malformed_multipart, ...)"),
         (401, "A valid API key is required"),
         (413, "The upload or batch is too large"),
         (415, "The content matches no processor"),
-        (422, "A field has the wrong type or value"),
+        (422, "Malformed JSON (`invalid_json`) or a field of the wrong type or value (`validation_error`)"),
         (507, "The server's disk is full; nothing was stored"),
     )
 }
@@ -46,7 +46,7 @@ def form_model(model: type[M], fields: dict[str, str]) -> M:
             try:
                 data[name] = json.loads(raw)
             except json.JSONDecodeError as exc:
-                raise BadRequest(f"{name} is not valid JSON: {exc.msg}", code="invalid_json") from exc
+                raise Unprocessable(f"{name} is not valid JSON: {exc.msg}", code="invalid_json") from exc
         else:
             data[name] = raw
     try:

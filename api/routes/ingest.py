@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from api import filestore, jobstore
 from api.auth import client_access
 from api.contenttypes import content_type_for_url, resolve_upload_type
-from api.errors import BadRequest, NotFound, PayloadTooLarge
+from api.errors import BadRequest, MoragError, NotFound, PayloadTooLarge, Unprocessable
 from api.ids import new_id
 from api.jobstore import NewJob
 from api.keystore import Principal
@@ -32,6 +37,7 @@ from api.schemas import (
 from protocol.states import JobState
 
 router = APIRouter(prefix="/api/v1", tags=["ingest"])
+MAX_BATCH_JSON = 10 * 1024 * 1024
 
 
 def _url_job(item: IngestURLRequest, batch_id: str | None = None) -> NewJob:
@@ -100,12 +106,46 @@ async def ingest_url(
     return TaskCreated(task_id=job_id, status=JobState.queued.value)
 
 
-@router.post("/ingest/batch", response_model=BatchCreated, status_code=202, responses=ERRORS)
-async def ingest_batch(
-    body: BatchRequest, request: Request, who: Principal = Depends(client_access)
-) -> BatchCreated:
-    """Queue up to 100 URLs at once; each becomes its own task, all share a batch id."""
+def _batch_body() -> dict[str, Any]:
+    schema = BatchRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    extra = file_request_body(IngestFileForm, many=True)
+    extra["requestBody"]["content"]["application/json"] = {"schema": schema}
+    return extra
+
+
+async def _json_batch(request: Request) -> BatchRequest:
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BATCH_JSON:
+            raise PayloadTooLarge("the batch body is larger than 10 MiB", code="batch_too_large")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Unprocessable(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+    try:
+        return BatchRequest.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            {**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_context=False)
+        ]
+        raise RequestValidationError(errors) from exc
+
+
+@router.post(
+    "/ingest/batch",
+    response_model=BatchCreated,
+    status_code=202,
+    responses=ERRORS,
+    openapi_extra=_batch_body(),
+)
+async def ingest_batch(request: Request, who: Principal = Depends(client_access)) -> BatchCreated:
+    """Queue up to 100 items at once (JSON URL items, or files in one multipart body): a task each."""
+    if request.headers.get("content-type", "").lower().startswith("multipart/"):
+        return await _file_batch(request, who)
     state = request.app.state.morag
+    body = await _json_batch(request)
     limit = state.settings.batch_max_items
     if len(body.items) > limit:
         raise PayloadTooLarge(
@@ -121,6 +161,42 @@ async def ingest_batch(
     ids = await jobstore.enqueue_jobs(
         state.engine, state.notifier, state.settings, who, [_url_job(i, batch_id) for i in body.items]
     )
+    return BatchCreated(batch_id=batch_id, status=JobState.queued.value, task_ids=ids)
+
+
+async def _file_batch(request: Request, who: Principal) -> BatchCreated:
+    """Files of one multipart body (field ``files``, repeated), sharing the other fields."""
+    state = request.app.state.morag
+    async with uploaded(request, who.user_id, max_files=state.settings.batch_max_items) as form:
+        fields = form_model(IngestFileForm, form.fields)
+        if not form.files:
+            raise BadRequest("the multipart field 'files' is missing", code="missing_file")
+        if fields.document_id and len(form.files) > 1:
+            raise BadRequest("document_id names one document; send it with one file", code="invalid_field")
+        await check_webhook(state.settings, fields.webhook_url)
+        batch_id = new_id()
+        jobs = []
+        for n, (_, row, head) in enumerate(form.files):
+            try:
+                content_type = resolve_upload_type(fields.content_type, row["mime_type"], head)
+            except MoragError as exc:
+                raise type(exc)(f"files[{n}] ({row['original_name']}): {exc.message}", code=exc.code) from exc
+            jobs.append(
+                NewJob(
+                    content_type=content_type.value,
+                    lane_kind=lane_kind(fields.lane, content_type),
+                    kind="ingest",
+                    file_id=row["id"],
+                    options=fields.options,
+                    priority=fields.priority,
+                    batch_id=batch_id,
+                    document_id=fields.document_id,
+                    webhook_url=fields.webhook_url,
+                    index_options=fields.index_options(),
+                )
+            )
+        await filestore.insert_files(state.engine, state.settings, [row for _, row, _ in form.files])
+        ids = await jobstore.enqueue_jobs(state.engine, state.notifier, state.settings, who, jobs)
     return BatchCreated(batch_id=batch_id, status=JobState.queued.value, task_ids=ids)
 
 

@@ -170,7 +170,7 @@ BAD_FILE_UPLOADS = [
     ({"file": ("x.bin", ELF)}, {}, 415, "unsupported_content"),
     ({"file": ("x.pdf", PDF)}, {"content_type": "audio"}, 415, "content_mismatch"),
     ({"file": ("x.pdf", PDF)}, {"content_type": "hologram"}, 422, "validation_error"),
-    ({"file": ("x.pdf", PDF)}, {"metadata": "{not json"}, 400, "invalid_json"),
+    ({"file": ("x.pdf", PDF)}, {"metadata": "{not json"}, 422, "invalid_json"),
     ({"file": ("x.pdf", PDF)}, {"options": "[1, 2]"}, 422, "validation_error"),
     ({"file": ("x.pdf", PDF)}, {"priority": "high"}, 422, "validation_error"),
     ({"file": ("x.pdf", PDF)}, {"lane": "tpu"}, 422, "validation_error"),
@@ -208,7 +208,7 @@ async def test_bad_multipart_bodies(env: Env) -> None:
 
 
 BAD_URL_BODIES = [
-    (b'{"url": "https://a.org",', 400, "invalid_json"),
+    (b'{"url": "https://a.org",', 422, "invalid_json"),
     (b'{"url": 12}', 422, "validation_error"),
     (b'{"url": "file:///etc/passwd"}', 400, "unsupported_scheme"),
     (b'{"url": "ftp://example.org/a.mp3"}', 400, "unsupported_scheme"),
@@ -260,3 +260,36 @@ async def test_keys_are_required(env: Env) -> None:
     check_error(resp, "/api/v1/ingest/url", 401, "unauthorized")
     resp = await env.client.post("/api/v1/ingest/url", headers=env.worker, json={"url": "https://a.org"})
     assert resp.status_code == 403 and resp.json()["code"] == "wrong_scope"
+
+
+async def test_file_batch(env: Env) -> None:
+    files = [("files", ("a.pdf", PDF)), ("files", ("b.wav", WAV)), ("files", ("c.txt", b"plain text here\n"))]
+    resp = await env.client.post(
+        "/api/v1/ingest/batch",
+        headers=env.alice,
+        files=files,
+        data={"metadata": '{"set": 1}', "priority": "3"},
+    )
+    assert resp.status_code == 202, resp.text
+    body = check_openapi(resp, "/api/v1/ingest/batch")
+    jobs = [await _job(env, t) for t in body["task_ids"]]
+    assert [j["content_type"] for j in jobs] == ["document", "audio", "document"]
+    assert {j["batch_id"] for j in jobs} == {body["batch_id"]} and {j["priority"] for j in jobs} == {3}
+    assert all(j["index_options"]["metadata"] == {"set": 1} and j["file_id"] for j in jobs)
+    assert len(list((env.settings.data_dir / "files").iterdir())) == 3
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "status", "code"),
+    [
+        ([("files", ("a.pdf", PDF)), ("files", ("x.bin", ELF))], {}, 415, "unsupported_content"),
+        ([("files", ("a.pdf", PDF)), ("files", ("e.txt", b""))], {}, 400, "empty_file"),
+        ([("files", (f"{i}.txt", b"text\n")) for i in range(101)], {}, 413, "batch_too_large"),
+        ([("files", ("a.pdf", PDF)), ("files", ("b.pdf", PDF))], {"document_id": "d"}, 400, "invalid_field"),
+    ],
+)
+async def test_bad_file_batches_leave_nothing(env: Env, files, data, status, code) -> None:
+    before = await env.snapshot()
+    resp = await env.client.post("/api/v1/ingest/batch", headers=env.alice, files=files, data=data)
+    check_error(resp, "/api/v1/ingest/batch", status, code)
+    assert await env.snapshot() == before

@@ -105,7 +105,7 @@ async def test_process_bad_input_leaves_nothing(env: Env) -> None:
             "/process/url", headers={**env.alice, "Content-Type": "application/json"}, content=b"{oops"
         ),
         "/process/url",
-        400,
+        422,
         "invalid_json",
     )
     check_error(
