@@ -17,7 +17,7 @@ import random
 from datetime import timedelta
 from typing import Any
 
-from api import jobstore
+from api import filestore, jobstore
 from api.ids import utcnow
 from api.indexing.config import IndexConfig
 from api.indexing.errors import IndexingError
@@ -98,9 +98,11 @@ class IndexingLoop:
         settings = self.state.settings
         opts = job["index_options"] or {}
         result = job["result"] or {}
-        source = job["source_url"] or (result.get("metadata") or {}).get("source")
-        if job["file_id"] and not source:
-            source = opts.get("file_name")
+        source = job["source_url"]
+        if source is None and job["file_id"]:
+            stored = await filestore.get_file(self.state.engine, job["file_id"])
+            source = stored["original_name"] if stored else None
+        source = source or (result.get("metadata") or {}).get("source")
         try:
             outcome = await self.indexer.index_document(
                 user_id=index_user(job["user_id"]),

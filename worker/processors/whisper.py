@@ -57,7 +57,10 @@ def resolve_model(name_or_path: str) -> tuple[str, str]:
     if path.is_dir():
         if not (path / "model.bin").is_file():
             raise BadInput(f"whisper model directory {path} has no model.bin (not a CTranslate2 model)")
-        return str(path.resolve()), path.resolve().name
+        resolved = path.resolve()
+        # A bare "model" directory says nothing in metadata: name it with its parent.
+        generic = resolved.name.lower() in {"model", "models", "whisper", "ct2"}
+        return str(resolved), f"{resolved.parent.name}/{resolved.name}" if generic else resolved.name
     # "org/repo" is a hub repository id; only something that looks like a filesystem path is local.
     if name_or_path.startswith(("/", ".", "~")):
         raise BadInput(f"whisper model directory {name_or_path!r} does not exist on this worker")
