@@ -73,7 +73,8 @@ async def sweep_files(state: AppState) -> int:
     return removed
 
 
-async def _every(interval: float, name: str, fn: Callable[[], Awaitable[object]]) -> None:
+async def _every(interval: float, name: str, fn: Callable[[], Awaitable[object]], first_delay: float = 0.0) -> None:
+    await asyncio.sleep(first_delay)
     while True:
         try:
             await fn()
@@ -94,8 +95,12 @@ class Maintenance:
     def start(self) -> None:
         s = self.state
         interval = s.settings.reaper_interval_s
+        # After a restart the reaper first waits one lease: leases that ran out while the server was
+        # down belong to workers that are still busy and will heartbeat or deliver within a lease;
+        # reclaiming them at once would throw their finished work away.
+        reap = lambda: jobstore.release_expired(s.engine, s.notifier)  # noqa: E731
         self.tasks = [
-            asyncio.create_task(_every(interval, "lease reaper", lambda: jobstore.release_expired(s.engine, s.notifier))),
+            asyncio.create_task(_every(interval, "lease reaper", reap, first_delay=s.settings.lease_s)),
             asyncio.create_task(
                 _every(interval, "fallback sweep", lambda: jobstore.sweep_fallback(s.engine, s.notifier, s.settings))
             ),

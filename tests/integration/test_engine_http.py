@@ -221,3 +221,25 @@ async def test_workers_are_listed_with_their_jobs_and_queue_stats_are_real(api):
     cpu = next(lane for lane in stats["lanes"] if lane["lane"].startswith("cpu-tasks-"))
     assert cpu["queued"] == 1 and cpu["running"] == 1 and cpu["workers_online"] == 1
     assert cpu["oldest_queued_age_s"] >= 0
+
+
+async def test_leases_that_ran_out_while_the_server_was_down_get_one_lease_of_grace(settings):
+    settings.lease_s = 1.5
+    settings.reaper_interval_s = 0.05
+    async with running_app(settings) as (client, app):
+        engine = app.state.morag.engine
+        await keystore.create_user(engine, "alice")
+        ck = (await keystore.create_key(engine, "alice", Scope.client))[1]
+        wk = (await keystore.create_key(engine, "alice", Scope.worker))[1]
+        a = await upload(client, ck)
+        b = await upload(client, ck)
+        jobs = (await client.post("/worker/claim", headers=bearer(wk), json={**CLAIM, "max_jobs": 2})).json()["jobs"]
+    await asyncio.sleep(2.0)  # the server is down; both leases run out meanwhile
+    async with running_app(settings) as (client, _):
+        done = next(j for j in jobs if j["job_id"] == a)
+        r = await client.post("/worker/complete", headers=bearer(wk), json={
+            "job_id": a, "lease_token": done["lease_token"], "markdown": "finished during the outage", "metadata": {}})
+        assert r.status_code == 200, r.text  # the busy worker's result is not thrown away
+        await asyncio.sleep(2.0)  # past the grace: the job nobody came back for is reclaimed
+        status = (await client.get(f"/api/v1/status/{b}", headers=bearer(ck))).json()
+        assert status["status"] == "queued" and status["attempts"] == 1
