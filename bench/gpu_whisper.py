@@ -20,9 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker.processors.audio import AudioProcessor  # noqa: E402
-from worker.processors.base import JobInput, ProcessorConfig  # noqa: E402
-from worker.processors.whisper import clear_cache, load_model  # noqa: E402
+from tests.fixtures.media import word_error_rate
+from worker.processors.audio import AudioProcessor
+from worker.processors.base import JobInput, ProcessorConfig
+from worker.processors.whisper import clear_cache, load_model
 
 PASSAGE = (
     "The harbour was quiet when the first ferry arrived from the island. "
@@ -52,20 +53,6 @@ def make_clip(path: Path) -> None:
     subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(raw), "-ac", "1", "-ar", "16000", str(path)],
                    check=True)
     raw.unlink()
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    """(substitutions + deletions + insertions) / reference words, on lowercased words."""
-    import re
-
-    ref, hyp = (re.findall(r"[a-z0-9']+", t.lower()) for t in (reference, hypothesis))
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1] / max(1, len(ref))
 
 
 def main() -> None:

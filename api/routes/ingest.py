@@ -34,10 +34,26 @@ from api.schemas import (
     IngestURLRequest,
     TaskCreated,
 )
-from protocol.states import JobState
+from protocol.states import ContentType, JobState
 
 router = APIRouter(prefix="/api/v1", tags=["ingest"])
 MAX_BATCH_JSON = 10 * 1024 * 1024
+
+
+def _file_job(fields: IngestFileForm, file_id: str, content_type: ContentType, batch_id: str | None = None
+              ) -> NewJob:
+    return NewJob(
+        content_type=content_type.value,
+        lane_kind=lane_kind(fields.lane, content_type),
+        kind="ingest",
+        file_id=file_id,
+        options=fields.options,
+        priority=fields.priority,
+        batch_id=batch_id,
+        document_id=fields.document_id,
+        webhook_url=fields.webhook_url,
+        index_options=fields.index_options(),
+    )
 
 
 def _url_job(item: IngestURLRequest, batch_id: str | None = None) -> NewJob:
@@ -75,21 +91,7 @@ async def ingest_file(request: Request, who: Principal = Depends(client_access))
         await check_webhook(state.settings, fields.webhook_url)
         await filestore.insert_files(state.engine, state.settings, [row])
         job_id = await jobstore.enqueue_job(
-            state.engine,
-            state.notifier,
-            state.settings,
-            who,
-            NewJob(
-                content_type=content_type.value,
-                lane_kind=lane_kind(fields.lane, content_type),
-                kind="ingest",
-                file_id=row["id"],
-                options=fields.options,
-                priority=fields.priority,
-                document_id=fields.document_id,
-                webhook_url=fields.webhook_url,
-                index_options=fields.index_options(),
-            ),
+            state.engine, state.notifier, state.settings, who, _file_job(fields, row["id"], content_type)
         )
     return TaskCreated(task_id=job_id, status=JobState.queued.value)
 
@@ -181,20 +183,7 @@ async def _file_batch(request: Request, who: Principal) -> BatchCreated:
                 content_type = resolve_upload_type(fields.content_type, row["mime_type"], head)
             except MoragError as exc:
                 raise type(exc)(f"files[{n}] ({row['original_name']}): {exc.message}", code=exc.code) from exc
-            jobs.append(
-                NewJob(
-                    content_type=content_type.value,
-                    lane_kind=lane_kind(fields.lane, content_type),
-                    kind="ingest",
-                    file_id=row["id"],
-                    options=fields.options,
-                    priority=fields.priority,
-                    batch_id=batch_id,
-                    document_id=fields.document_id,
-                    webhook_url=fields.webhook_url,
-                    index_options=fields.index_options(),
-                )
-            )
+            jobs.append(_file_job(fields, row["id"], content_type, batch_id))
         await filestore.insert_files(state.engine, state.settings, [row for _, row, _ in form.files])
         ids = await jobstore.enqueue_jobs(state.engine, state.notifier, state.settings, who, jobs)
     return BatchCreated(batch_id=batch_id, status=JobState.queued.value, task_ids=ids)

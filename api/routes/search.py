@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -68,9 +69,7 @@ async def search(body: SearchRequest, request: Request, who: Principal = Depends
                                     filters=body.filters, score_threshold=body.score_threshold)
     except IndexingError as exc:
         raise _translate(exc) from exc
-    results = [SearchResult(text=h.text, score=h.score, document_id=h.document_id, chunk_index=h.chunk_index,
-                            source=h.source, location=h.location, metadata=h.metadata) for h in hits]
-    return SearchResponse(query=body.query, results=results)
+    return SearchResponse(query=body.query, results=[SearchResult.model_validate(asdict(h)) for h in hits])
 
 
 @router.delete("/documents/{document_id}", response_model=DocumentDeleted)
