@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,20 @@ def make_engine(url: str) -> AsyncEngine:
     )
 
 
+def migrations_dir() -> Path:
+    """The Alembic scripts: ./alembic in a source checkout, else the copy a wheel installs."""
+    for candidate in (ROOT / "alembic", Path(sys.prefix) / "share" / "morag-remote" / "alembic"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise RuntimeError("the database migrations (alembic/) are not installed; reinstall morag-remote")
+
+
 def alembic_config(url: str) -> Any:
     from alembic.config import Config
 
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "alembic"))
+    ini = ROOT / "alembic.ini"
+    cfg = Config(str(ini)) if ini.is_file() else Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
