@@ -135,7 +135,7 @@ class LiveServer:
 
     def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
         """A client-key request to /api/v1."""
-        headers = {"Authorization": f"Bearer {self.client_key}"}
+        headers = {"Authorization": f"Bearer {self.client_key}", **kw.pop("headers", {})}
         return httpx.request(method, f"{self.url}/api/v1{path}", headers=headers, timeout=10, **kw)
 
 
