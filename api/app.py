@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from api import cookies, db, indexer, webhooks
-from api.errors import install_handlers
+from api.errors import documented, install_handlers
+from api.guards import storable_url
 from api.maintenance import Maintenance
 from api.notifier import Notifier
 from api.routes import files, search, tasks, worker
@@ -54,13 +55,15 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         version=VERSION,
         summary="Ingestion server for multimodal RAG with remote, user-owned workers.",
         lifespan=lifespan,
+        dependencies=[Depends(storable_url)],
     )
     # Client API: users' cookies for workers, webhooks on final states.
     # Indexing: ingest results -> chunks -> embeddings -> vector store (server side only).
     app.state.startup_hooks = [cookies.startup, webhooks.startup, indexer.start_indexing]
     app.state.shutdown_hooks = [webhooks.shutdown, indexer.stop_indexing]
     install_handlers(app)
-    app.include_router(worker.router)
+    # Every worker route may answer these (docs/protocol.md, "Status codes a worker can get").
+    app.include_router(worker.router, responses=documented(401, 403, 404, 409, 422))
     app.include_router(files.router)
     app.include_router(tasks.router)
     app.include_router(search.router)

@@ -52,6 +52,8 @@ def parse_netscape(text: str) -> list[CookieLine]:
     out = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.rstrip("\r\n")
+        if "\x00" in line:  # PostgreSQL stores no NUL characters; no real cookie has one
+            raise BadRequest(f"line {number} contains a NUL character", code="invalid_cookies")
         if not line.strip() or (line.startswith("#") and not line.startswith(HTTPONLY)):
             continue
         fields = line.split("\t")

@@ -26,6 +26,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from protocol.errors import ErrorBody
+
 log = logging.getLogger("morag.api")
 
 
@@ -123,6 +125,22 @@ _STATUS_CODES = {
 }
 
 
+_DOCUMENTED = {
+    400: "Bad input (stable `code` says which)",
+    401: "A valid API key is required (`unauthorized`)",
+    403: "The key's scope does not allow this (`wrong_scope`)",
+    404: "Unknown object, or another user's",
+    409: "Conflicts with the object's state (`stale_lease`, `job_canceled`, `task_finished`, ...)",
+    422: "Malformed JSON (`invalid_json`) or a field of the wrong type or value (`validation_error`)",
+    503: "A service the server needs is unavailable; try again shortly",
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error answers: each has the ErrorBody shape."""
+    return {s: {"model": ErrorBody, "description": _DOCUMENTED[s]} for s in statuses}
+
+
 def error_response(status: int, code: str, message: str, detail: Any = None) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message}
     if detail is not None:
@@ -157,6 +175,10 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI answers 400 when a JSON body is not UTF-8 or nests deeper than json.loads can
+        # follow: for a client that is malformed JSON like any other, so the same 422 invalid_json.
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError | RecursionError):
+            return error_response(422, "invalid_json", f"the body is not valid JSON: {exc.__cause__}")
         code = _STATUS_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
 

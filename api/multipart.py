@@ -179,6 +179,8 @@ def _start_part(
         )
     part.name = params[b"name"].decode("utf-8", "replace")
     if b"filename" in params:
+        if b"\x00" in params[b"filename"]:  # the name is stored as text, and PostgreSQL refuses NUL
+            raise BadRequest("the file name contains a NUL character", code="invalid_field")
         if part.name not in file_fields:
             raise BadRequest(f"unexpected file field {part.name!r}", code="unexpected_file")
         if len(form.files) >= max_files:

@@ -7,10 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from protocol.inputs import CleanBody
 from protocol.states import ContentType
 
 
-class IngestFields(BaseModel):
+class IngestFields(CleanBody):
     """What every ingest request may carry besides its input (file or URL)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -46,9 +47,7 @@ class IngestFileForm(IngestFields):
     """The text fields of a multipart ingest upload (``metadata`` and ``options`` as JSON text)."""
 
 
-class BatchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class BatchRequest(CleanBody):
     items: list[IngestURLRequest] = Field(min_length=1, description="Each item becomes its own task.")
 
 
@@ -75,18 +74,14 @@ class BatchStatus(BaseModel):
     tasks: list[BatchTask]
 
 
-class ProcessURLRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ProcessURLRequest(CleanBody):
     url: str = Field(min_length=1, max_length=4096)
     content_type: ContentType | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     wait_s: float | None = Field(default=None, ge=0, le=600, description="Default 60 s.")
 
 
-class ProcessFileForm(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ProcessFileForm(CleanBody):
     content_type: ContentType | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     wait_s: float | None = Field(default=None, ge=0, le=600)

@@ -5,16 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from protocol.errors import ErrorClass
+from protocol.inputs import CleanBody
 from protocol.states import ContentType, LaneKind
 
 MAX_CLAIM_WAIT_S = 30.0
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Body(CleanBody):
+    """A worker's request body: no unknown fields, nothing the database cannot store."""
 
 
 class ClaimRequest(_Body):

@@ -6,12 +6,13 @@ from fastapi import APIRouter, Depends, Request
 
 from api import cookies
 from api.auth import client_access
-from api.errors import BadRequest, PayloadTooLarge
+from api.errors import BadRequest, PayloadTooLarge, documented
 from api.keystore import Principal
 from api.routes.forms import ERRORS
 from api.schemas import CookieList
 
-router = APIRouter(prefix="/api/v1/cookies", tags=["cookies"])
+# 400 `anonymous`: a server that allows anonymous callers still keeps no cookies for them.
+router = APIRouter(prefix="/api/v1/cookies", tags=["cookies"], responses=documented(400))
 _BODY = {
     "requestBody": {
         "required": True,
@@ -64,7 +65,7 @@ async def list_cookies(request: Request, who: Principal = Depends(client_access)
     return CookieList.model_validate({"domains": rows, "total": sum(r["count"] for r in rows)})
 
 
-@router.delete("/{domain}", response_model=CookieList)
+@router.delete("/{domain}", response_model=CookieList, responses=documented(404))
 async def delete_domain(domain: str, request: Request, who: Principal = Depends(client_access)) -> CookieList:
     """Forget the caller's cookies for one domain."""
     engine = request.app.state.morag.engine

@@ -7,7 +7,7 @@ from fastapi.responses import FileResponse
 
 from api import filestore, jobstore
 from api.auth import worker_access
-from api.errors import Forbidden, NotFound
+from api.errors import Forbidden, NotFound, documented
 from api.keystore import Principal, Scope
 from protocol import paths, signing
 from protocol.states import JobState
@@ -15,7 +15,11 @@ from protocol.states import JobState
 router = APIRouter(tags=["worker"])
 
 
-@router.get(paths.FILES, response_class=FileResponse, responses={206: {"description": "Partial content"}})
+@router.get(
+    paths.FILES,
+    response_class=FileResponse,
+    responses={206: {"description": "Partial content"}, **documented(401, 403, 404, 422)},
+)
 async def download(
     file_id: str,
     request: Request,

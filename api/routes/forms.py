@@ -47,6 +47,8 @@ def form_model(model: type[M], fields: dict[str, str]) -> M:
                 data[name] = json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise Unprocessable(f"{name} is not valid JSON: {exc.msg}", code="invalid_json") from exc
+            except RecursionError as exc:  # json.loads follows nesting with the C stack's limit
+                raise Unprocessable(f"{name} nests too deeply", code="invalid_json") from exc
         else:
             data[name] = raw
     try:

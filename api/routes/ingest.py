@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from api import filestore, jobstore
 from api.auth import client_access
 from api.contenttypes import content_type_for_url, resolve_upload_type
-from api.errors import BadRequest, MoragError, NotFound, PayloadTooLarge, Unprocessable
+from api.errors import BadRequest, MoragError, NotFound, PayloadTooLarge, Unprocessable, documented
 from api.ids import new_id
 from api.jobstore import NewJob
 from api.keystore import Principal
@@ -124,7 +124,7 @@ async def _json_batch(request: Request) -> BatchRequest:
             raise PayloadTooLarge("the batch body is larger than 10 MiB", code="batch_too_large")
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise Unprocessable(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
     try:
         return BatchRequest.model_validate(data)
@@ -204,7 +204,7 @@ def _aggregate(states: list[str]) -> str:
     return JobState.failed.value
 
 
-@router.get("/ingest/batch/{batch_id}", response_model=BatchStatus)
+@router.get("/ingest/batch/{batch_id}", response_model=BatchStatus, responses=documented(404))
 async def batch_status(
     batch_id: str, request: Request, who: Principal = Depends(client_access)
 ) -> BatchStatus:
@@ -231,7 +231,7 @@ async def batch_status(
     )
 
 
-@router.delete("/ingest/{task_id}", response_model=TaskCreated)
+@router.delete("/ingest/{task_id}", response_model=TaskCreated, responses=documented(404, 409))
 async def cancel(task_id: str, request: Request, who: Principal = Depends(client_access)) -> TaskCreated:
     """Cancel a task: a queued one never runs; a running one is told at its next heartbeat."""
     state = request.app.state.morag

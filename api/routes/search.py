@@ -6,23 +6,24 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from api.auth import client_access
-from api.errors import BadRequest, Conflict, MoragError
+from api.errors import BadRequest, Conflict, MoragError, documented
 from api.indexer import index_user
 from api.indexing.errors import DimensionMismatch, IndexingError, InvalidChunkOptions, InvalidFilter
 from api.keystore import Principal
+from protocol.inputs import CleanBody
 
-router = APIRouter(prefix="/api/v1", tags=["search"])
+router = APIRouter(prefix="/api/v1", tags=["search"], responses=documented(400, 401, 403, 409, 422, 503))
 
 
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SearchRequest(CleanBody):
     query: str = Field(min_length=1, max_length=10_000)
     limit: int = Field(default=10, ge=1, le=100)
-    filters: dict[str, Any] = Field(default_factory=dict, description="Exact match on your metadata fields; a list means any of.")
+    filters: dict[str, Any] = Field(
+        default_factory=dict, description="Exact match on your metadata fields; a list means any of."
+    )
     score_threshold: float | None = None
 
 
@@ -61,20 +62,28 @@ def _translate(exc: IndexingError) -> MoragError:
 
 
 @router.post("/search", response_model=SearchResponse)
-async def search(body: SearchRequest, request: Request, who: Principal = Depends(client_access)) -> SearchResponse:
+async def search(
+    body: SearchRequest, request: Request, who: Principal = Depends(client_access)
+) -> SearchResponse:
     """The caller's chunks nearest to the query (never another user's), with their locations."""
     indexer = request.app.state.indexer
     try:
-        hits = await indexer.search(index_user(who.user_id), body.query, limit=body.limit,
-                                    filters=body.filters, score_threshold=body.score_threshold)
+        hits = await indexer.search(
+            index_user(who.user_id),
+            body.query,
+            limit=body.limit,
+            filters=body.filters,
+            score_threshold=body.score_threshold,
+        )
     except IndexingError as exc:
         raise _translate(exc) from exc
     return SearchResponse(query=body.query, results=[SearchResult.model_validate(asdict(h)) for h in hits])
 
 
 @router.delete("/documents/{document_id}", response_model=DocumentDeleted)
-async def delete_document(document_id: str, request: Request, who: Principal = Depends(client_access)
-                          ) -> DocumentDeleted:
+async def delete_document(
+    document_id: str, request: Request, who: Principal = Depends(client_access)
+) -> DocumentDeleted:
     """Remove every chunk of one of the caller's documents from the vector store."""
     try:
         removed = await request.app.state.indexer.delete_document(index_user(who.user_id), document_id)

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from api import jobstore
 from api.auth import client_access, principal
+from api.errors import documented
 from api.keystore import Principal
 from api.schemas import QueueStats, TaskList, TaskStatus, WorkerList, task_status
 
@@ -20,7 +21,7 @@ async def queue_stats(request: Request, who: Principal = Depends(client_access))
     return QueueStats.model_validate({"lanes": lanes})
 
 
-@router.get("/status/{task_id}", response_model=TaskStatus)
+@router.get("/status/{task_id}", response_model=TaskStatus, responses=documented(404))
 async def get_status(task_id: str, request: Request, who: Principal = Depends(client_access)) -> TaskStatus:
     """State, progress, attempts, timestamps and result or error of one of the caller's tasks."""
     row = await jobstore.get_job(request.app.state.morag.engine, who.user_id, task_id)
