@@ -53,13 +53,23 @@ def _storage_error(exc: OSError) -> Exception:
 class FileSink:
     """One upload being written: limit, hash and sniffing on every chunk; atomic rename at the end."""
 
-    def __init__(self, settings: Settings, user_id: int | None, original_name: str | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        user_id: int | None,
+        original_name: str | None,
+        *,
+        final: Path | None = None,
+        limit: tuple[int, str, str] | None = None,
+    ) -> None:
+        """``final`` and ``limit`` (bytes, setting name, error code) let artifact uploads reuse it."""
         self.settings = settings
         self.user_id = user_id
         self.original_name = (original_name or "")[:500] or None
         self.file_id = new_id()
-        self.final = files_dir(settings) / self.file_id
+        self.final = final or files_dir(settings) / self.file_id
         self.partial = self.final.with_suffix(".part")
+        self.limit = limit or (settings.max_upload_bytes, "MORAG_MAX_UPLOAD_BYTES", "upload_too_large")
         self.size = 0
         self.head = b""
         self._digest = hashlib.sha256()
@@ -75,11 +85,9 @@ class FileSink:
             return
         try:
             self.size += len(chunk)
-            if self.size > self.settings.max_upload_bytes:
-                raise PayloadTooLarge(
-                    f"the upload exceeds MORAG_MAX_UPLOAD_BYTES ({self.settings.max_upload_bytes} bytes)",
-                    code="upload_too_large",
-                )
+            if self.size > self.limit[0]:
+                max_bytes, setting, code = self.limit
+                raise PayloadTooLarge(f"the upload exceeds {setting} ({max_bytes} bytes)", code=code)
             if len(self.head) < SNIFF_BYTES:
                 self.head += chunk[: SNIFF_BYTES - len(self.head)]
             self._digest.update(chunk)

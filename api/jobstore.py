@@ -163,7 +163,7 @@ def _eligible(who: Principal, lanes: list[LaneKind], content_types: list[str], n
     return and_(base, J.c.lane.in_(own))
 
 
-_RETURNED = (J.c.id, J.c.lease_token, J.c.lease_expires_at, J.c.attempt, J.c.content_type, J.c.options,
+_RETURNED: tuple[Any, ...] = (J.c.id, J.c.lease_token, J.c.lease_expires_at, J.c.attempt, J.c.content_type, J.c.options,
              J.c.file_id, J.c.source_url, J.c.user_id, J.c.priority)
 
 
@@ -283,6 +283,26 @@ async def _fenced_state(conn: AsyncConnection, job_id: str, token: str) -> str |
     if row.lease_token != token:
         raise StaleLease()
     return str(row.state)
+
+
+async def lock_lease(conn: AsyncConnection, job_id: str, token: str) -> Row[Any]:
+    """The running job ``token`` leases, row-locked in the caller's transaction (artifact uploads).
+
+    Fenced like heartbeat and complete: unknown job -> NotFound, canceled -> JobCanceledError,
+    any other lease or state -> StaleLease.
+    """
+    row = (
+        await conn.execute(
+            select(J.c.id, J.c.user_id, J.c.worker_key_id)
+            .where(J.c.id == job_id, J.c.lease_token == token, J.c.state == RUNNING, J.c.stage == "process")
+            .with_for_update()
+        )
+    ).first()
+    if row is None:
+        if await _fenced_state(conn, job_id, token) == JobState.canceled:
+            raise JobCanceledError()
+        raise StaleLease()
+    return row
 
 
 async def complete_job(

@@ -1,4 +1,4 @@
-"""Background upkeep inside the server: expired leases, lane fallback, file retention."""
+"""Background upkeep inside the server: expired leases, lane fallback, file and artifact retention."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from sqlalchemy import and_, delete, select, update
 
-from api import jobstore
+from api import artifacts, jobstore
 from api.filestore import F, files_dir
 from api.ids import utcnow
 from api.models import Job
@@ -73,7 +73,9 @@ async def sweep_files(state: AppState) -> int:
     return removed
 
 
-async def _every(interval: float, name: str, fn: Callable[[], Awaitable[object]], first_delay: float = 0.0) -> None:
+async def _every(
+    interval: float, name: str, fn: Callable[[], Awaitable[object]], first_delay: float = 0.0
+) -> None:
     await asyncio.sleep(first_delay)
     while True:
         try:
@@ -102,14 +104,21 @@ class Maintenance:
         self.tasks = [
             asyncio.create_task(_every(interval, "lease reaper", reap, first_delay=s.settings.lease_s)),
             asyncio.create_task(
-                _every(interval, "fallback sweep", lambda: jobstore.sweep_fallback(s.engine, s.notifier, s.settings))
+                _every(
+                    interval,
+                    "fallback sweep",
+                    lambda: jobstore.sweep_fallback(s.engine, s.notifier, s.settings),
+                )
             ),
-            asyncio.create_task(_every(s.settings.file_sweep_interval_s, "file retention", lambda: self._files())),
+            asyncio.create_task(
+                _every(s.settings.file_sweep_interval_s, "file retention", lambda: self._files())
+            ),
         ]
 
     async def _files(self) -> None:
         await schedule_finished_files(self.state)
         await sweep_files(self.state)
+        await artifacts.sweep_artifacts(self.state.engine, self.state.settings)
 
     async def stop(self) -> None:
         for task in self.tasks:

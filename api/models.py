@@ -182,3 +182,18 @@ class UserCookie(SQLModel, table=True):
     count: int
     data: bytes
     updated_at: datetime = Field(sa_column=Column(DateTime(), nullable=False))
+
+
+class Artifact(SQLModel, table=True):
+    """A binary output of a job (thumbnail, keyframe) uploaded by the worker holding its lease."""
+
+    __tablename__ = "artifacts"
+
+    job_id: str = Field(primary_key=True, max_length=32)
+    name: str = Field(primary_key=True, max_length=100)
+    # The lease it was uploaded under: only the lease that completed the job shows its artifacts.
+    lease_token: str = Field(max_length=64)
+    size: int
+    sha256: str = Field(max_length=64)
+    mime: str = Field(max_length=200)
+    created_at: datetime = Field(sa_column=Column(DateTime(), nullable=False))

@@ -114,6 +114,16 @@ class TaskCreated(BaseModel):
     status: str
 
 
+class ArtifactInfo(BaseModel):
+    """A binary output of the task (thumbnail, keyframe); ``url`` downloads it with the same key."""
+
+    name: str
+    size: int
+    mime: str
+    sha256: str
+    url: str
+
+
 class TaskStatus(BaseModel):
     task_id: str
     status: str
@@ -133,6 +143,9 @@ class TaskStatus(BaseModel):
     error_class: str | None
     batch_id: str | None = None
     document_id: str | None = None
+    artifacts: list[ArtifactInfo] = Field(
+        default_factory=list, description="Files the worker returned besides the text, once it completed."
+    )
 
 
 class TaskList(BaseModel):
@@ -174,9 +187,10 @@ class WorkerList(BaseModel):
     workers: list[WorkerInfo]
 
 
-def task_status(row: dict[str, Any]) -> TaskStatus:
+def task_status(row: dict[str, Any], artifacts: list[ArtifactInfo] | None = None) -> TaskStatus:
     """A job row as the client sees it."""
     return TaskStatus(
+        artifacts=artifacts or [],
         task_id=row["id"],
         status=row["state"],
         stage=row["stage"],

@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     # Lanes and fallback
     worker_ttl_s: float = Field(60.0, gt=0, description="A worker not seen for this long is offline.")
     fallback_after_s: float = Field(
-        300.0, ge=0, description="A GPU-lane job waiting this long becomes claimable by the user's CPU workers."
+        300.0,
+        ge=0,
+        description="A GPU-lane job waiting this long becomes claimable by the user's CPU workers.",
     )
     shared_fallback_after_s: float = Field(
         900.0, ge=0, description="A user's job waiting this long becomes claimable by shared workers."
@@ -58,11 +60,18 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(5 * 1024**3, gt=0, description="Largest accepted upload (413 past it).")
     upload_chunk_bytes: int = Field(1024 * 1024, gt=0, description="Read size while streaming uploads.")
     file_retention_s: float = Field(
-        3600.0, ge=0, description="Input files are removed this long after their job ends."
+        3600.0, ge=0, description="Input files and artifacts are removed this long after their job ends."
     )
-
+    max_artifact_bytes: int = Field(
+        50 * 1024**2, gt=0, le=2**31 - 1, description="Largest artifact a worker may upload (413 past it)."
+    )
+    max_artifacts_per_job: int = Field(
+        50, ge=0, description="Most artifacts one job may store (409 too_many_artifacts past it)."
+    )
     file_sweep_interval_s: float = Field(
-        60.0, gt=0, description="How often ended jobs' files are scheduled for deletion and expired ones removed."
+        60.0,
+        gt=0,
+        description="How often ended jobs' files are scheduled for deletion and expired ones removed.",
     )
     orphan_file_age_s: float = Field(
         3600.0, gt=0, description="Files on disk (or file rows) that no job uses are removed after this long."
@@ -88,14 +97,18 @@ class Settings(BaseSettings):
     webhook_retry_s: float = Field(
         3600.0, ge=0, description="A webhook is retried with backoff for this long after the job ended."
     )
-    webhook_backoff_base_s: float = Field(1.0, gt=0, description="First webhook retry delay; doubles per try.")
+    webhook_backoff_base_s: float = Field(
+        1.0, gt=0, description="First webhook retry delay; doubles per try."
+    )
     webhook_backoff_max_s: float = Field(300.0, gt=0, description="Longest delay between webhook tries.")
     webhook_sweep_interval_s: float = Field(
         30.0, gt=0, description="How often undelivered webhooks are looked for (after a restart, say)."
     )
 
     # Indexing (chunks, embeddings, vector store)
-    chunk_size: int = Field(1500, gt=0, description="Target chunk size in characters (cut on word boundaries).")
+    chunk_size: int = Field(
+        1500, gt=0, description="Target chunk size in characters (cut on word boundaries)."
+    )
     chunk_overlap: int = Field(200, ge=0, description="Characters shared by consecutive chunks.")
     gemini_api_key: str | None = Field(
         None, description="Embed with Gemini (google-genai) when set; else the local MiniLM model."
@@ -104,12 +117,18 @@ class Settings(BaseSettings):
     gemini_dimensions: int = Field(768, gt=0, description="Gemini output dimensionality.")
     embed_batch_size: int = Field(100, gt=0, description="Texts per Gemini embedding request.")
     embed_max_retries: int = Field(5, ge=0, description="Retries of an embedding request on 429/5xx.")
-    qdrant_url: str | None = Field(None, description="Qdrant server URL; default: local mode in data_dir/qdrant.")
+    qdrant_url: str | None = Field(
+        None, description="Qdrant server URL; default: local mode in data_dir/qdrant."
+    )
     qdrant_api_key: str | None = Field(None, description="Qdrant server API key.")
     collection: str = Field("morag", description="Qdrant collection name.")
     distance: str = Field("cosine", pattern="^(cosine|dot|euclid|manhattan)$", description="Vector distance.")
-    index_interval_s: float = Field(0.5, gt=0, description="How often the indexer looks for finished ingest jobs.")
-    index_retry_base_s: float = Field(2.0, gt=0, description="First wait after an embedding/vector store outage.")
+    index_interval_s: float = Field(
+        0.5, gt=0, description="How often the indexer looks for finished ingest jobs."
+    )
+    index_retry_base_s: float = Field(
+        2.0, gt=0, description="First wait after an embedding/vector store outage."
+    )
     index_retry_max_s: float = Field(300.0, gt=0, description="Longest wait between indexing retries.")
     index_max_attempts: int = Field(
         30, ge=1, description="Indexing tries (outages included) before the task fails for good."

@@ -102,3 +102,13 @@ class HelloResponse(BaseModel):
     lanes: list[LaneKind]
     lease_s: float
     max_claim_wait_s: float
+
+
+class ArtifactResponse(BaseModel):
+    """What ``POST /worker/artifact`` stored: the server's size, SHA-256 and sniffed MIME type."""
+
+    job_id: str
+    name: str
+    size: int
+    sha256: str
+    mime: str

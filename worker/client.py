@@ -17,7 +17,7 @@ import email.utils
 import hashlib
 import random
 import time
-from collections.abc import Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ import httpx
 from protocol import paths
 from protocol.errors import ErrorClass
 from protocol.models import (
+    ArtifactResponse,
     ClaimedJob,
     ClaimRequest,
     ClaimResponse,
@@ -45,6 +46,7 @@ __all__ = ["AuthFailed", "LeaseLost", "ServerError", "ServerRejected", "ServerUn
 
 T = TypeVar("T")
 DownloadProgress = Callable[[int, int | None], None]
+UPLOAD_CHUNK = 1024 * 1024
 
 
 class ServerUnreachable(ServerError):
@@ -267,6 +269,34 @@ class WorkerClient:
             max_tries=10_000 if max_time_s else None,
         )
         return CompleteResponse.model_validate(resp.json())
+
+    async def upload_artifact(
+        self, job_id: str, lease_token: str, path: Path, name: str, *, max_time_s: float | None = None
+    ) -> ArtifactResponse:
+        """Stream one file to the job's artifacts under its lease; a retry replaces the same name."""
+        params = {"job_id": job_id, "lease_token": lease_token, "name": name}
+        size = path.stat().st_size
+
+        async def body() -> AsyncIterator[bytes]:
+            with path.open("rb") as fh:  # opened per attempt: a retry sends the whole file again
+                while chunk := fh.read(UPLOAD_CHUNK):
+                    yield chunk
+
+        async def attempt() -> httpx.Response:
+            try:
+                resp = await self._http.post(
+                    paths.ARTIFACT,
+                    params=params,
+                    content=body(),
+                    # A declared length lets the server refuse an oversized file before any byte.
+                    headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+                )
+            except httpx.TransportError as exc:
+                raise ServerUnreachable(f"artifact upload to {self.server} failed: {exc!r}") from exc
+            return _check(resp)
+
+        resp: httpx.Response = await self._retrying(attempt, max_time_s=max_time_s)
+        return ArtifactResponse.model_validate(resp.json())
 
     async def fail(
         self,

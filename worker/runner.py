@@ -10,7 +10,6 @@ still gets them when it returns (as long as the lease allows, even across a work
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil
@@ -29,13 +28,13 @@ from protocol.states import ContentType, LaneKind
 from worker import __version__
 from worker.client import AuthFailed, LeaseLost, ServerRejected, ServerUnreachable, WorkerClient
 from worker.config import WorkerConfig
+from worker.delivery import Delivery
 from worker.errors import JobCanceled, ProcessingError
-from worker.executor import execute, result_payload
+from worker.executor import execute
 from worker.processors.base import JobInput, ProcessResult
 from worker.progress import JobProgress
 
 log = logging.getLogger("morag.worker")
-SPOOL_MAX_AGE_S = 24 * 3600.0
 
 
 class FatalSetupError(Exception):
@@ -87,6 +86,7 @@ class Runner:
         self._slot_freed = asyncio.Event()
         self._signals = 0
         self.finished: list[RunningJob] = []
+        self.delivery = Delivery(self.client, config.spool)
 
     # ----- start-up -------------------------------------------------------------------------
     async def setup(self, hello: HelloResponse | None = None) -> None:
@@ -441,70 +441,25 @@ class Runner:
             log.warning("job %s: could not report the failure (%s)", rj.job.job_id, exc)
 
     # ----- results --------------------------------------------------------------------------
-    def _spool_path(self, job_id: str) -> Path:
-        return self.config.spool / f"{job_id}.json"
-
     async def _deliver(self, rj: RunningJob, result: ProcessResult) -> None:
-        """Spool the result, then send it until the server has it or the lease is surely gone."""
+        """Spool the result (artifacts too), then send it until the server has it or the lease is gone."""
         rj.progress.update("upload", 0.0, "sending result")
-        payload = result_payload(result)
-        spool = self._spool_path(rj.job.job_id)
-        spool.parent.mkdir(parents=True, exist_ok=True)
         remaining = rj.lease_deadline - time.monotonic()
-        entry = {
-            "job_id": rj.job.job_id,
-            "lease_token": rj.job.lease_token,
-            "saved_at": time.time(),
-            "deliver_until": time.time() + remaining + self.lease_s,
-            **payload,
-        }
-        tmp = spool.with_suffix(".tmp")
-        tmp.write_text(json.dumps(entry))
-        tmp.replace(spool)
-        ok = await self._send_spooled(entry, spool, max(remaining + self.lease_s, 5.0))
+        entry = await asyncio.to_thread(
+            self.delivery.spool,
+            rj.job.job_id,
+            rj.job.lease_token,
+            result,
+            time.time() + remaining + self.lease_s,
+        )
+        ok = await self.delivery.send(entry, max(remaining + self.lease_s, 5.0), rj.progress)
         rj.outcome = "succeeded" if ok else "undelivered"
         if ok:
             rj.progress.update("upload", 1.0, "done")
 
-    async def _send_spooled(self, entry: dict[str, Any], spool: Path, max_time_s: float) -> bool:
-        job_id = entry["job_id"]
-        try:
-            await self.client.complete(
-                job_id, entry["lease_token"], entry["markdown"], entry["metadata"], max_time_s=max_time_s
-            )
-        except LeaseLost as exc:
-            log.warning("job %s: result discarded, %s", job_id, exc.code)
-        except ServerRejected as exc:
-            log.error("job %s: the server refused the result: %s", job_id, exc.message)
-        except ServerUnreachable as exc:
-            log.error(
-                "job %s: result not delivered (%s); kept in %s for the next start", job_id, exc.message, spool
-            )
-            return False
-        else:
-            log.info("job %s: result delivered", job_id)
-            spool.unlink(missing_ok=True)
-            return True
-        spool.unlink(missing_ok=True)
-        return False
-
     async def deliver_spooled(self) -> int:
         """Send results a previous run could not deliver; returns how many the server took."""
-        if not self.config.spool.is_dir():
-            return 0
-        delivered = 0
-        for spool in sorted(self.config.spool.glob("*.json")):
-            try:
-                entry = json.loads(spool.read_text())
-            except (OSError, ValueError):
-                spool.unlink(missing_ok=True)
-                continue
-            if time.time() - float(entry.get("saved_at", 0)) > SPOOL_MAX_AGE_S:
-                spool.unlink(missing_ok=True)
-                continue
-            left = float(entry.get("deliver_until", 0)) - time.time()
-            delivered += await self._send_spooled(entry, spool, max(left, 3.0))
-        return delivered
+        return await self.delivery.send_all()
 
     async def _cleanup(self, rj: RunningJob) -> None:
         """Remove the job's temp files, after its processor thread has let go of them."""

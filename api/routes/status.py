@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request
+from typing import Any
+from urllib.parse import quote
 
-from api import jobstore
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import FileResponse
+
+from api import artifacts, jobstore
 from api.auth import client_access, principal
-from api.errors import documented
 from api.keystore import Principal
-from api.schemas import QueueStats, TaskList, TaskStatus, WorkerList, task_status
+from api.schemas import ArtifactInfo, QueueStats, TaskList, TaskStatus, WorkerList, task_status
+from protocol.errors import ErrorBody
 
 router = APIRouter(prefix="/api/v1", tags=["status"])
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such task or artifact for this key (`task_not_found`, ...)"}
+}
+
+
+async def _with_artifacts(request: Request, rows: list[dict[str, Any]]) -> list[TaskStatus]:
+    """Task statuses, each with the artifacts of the lease that completed it."""
+    state = request.app.state.morag
+    found = await artifacts.list_for_jobs(state.engine, rows)
+    base = (state.settings.public_url or str(request.base_url)).rstrip("/")
+    out = []
+    for row in rows:
+        infos = [
+            ArtifactInfo(
+                name=a["name"],
+                size=a["size"],
+                mime=a["mime"],
+                sha256=a["sha256"],
+                url=f"{base}/api/v1/status/{quote(row['id'])}/artifacts/{quote(a['name'])}",
+            )
+            for a in found.get(row["id"], [])
+        ]
+        out.append(task_status(row, infos))
+    return out
 
 
 @router.get("/status/stats/queues", response_model=QueueStats)
@@ -21,11 +49,32 @@ async def queue_stats(request: Request, who: Principal = Depends(client_access))
     return QueueStats.model_validate({"lanes": lanes})
 
 
-@router.get("/status/{task_id}", response_model=TaskStatus, responses=documented(404))
+@router.get("/status/{task_id}", response_model=TaskStatus, responses=_NOT_FOUND)
 async def get_status(task_id: str, request: Request, who: Principal = Depends(client_access)) -> TaskStatus:
-    """State, progress, attempts, timestamps and result or error of one of the caller's tasks."""
+    """State, progress, attempts, timestamps, result or error, and artifacts of one of the caller's tasks."""
     row = await jobstore.get_job(request.app.state.morag.engine, who.user_id, task_id)
-    return task_status(row)
+    return (await _with_artifacts(request, [row]))[0]
+
+
+@router.get(
+    "/status/{task_id}/artifacts/{name}",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "The file"}, **_NOT_FOUND},
+)
+async def get_artifact(
+    task_id: str,
+    request: Request,
+    name: str = Path(..., max_length=100),
+    who: Principal = Depends(client_access),
+) -> FileResponse:
+    """Download one artifact (thumbnail, keyframe) of one of the caller's completed tasks."""
+    state = request.app.state.morag
+    row = await jobstore.get_job(state.engine, who.user_id, task_id)
+    art, path = await artifacts.get_artifact(state.engine, state.settings, row, name)
+    # Sniffed, not trusted, content: a download, never rendered as a page of this origin.
+    return FileResponse(
+        path, media_type=art["mime"], filename=name, headers={"X-Content-Type-Options": "nosniff"}
+    )
 
 
 @router.get("/status/", response_model=TaskList)
@@ -39,7 +88,7 @@ async def list_status(
     """The caller's tasks, newest first, optionally by state; follow ``next_cursor`` for more."""
     rows = await jobstore.list_jobs(request.app.state.morag.engine, who.user_id, state, cursor, limit)
     next_cursor = rows[-1]["id"] if len(rows) == limit else None
-    return TaskList(tasks=[task_status(r) for r in rows], next_cursor=next_cursor)
+    return TaskList(tasks=await _with_artifacts(request, rows), next_cursor=next_cursor)
 
 
 @router.get("/workers", response_model=WorkerList)

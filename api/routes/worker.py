@@ -1,18 +1,22 @@
-"""The worker protocol: claim (long-poll), heartbeat, complete, fail."""
+"""The worker protocol: claim (long-poll), heartbeat, artifact upload, complete, fail."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
+from starlette.requests import ClientDisconnect
 
-from api import filestore, jobstore
+from api import artifacts, filestore, jobstore
 from api.auth import worker_access
+from api.errors import BadRequest
 from api.keystore import Principal, Scope
 from api.settings import Settings
 from protocol import PROTOCOL_VERSION, paths, signing
+from protocol.errors import ErrorBody
 from protocol.models import (
+    ArtifactResponse,
     ClaimedJob,
     ClaimRequest,
     ClaimResponse,
@@ -28,7 +32,23 @@ from protocol.states import LaneKind
 
 router = APIRouter(tags=["worker"])
 
-_NO_JOB = {204: {"description": "No job arrived within wait_s"}}
+_NO_JOB: dict[int | str, dict[str, Any]] = {204: {"description": "No job arrived within wait_s"}}
+_ARTIFACT_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "An empty body (`empty_file`) or the client hung up (`upload_aborted`)"),
+        (404, "Unknown job, or not this key's (`job_not_found`)"),
+        (409, "`stale_lease`, `job_canceled`, or `too_many_artifacts` (MORAG_MAX_ARTIFACTS_PER_JOB)"),
+        (413, "Larger than MORAG_MAX_ARTIFACT_BYTES (`artifact_too_large`); nothing was kept"),
+        (507, "The server's disk is full; nothing was kept"),
+    )
+}
+_ARTIFACT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
 def _base_url(settings: Settings, request: Request) -> str:
@@ -53,7 +73,9 @@ async def _to_wire(request: Request, rows: list[Any]) -> list[ClaimedJob]:
             f = files[r.file_id]
             exp = int(time.time() + settings.signed_url_ttl_s)
             sig = signing.sign(state.secret, r.file_id, r.id, r.lease_token, exp)
-            item.download_url = f"{_base_url(settings, request)}/files/{r.file_id}?job={r.id}&exp={exp}&sig={sig}"
+            item.download_url = (
+                f"{_base_url(settings, request)}/files/{r.file_id}?job={r.id}&exp={exp}&sig={sig}"
+            )
             item.file_name, item.file_size, item.file_sha256 = f["original_name"], f["size"], f["sha256"]
         if r.source_url:
             item.source_url = r.source_url
@@ -93,8 +115,16 @@ async def claim(body: ClaimRequest, request: Request, who: Principal = Depends(w
     while True:
         wake = state.notifier.generation
         rows = await jobstore.claim_jobs(
-            state.engine, settings, who, body.worker_id, body.lanes, content_types, body.max_jobs,
-            body.claim_id, body.name, body.version,
+            state.engine,
+            settings,
+            who,
+            body.worker_id,
+            body.lanes,
+            content_types,
+            body.max_jobs,
+            body.claim_id,
+            body.name,
+            body.version,
         )
         if rows:
             return ClaimResponse(jobs=await _to_wire(request, rows))
@@ -116,6 +146,39 @@ async def heartbeat(
     return HeartbeatResponse(lease_expires_at=expires, canceled=canceled)
 
 
+@router.post(
+    paths.ARTIFACT, response_model=ArtifactResponse, responses=_ARTIFACT_ERRORS, openapi_extra=_ARTIFACT_BODY
+)
+async def upload_artifact(
+    request: Request,
+    job_id: str = Query(..., max_length=64),
+    lease_token: str = Query(..., max_length=64),
+    name: str = Query(
+        ..., pattern=artifacts.NAME_PATTERN, description="A plain file name, e.g. thumbnail.jpg"
+    ),
+    who: Principal = Depends(worker_access),
+) -> ArtifactResponse:
+    """Store one binary output of a running job (streamed body); the same name again replaces it."""
+    state = request.app.state.morag
+    length = request.headers.get("content-length")
+    try:
+        row = await artifacts.save_artifact(
+            state.engine,
+            state.settings,
+            who,
+            job_id,
+            lease_token,
+            name,
+            request.stream(),
+            int(length) if length and length.isdigit() else None,
+        )
+    except ClientDisconnect as exc:
+        raise BadRequest("the client closed the connection midway", code="upload_aborted") from exc
+    return ArtifactResponse(
+        job_id=job_id, name=name, size=row["size"], sha256=row["sha256"], mime=row["mime"]
+    )
+
+
 @router.post(paths.COMPLETE, response_model=CompleteResponse)
 async def complete(
     body: CompleteRequest, request: Request, who: Principal = Depends(worker_access)
@@ -134,8 +197,14 @@ async def fail(body: FailRequest, request: Request, who: Principal = Depends(wor
     """Report a failed job: retryable errors are retried with backoff, others end the job."""
     state = request.app.state.morag
     status, retry_at = await jobstore.fail_job(
-        state.engine, state.notifier, state.settings, body.job_id, body.lease_token,
-        body.error, body.error_class, body.retryable,
+        state.engine,
+        state.notifier,
+        state.settings,
+        body.job_id,
+        body.lease_token,
+        body.error,
+        body.error_class,
+        body.retryable,
     )
     await state.on_job_changed(body.job_id)
     return FailResponse(job_id=body.job_id, status=status, retry_at=retry_at)

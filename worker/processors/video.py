@@ -187,7 +187,14 @@ class VideoProcessor:
             sections=sections,
             empty_note=note,
         )
-        metadata: dict[str, Any] = {"source": name, **meta, "artifacts": listed, "transcribed": bool(result)}
+        # "artifacts": the files' names (the worker uploads them under these); "frames": what each shows.
+        metadata: dict[str, Any] = {
+            "source": name,
+            **meta,
+            "artifacts": [item["file"] for item in listed],
+            "frames": listed,
+            "transcribed": bool(result),
+        }
         if result:
             metadata.update({k: v for k, v in result.metadata().items() if k != "duration"})
         else:

@@ -281,3 +281,74 @@ async def test_download_4xx_become_processing_errors(client: WorkerClient, tmp_p
     with pytest.raises(TransientError, match="expired"):
         await client.download(f"{BASE}/files/F1", tmp_path / "a")
     assert route.call_count == 2
+
+
+def _stored(request: httpx.Request) -> httpx.Response:
+    data = request.read()
+    name = request.url.params["name"]
+    return httpx.Response(
+        200,
+        json={
+            "job_id": request.url.params["job_id"],
+            "name": name,
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "mime": "image/jpeg",
+        },
+    )
+
+
+@respx.mock
+async def test_upload_artifact_streams_the_file_with_lease_and_length(
+    client: WorkerClient, tmp_path: Path
+) -> None:
+    path = tmp_path / "thumbnail.jpg"
+    path.write_bytes(b"\xff\xd8\xff" + b"x" * 3_000_000)  # several upload chunks
+    route = respx.post(f"{BASE}/worker/artifact").mock(side_effect=_stored)
+    got = await client.upload_artifact("J1", "TOK", path, "thumbnail.jpg")
+    assert got.size == path.stat().st_size and got.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    req = route.calls.last.request
+    assert dict(req.url.params) == {"job_id": "J1", "lease_token": "TOK", "name": "thumbnail.jpg"}
+    assert req.headers["content-length"] == str(path.stat().st_size)
+    assert req.headers["content-type"] == "application/octet-stream"
+
+
+@respx.mock
+async def test_upload_artifact_retries_sending_the_whole_file(client: WorkerClient, tmp_path: Path) -> None:
+    path = tmp_path / "k.jpg"
+    path.write_bytes(b"frame bytes")
+    seen: list[bytes] = []
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        seen.append(request.read())
+        if len(seen) == 1:
+            raise httpx.WriteError("connection reset mid-upload")
+        if len(seen) == 2:
+            return _err(503, "internal_error")
+        return _stored(request)
+
+    respx.post(f"{BASE}/worker/artifact").mock(side_effect=flaky)
+    assert (await client.upload_artifact("J1", "TOK", path, "k.jpg")).size == 11
+    assert seen == [b"frame bytes"] * 3
+
+
+@respx.mock
+@pytest.mark.parametrize("code", ["stale_lease", "job_canceled"])
+async def test_upload_artifact_409_is_lease_lost(client: WorkerClient, tmp_path: Path, code: str) -> None:
+    path = tmp_path / "k.jpg"
+    path.write_bytes(b"x")
+    route = respx.post(f"{BASE}/worker/artifact").mock(return_value=_err(409, code))
+    with pytest.raises(LeaseLost) as err:
+        await client.upload_artifact("J1", "TOK", path, "k.jpg")
+    assert err.value.canceled is (code == "job_canceled") and route.call_count == 1
+
+
+@respx.mock
+async def test_upload_artifact_too_large_is_rejected_once(client: WorkerClient, tmp_path: Path) -> None:
+    path = tmp_path / "k.jpg"
+    path.write_bytes(b"x")
+    route = respx.post(f"{BASE}/worker/artifact").mock(return_value=_err(413, "artifact_too_large"))
+    with pytest.raises(ServerRejected) as err:
+        await client.upload_artifact("J1", "TOK", path, "k.jpg")
+    assert err.value.code == "artifact_too_large" and not isinstance(err.value, LeaseLost)
+    assert route.call_count == 1

@@ -35,12 +35,18 @@ class FakeServer:
         self.lease_s = lease_s
         self.on_complete: Any = None  # called with each complete request, outage or not
         self.on_claim: Any = None
+        self.events: list[str] = []  # "artifact NAME" / "complete JOB", in arrival order
+        self.uploads: list[tuple[dict[str, str], bytes]] = []
+        self.artifact_answer: Any = None  # an httpx.Response to send instead of storing
+        self.artifact_down: set[str] = set()  # names whose upload meets a dead server
+        self.artifact_delay_s = 0.0
         mock.get(f"{BASE}/worker/hello").mock(side_effect=self._hello)
         mock.post(f"{BASE}/worker/claim").mock(side_effect=self._claim)
         mock.post(f"{BASE}/worker/heartbeat").mock(side_effect=self._heartbeat)
         mock.post(f"{BASE}/worker/complete").mock(side_effect=self._complete)
         mock.post(f"{BASE}/worker/fail").mock(side_effect=self._fail)
         mock.get(url__regex=rf"{BASE}/files/.*").mock(side_effect=self._file)
+        mock.post(f"{BASE}/worker/artifact").mock(side_effect=self._artifact)
 
     def add(self, job_id: str, content: bytes = b"hello", **options: Any) -> None:
         self.files[job_id] = content
@@ -97,8 +103,31 @@ class FakeServer:
             self.complete_outage -= 1
             raise httpx.ConnectError("server down")
         body = json.loads(request.content)
+        self.events.append(f"complete {body['job_id']}")
         self.completed.append(body)
         return httpx.Response(200, json={"job_id": body["job_id"], "status": "succeeded"})
+
+    async def _artifact(self, request: httpx.Request) -> httpx.Response:
+        params = dict(request.url.params)
+        data = await request.aread()
+        await asyncio.sleep(self.artifact_delay_s)
+        if params["name"] in self.artifact_down:
+            raise httpx.ConnectError("server down")
+        if self.artifact_answer is not None:
+            return self.artifact_answer  # type: ignore[no-any-return]
+        self.events.append(f"artifact {params['name']}")
+        self.uploads.append((params, data))
+        digest = hashlib.sha256(data).hexdigest()
+        return httpx.Response(
+            200,
+            json={
+                "job_id": params["job_id"],
+                "name": params["name"],
+                "size": len(data),
+                "sha256": digest,
+                "mime": "image/jpeg",
+            },
+        )
 
     def _fail(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
@@ -281,3 +310,90 @@ async def test_bad_key_exits_2(tmp_path: Path) -> None:
             401, json={"code": "unauthorized", "message": "unknown key"}
         )
         assert await make_runner(tmp_path).run(install_signals=False) == 2
+
+
+@pytest.fixture
+def with_artifacts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The echo job also returns the files named in its option ``artifacts`` (as video returns frames)."""
+    from worker import runner as runner_module
+
+    real = runner_module.execute
+
+    def execute(inp: Any, config: Any, canceled: Any) -> Any:
+        result = real(inp, config, canceled)
+        for name in inp.options.get("artifacts", []):
+            path = inp.temp_dir / name
+            path.write_bytes(f"bytes of {name}".encode() if name != "empty.jpg" else b"")
+            result.artifacts.append(path)
+        result.metadata["artifacts"] = [{"file": p.name} for p in result.artifacts]
+        return result
+
+    monkeypatch.setattr(runner_module, "execute", execute)
+
+
+def spool_files(runner: Runner) -> list[Path]:
+    return list(runner.config.spool.rglob("*")) if runner.config.spool.exists() else []
+
+
+@pytest.mark.usefixtures("with_artifacts")
+async def test_artifacts_are_uploaded_before_complete(server: FakeServer, tmp_path: Path) -> None:
+    server.add("J1", artifacts=["thumbnail.jpg", "key frame.jpg", ".hidden.jpg", "empty.jpg"])
+    server.artifact_delay_s = 0.3  # slower than a heartbeat: the progress shows the upload
+    runner = make_runner(tmp_path)
+    assert await run_until(runner, lambda: server.completed) == 0
+    names = ["thumbnail.jpg", "key_frame.jpg", "hidden.jpg"]  # made safe; the empty file is skipped
+    assert server.events == [*(f"artifact {n}" for n in names), "complete J1"]
+    assert [p for p, _ in server.uploads] == [
+        {"job_id": "J1", "lease_token": "tok-J1", "name": n} for n in names
+    ]
+    assert server.uploads[0][1] == b"bytes of thumbnail.jpg"
+    assert server.completed[0]["metadata"]["artifacts"] == names
+    messages = [hb["message"] for hb in server.heartbeats]
+    assert any("upload artifact 1/3" in m for m in messages), messages
+    assert spool_files(runner) == [] and leftovers(runner) == []
+
+
+@pytest.mark.usefixtures("with_artifacts")
+@pytest.mark.parametrize("code", ["stale_lease", "job_canceled"])
+async def test_artifact_409_stops_the_job(server: FakeServer, tmp_path: Path, code: str) -> None:
+    server.add("J1", artifacts=["a.jpg", "b.jpg"])
+    server.artifact_answer = httpx.Response(409, json={"code": code, "message": "gone"})
+    runner = make_runner(tmp_path)
+    await run_until(runner, lambda: runner.finished)
+    assert runner.finished[0].outcome == "undelivered"
+    assert not server.completed and not server.failed and not server.uploads
+    assert spool_files(runner) == [] and leftovers(runner) == []
+
+
+@pytest.mark.usefixtures("with_artifacts")
+async def test_refused_artifact_fails_the_job_for_good(server: FakeServer, tmp_path: Path) -> None:
+    server.add("J1", artifacts=["huge.jpg"])
+    server.artifact_answer = httpx.Response(413, json={"code": "artifact_too_large", "message": "too big"})
+    runner = make_runner(tmp_path)
+    await run_until(runner, lambda: server.failed)
+    (fail,) = server.failed
+    assert (
+        fail["retryable"] is False and "huge.jpg" in fail["error"] and "artifact_too_large" in fail["error"]
+    )
+    assert not server.completed and spool_files(runner) == []
+
+
+@pytest.mark.usefixtures("with_artifacts")
+async def test_outage_keeps_artifacts_in_the_spool_and_a_restart_resumes(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    server.add("J1", artifacts=["a.jpg", "b.jpg"])
+    server.artifact_down = {"b.jpg"}
+    runner = make_runner(tmp_path)
+    await run_until(runner, lambda: runner.finished, timeout=10)
+    assert runner.finished[0].outcome == "undelivered" and not server.completed
+    entry = json.loads((runner.config.spool / "J1.json").read_text())
+    assert entry["artifacts"] == [{"name": "a.jpg", "uploaded": True}, {"name": "b.jpg", "uploaded": False}]
+    assert (runner.config.spool / "J1.files" / "b.jpg").read_bytes() == b"bytes of b.jpg"
+    assert leftovers(runner) == []  # the job's temp dir is gone; the spool kept its files
+    server.artifact_down = set()
+    again = make_runner(tmp_path)
+    await run_until(again, lambda: server.completed)
+    assert server.events == ["artifact a.jpg", "artifact b.jpg", "complete J1"]  # a.jpg not sent twice
+    assert server.completed[0]["metadata"]["artifacts"] == ["a.jpg", "b.jpg"]
+    assert spool_files(again) == []

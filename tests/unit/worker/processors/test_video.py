@@ -51,11 +51,11 @@ def test_speech_video_is_transcribed_with_metadata_and_frames(
     assert media.word_error_rate(media.SENTENCE, heard) < 0.4, heard
     assert (meta["width"], meta["height"], meta["video_codec"], meta["fps"]) == (320, 240, "h264", 25.0)
     assert meta["audio_codec"] == "aac" and 12 < meta["duration"] < 14 and meta["transcribed"]
-    assert [a["kind"] for a in meta["artifacts"]] == ["thumbnail", "keyframe", "keyframe", "keyframe"]
-    assert [p.name for p in result.artifacts] == [a["file"] for a in meta["artifacts"]]
+    assert [a["kind"] for a in meta["frames"]] == ["thumbnail", "keyframe", "keyframe", "keyframe"]
+    assert [p.name for p in result.artifacts] == [a["file"] for a in meta["frames"]] == meta["artifacts"]
     for path in result.artifacts:
         assert path.parent == job.temp_dir and path.read_bytes()[:2] == b"\xff\xd8"  # JPEG
-    times = [a["time"] for a in meta["artifacts"][1:]]
+    times = [a["time"] for a in meta["frames"][1:]]
     assert times == sorted(times) and times[-1] < meta["duration"]
     assert "- **Resolution:** 320x240" in result.markdown and "[00:00] " in result.markdown
     assert progress == sorted(progress) and progress[-1] == 1.0

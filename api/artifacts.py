@@ -1,0 +1,195 @@
+"""Artifacts: binary outputs of a job (thumbnails, keyframes) that its worker uploads before completing.
+
+An upload is bound to the lease: it is admitted only while the lease is the job's current one
+(checked before the first byte is written and again, row-locked, when the file is put in place),
+streamed through :class:`~api.filestore.FileSink` (size limit, SHA-256, libmagic) into
+``data_dir/artifacts/{job_id}/{name}``. Re-uploading a name under the same lease replaces it, so a
+retried upload is harmless. A client sees only the artifacts of the lease that completed the job;
+the rest (a lost lease's, a failed job's) are swept, and the shown ones go with the input file's
+retention after the job ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from api import jobstore
+from api.errors import Conflict, NotFound, PayloadTooLarge
+from api.filestore import FileSink
+from api.ids import new_id, utcnow
+from api.keystore import Principal, Scope
+from api.models import Artifact, Job
+from api.settings import Settings
+
+A = Artifact.__table__  # type: ignore[attr-defined]
+J = Job.__table__  # type: ignore[attr-defined]
+#: A plain file name: no separators, and no leading dot (".", "..", hidden and temporary files).
+NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$"
+
+
+def artifacts_dir(settings: Settings, job_id: str) -> Path:
+    return settings.data_dir / "artifacts" / job_id
+
+
+def _too_large(settings: Settings) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the artifact exceeds MORAG_MAX_ARTIFACT_BYTES ({settings.max_artifact_bytes} bytes)",
+        code="artifact_too_large",
+    )
+
+
+async def _admit(
+    conn: AsyncConnection, settings: Settings, who: Principal, job_id: str, token: str, name: str
+) -> None:
+    """The lease is current, the key may act for the job, and one more artifact fits."""
+    job = await jobstore.lock_lease(conn, job_id, token)
+    mine = job.worker_key_id == who.key_id if who.scope is Scope.shared_worker else job.user_id == who.user_id
+    if not mine:
+        raise NotFound("unknown job", code="job_not_found")
+    count = (
+        await conn.execute(
+            select(func.count()).where(A.c.job_id == job_id, A.c.lease_token == token, A.c.name != name)
+        )
+    ).scalar_one()
+    if count >= settings.max_artifacts_per_job:
+        raise Conflict(
+            f"the job already has {count} artifacts (MORAG_MAX_ARTIFACTS_PER_JOB)", code="too_many_artifacts"
+        )
+
+
+async def save_artifact(
+    engine: AsyncEngine,
+    settings: Settings,
+    who: Principal,
+    job_id: str,
+    token: str,
+    name: str,
+    chunks: AsyncIterator[bytes],
+    length: int | None,
+) -> dict[str, Any]:
+    """Stream one artifact to disk under the job's lease and record it (replacing the same name)."""
+    if length is not None and length > settings.max_artifact_bytes:
+        raise _too_large(settings)
+    async with engine.begin() as conn:
+        await _admit(conn, settings, who, job_id, token, name)  # before a byte is written
+    folder = artifacts_dir(settings, job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    limit = (settings.max_artifact_bytes, "MORAG_MAX_ARTIFACT_BYTES", "artifact_too_large")
+    sink = FileSink(settings, None, name, final=folder / f".{new_id()}.tmp", limit=limit)
+    try:
+        async for chunk in chunks:
+            sink.write(chunk)
+        info = sink.finish()
+    except BaseException:
+        sink.abort()
+        raise
+    row = {
+        "job_id": job_id,
+        "name": name,
+        "lease_token": token,
+        "size": info["size"],
+        "sha256": info["sha256"],
+        "mime": info["mime_type"],
+        "created_at": utcnow(),
+    }
+    try:
+        async with engine.begin() as conn:
+            # Again, row-locked: the lease may have been lost or the job canceled while the bytes came.
+            await _admit(conn, settings, who, job_id, token, name)
+            await conn.execute(delete(A).where(A.c.job_id == job_id, A.c.name == name))
+            await conn.execute(A.insert().values(**row))
+            os.replace(sink.final, folder / name)
+    finally:
+        sink.final.unlink(missing_ok=True)
+    return row
+
+
+def _visible(job: dict[str, Any]) -> bool:
+    """Artifacts are shown once the worker's result is in (the job left the process stage)."""
+    return job["result"] is not None and job["stage"] != "process" and job["lease_token"] is not None
+
+
+async def list_for_jobs(engine: AsyncEngine, jobs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per job id, the artifacts of the lease that completed it (name order)."""
+    leases = {j["id"]: j["lease_token"] for j in jobs if _visible(j)}
+    if not leases:
+        return {}
+    async with engine.begin() as conn:
+        rows = (
+            (await conn.execute(select(A).where(A.c.job_id.in_(list(leases))).order_by(A.c.job_id, A.c.name)))
+            .mappings()
+            .all()
+        )
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["lease_token"] == leases[r["job_id"]]:
+            out.setdefault(r["job_id"], []).append(dict(r))
+    return out
+
+
+async def get_artifact(
+    engine: AsyncEngine, settings: Settings, job: dict[str, Any], name: str
+) -> tuple[dict[str, Any], Path]:
+    """One shown artifact of ``job`` and its file, else NotFound."""
+    found = (await list_for_jobs(engine, [job])).get(job["id"], [])
+    row = next((r for r in found if r["name"] == name), None)
+    path = artifacts_dir(settings, job["id"]) / name
+    if row is None or not path.is_file():
+        raise NotFound("no such artifact", code="artifact_not_found")
+    return row, path
+
+
+async def sweep_artifacts(engine: AsyncEngine, settings: Settings) -> int:
+    """Drop artifacts no client will see: of another lease (lost, failed, re-queued) or past retention.
+
+    An artifact stays while its lease is the job's lease and the job is running (processing or
+    indexing) or ended less than ``file_retention_s`` ago. Files on disk without a row (a crash
+    between write and insert, an abandoned upload) go once they are ``orphan_file_age_s`` old.
+    """
+    now = utcnow()
+    keep = exists().where(
+        J.c.id == A.c.job_id,
+        J.c.lease_token == A.c.lease_token,
+        or_(
+            J.c.state == "running",
+            and_(
+                J.c.finished_at.is_not(None),
+                J.c.finished_at > now - timedelta(seconds=settings.file_retention_s),
+            ),
+        ),
+    )
+    async with engine.begin() as conn:
+        due = (await conn.execute(select(A.c.job_id, A.c.name).where(~keep))).all()
+        for d in due:
+            await conn.execute(delete(A).where(A.c.job_id == d.job_id, A.c.name == d.name))
+        known = {(r.job_id, r.name) for r in (await conn.execute(select(A.c.job_id, A.c.name))).all()}
+    removed = 0
+    for d in due:
+        (artifacts_dir(settings, d.job_id) / d.name).unlink(missing_ok=True)
+        removed += 1
+    root = settings.data_dir / "artifacts"
+    if not root.is_dir():
+        return removed
+    cutoff = now.timestamp() - settings.orphan_file_age_s
+    for folder in root.iterdir():
+        for path in folder.iterdir() if folder.is_dir() else []:
+            try:
+                stale = path.stat().st_mtime < cutoff
+            except FileNotFoundError:  # its upload finished or failed meanwhile
+                continue
+            if (folder.name, path.name) not in known and stale:
+                path.unlink(missing_ok=True)
+                removed += 1
+        with contextlib.suppress(OSError):  # not empty, or gone meanwhile
+            # Only a stale folder: an upload that just created it must still find it.
+            if folder.stat().st_mtime < cutoff:
+                folder.rmdir()
+    return removed
