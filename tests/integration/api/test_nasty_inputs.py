@@ -24,7 +24,11 @@ BOUNDARY = "nasty-boundary-1f2e"
 async def db_env(tmp_path: Path, database_url: str) -> AsyncIterator[Env]:
     """The `env` of conftest, on each backend (SQLite, PostgreSQL), with long polls off."""
     settings = make_settings(
-        tmp_path, database_url=database_url, claim_wait_max_s=0, process_wait_default_s=0, process_wait_max_s=0
+        tmp_path,
+        database_url=database_url,
+        claim_wait_max_s=0,
+        process_wait_default_s=0,
+        process_wait_max_s=0,
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
@@ -158,12 +162,14 @@ async def test_nul_in_multipart_filename_and_fields(db_env: Env) -> None:
 async def test_nan_and_infinity_are_422(db_env: Env) -> None:
     """Python's json reads NaN/Infinity; PostgreSQL's json type refuses them (a 500 there before)."""
     for raw in (
-        '{"url": "%s", "options": {"x": NaN}}' % URL,
-        '{"url": "%s", "metadata": {"x": [Infinity]}}' % URL,
+        _obj("options", '{"x": NaN}', url=URL),
+        _obj("metadata", '{"x": [Infinity]}', url=URL),
     ):
         resp = await db_env.client.post("/api/v1/ingest/url", **_json(db_env, raw))
         assert "NaN" in check_error(resp, "/api/v1/ingest/url", 422, "validation_error")["message"]
-    resp = await db_env.client.post("/api/v1/search", **_json(db_env, '{"query": "q", "score_threshold": NaN}'))
+    resp = await db_env.client.post(
+        "/api/v1/search", **_json(db_env, '{"query": "q", "score_threshold": NaN}')
+    )
     check_error(resp, "/api/v1/search", 422, "validation_error")
 
 
@@ -171,20 +177,35 @@ def _nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
+def _obj(field: str, raw_json: str, **fields: str) -> str:
+    """A JSON object whose ``field`` is raw JSON text (NaN, deep nesting: what json.dumps won't write)."""
+    return json.dumps(fields)[:-1] + (", " if fields else "") + f'"{field}": {raw_json}' + "}"
+
+
 @pytest.mark.parametrize("depth", [100, 900, 10_000])
 async def test_deep_nesting_is_refused_and_never_poisons_claims(db_env: Env, depth: int) -> None:
     """900 levels used to be accepted, then every claim that leased the job answered 500."""
-    raw = '{"url": "%s", "options": {"a": %s}}' % (URL, _nested(depth))
+    raw = _obj("options", _obj("a", _nested(depth)), url=URL)
     resp = await db_env.client.post("/api/v1/ingest/url", **_json(db_env, raw))
     code = "invalid_json" if depth > 900 else "validation_error"
     check_error(resp, "/api/v1/ingest/url", 422, code)
-    batch = '{"items": [{"url": "%s", "metadata": {"a": %s}}]}' % (URL, _nested(depth))
-    check_error(await db_env.client.post("/api/v1/ingest/batch", **_json(db_env, batch)), "/api/v1/ingest/batch", 422, code)
-    form = _multipart([(b'name="options"', ('{"a": %s}' % _nested(depth)).encode()), (b'name="file"; filename="a.txt"', b"x")])
+    batch = _obj("items", "[" + _obj("metadata", _obj("a", _nested(depth)), url=URL) + "]")
+    check_error(
+        await db_env.client.post("/api/v1/ingest/batch", **_json(db_env, batch)),
+        "/api/v1/ingest/batch",
+        422,
+        code,
+    )
+    form = _multipart(
+        [
+            (b'name="options"', _obj("a", _nested(depth)).encode()),
+            (b'name="file"; filename="a.txt"', b"x"),
+        ]
+    )
     resp = await db_env.client.post("/api/v1/ingest/file", content=form, headers=_form_headers(db_env))
     check_error(resp, "/api/v1/ingest/file", 422, code)
     # Within the limit: accepted, and a worker can claim it.
-    ok = '{"url": "%s", "options": {"a": %s}}' % (URL, _nested(50))
+    ok = _obj("options", _obj("a", _nested(50)), url=URL)
     assert (await db_env.client.post("/api/v1/ingest/url", **_json(db_env, ok))).status_code == 202
     claimed = await _claim_all(db_env)
     assert claimed.status_code == 200, claimed.text
@@ -193,11 +214,12 @@ async def test_deep_nesting_is_refused_and_never_poisons_claims(db_env: Env, dep
 
 async def test_deep_result_metadata_from_a_worker_is_422(db_env: Env) -> None:
     """The same limit on what a worker sends back (returned later by GET /status)."""
-    assert (await db_env.client.post("/api/v1/ingest/url", **_json(db_env, json.dumps({"url": URL})))).status_code == 202
+    assert (
+        await db_env.client.post("/api/v1/ingest/url", **_json(db_env, json.dumps({"url": URL})))
+    ).status_code == 202
     job = (await _claim_all(db_env)).json()["jobs"][0]
-    raw = '{"job_id": "%s", "lease_token": "%s", "markdown": "m", "metadata": {"a": %s}}' % (
-        job["job_id"], job["lease_token"], _nested(300)
-    )
+    lease = {"job_id": job["job_id"], "lease_token": job["lease_token"], "markdown": "m"}
+    raw = _obj("metadata", _obj("a", _nested(300)), **lease)
     resp = await db_env.client.post(
         "/worker/complete", content=raw, headers={**db_env.worker, "content-type": "application/json"}
     )
@@ -207,7 +229,9 @@ async def test_deep_result_metadata_from_a_worker_is_422(db_env: Env) -> None:
 async def test_huge_json_bodies(db_env: Env) -> None:
     """A 12 MiB batch is 413; a 12 MiB single URL body is refused by the field limits, not a 500."""
     big = "x" * (12 * 1024 * 1024)
-    resp = await db_env.client.post("/api/v1/ingest/batch", **_json(db_env, json.dumps({"items": [{"url": big}]})))
+    resp = await db_env.client.post(
+        "/api/v1/ingest/batch", **_json(db_env, json.dumps({"items": [{"url": big}]}))
+    )
     check_error(resp, "/api/v1/ingest/batch", 413, "batch_too_large")
     resp = await db_env.client.post("/api/v1/ingest/url", **_json(db_env, json.dumps({"url": URL + big})))
     check_error(resp, "/api/v1/ingest/url", 422, "validation_error")
