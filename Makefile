@@ -39,7 +39,7 @@ check-system:
 		exit 1; \
 	fi
 
-test: install check-system
+test: install check-system lint
 	$(BIN)/python -m pytest -q
 
 test-fast: install

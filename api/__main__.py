@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from api import db, keystore
@@ -104,9 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
         return 0
-    runner: Callable[[], Awaitable[None]] = lambda: _run(args, settings)  # noqa: E731
     try:
-        asyncio.run(runner())
+        asyncio.run(_run(args, settings))
     except MoragError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1

@@ -20,8 +20,10 @@ from typing import Any
 
 import httpx
 
-SPEECH = ("The remote worker transcribes this sentence on the user's own machine. "
-          "Afterwards the server stores the transcript in the vector store.")
+SPEECH = (
+    "The remote worker transcribes this sentence on the user's own machine. "
+    "Afterwards the server stores the transcript in the vector store."
+)
 DOCUMENT = """# Field notes
 
 ## Bees
@@ -51,7 +53,9 @@ def _offline_whisper() -> str:
 
 
 def _cli(env: dict[str, str], *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "api", *args], env=env, check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "api", *args], env=env, check=True, capture_output=True, text=True
+    )
     return out.stdout.strip().splitlines()[-1]
 
 
@@ -106,18 +110,41 @@ def main() -> int:
         print(f"== client key {client_key[:10]}..., worker key {worker_key[:10]}...")
 
         print(f"== python -m api serve --port {port}")
-        log = open(data / "server.log", "w")  # noqa: SIM115 (closed with the process)
-        procs.append(subprocess.Popen([sys.executable, "-m", "api", "serve", "--port", str(port),
-                                       "--log-level", "warning"], env=env, stdout=log, stderr=log))
+        log = open(data / "server.log", "w")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "api", "serve", "--port", str(port), "--log-level", "warning"],
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+        )
         _wait_health(url, procs[0])
 
         model = _offline_whisper()
         print(f"== python -m worker --server {url} --lanes gpu,cpu --whisper-model {model}")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "worker", "--api-key", worker_key, "--server", url, "--lanes", "gpu,cpu",
-             "--whisper-model", model, "--concurrency", "2", "--temp-dir", str(data / "worker-tmp")],
-            env=env,
-        ))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "worker",
+                    "--api-key",
+                    worker_key,
+                    "--server",
+                    url,
+                    "--lanes",
+                    "gpu,cpu",
+                    "--whisper-model",
+                    model,
+                    "--concurrency",
+                    "2",
+                    "--temp-dir",
+                    str(data / "worker-tmp"),
+                ],
+                env=env,
+            )
+        )
 
         work = Path(tempfile.mkdtemp(prefix="morag-demo-"))
         wav = work / "speech.wav"
@@ -130,8 +157,11 @@ def main() -> int:
             tasks = {}
             for name, path, ctype in (("speech.wav", wav, "audio"), ("field-notes.md", md, "document")):
                 with open(path, "rb") as fh:
-                    r = client.post("/api/v1/ingest/file", files={"file": (path.name, fh)},
-                                    data={"content_type": ctype, "metadata": '{"source": "demo"}'})
+                    r = client.post(
+                        "/api/v1/ingest/file",
+                        files={"file": (path.name, fh)},
+                        data={"content_type": ctype, "metadata": '{"source": "demo"}'},
+                    )
                 r.raise_for_status()
                 tasks[name] = r.json()["task_id"]
                 print(f"== ingested {name} as {ctype}: task {tasks[name]}")
@@ -139,14 +169,18 @@ def main() -> int:
             ok = len(done) == len(tasks) and all(t["status"] == "succeeded" for t in done.values())
             for name, body in done.items():
                 result = body.get("result") or {}
-                print(f"\n== {name}: {body['status']} on worker {body['worker_id']}"
-                      f" ({body['attempts']} attempt(s)) {body.get('error') or ''}")
+                print(
+                    f"\n== {name}: {body['status']} on worker {body['worker_id']}"
+                    f" ({body['attempts']} attempt(s)) {body.get('error') or ''}"
+                )
                 print("\n".join("   | " + line for line in (result.get("markdown") or "").splitlines()[:14]))
             for query in ("who stores the transcript", "how do bees communicate"):
                 hits = client.post("/api/v1/search", json={"query": query, "limit": 1}).json()["results"]
                 print(f"\n== search {query!r}")
                 for h in hits:
-                    print(f"   score {h['score']:.3f}  {h['source']}  {h['location']}\n   {h['text'][:160]!r}")
+                    print(
+                        f"   score {h['score']:.3f}  {h['source']}  {h['location']}\n   {h['text'][:160]!r}"
+                    )
                 ok = ok and bool(hits)
         shutil.rmtree(work, ignore_errors=True)
         print("\n== demo " + ("succeeded" if ok else "FAILED (see demo-data/server.log)"))

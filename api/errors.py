@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from protocol.errors import ErrorBody
@@ -181,6 +182,15 @@ def install_handlers(app: FastAPI) -> None:
             return error_response(422, "invalid_json", f"the body is not valid JSON: {exc.__cause__}")
         code = _STATUS_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(DataError)
+    async def _data(_: Request, exc: DataError) -> JSONResponse:
+        # Safety net: input the database refuses (PostgreSQL: NUL in text, out-of-range numbers)
+        # that no request check caught is the client's error, not a 500.
+        log.warning("database refused a value: %s", str(exc.orig)[:300])
+        return error_response(
+            422, "invalid_data", "a value in the request cannot be stored (invalid characters or range)"
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -95,7 +95,6 @@ class IndexingLoop:
         return len(jobs)
 
     async def _index(self, job: dict[str, Any]) -> None:
-        settings = self.state.settings
         opts = job["index_options"] or {}
         result = job["result"] or {}
         source = job["source_url"]
@@ -127,7 +126,10 @@ class IndexingLoop:
             "seconds": round(outcome.seconds, 3),
         }
         done = await jobstore.finish_indexing(
-            self.state.engine, job["id"], {**result, "index": summary}, f"indexed {outcome.chunk_count} chunks"
+            self.state.engine,
+            job["id"],
+            {**result, "index": summary},
+            f"indexed {outcome.chunk_count} chunks",
         )
         if done:
             log.info("indexed job %s: %d chunks", job["id"], outcome.chunk_count)

@@ -128,8 +128,16 @@ async def enqueue_jobs(
     return ids
 
 
-def _upsert_worker(conn: AsyncConnection, who: Principal, worker_id: str, lanes: list[LaneKind],
-                   content_types: list[str], name: str | None, version: str | None, now: datetime) -> Any:
+def _upsert_worker(
+    conn: AsyncConnection,
+    who: Principal,
+    worker_id: str,
+    lanes: list[LaneKind],
+    content_types: list[str],
+    name: str | None,
+    version: str | None,
+    now: datetime,
+) -> Any:
     values = dict(
         key_id=who.key_id,
         worker_id=worker_id,
@@ -163,8 +171,18 @@ def _eligible(who: Principal, lanes: list[LaneKind], content_types: list[str], n
     return and_(base, J.c.lane.in_(own))
 
 
-_RETURNED: tuple[Any, ...] = (J.c.id, J.c.lease_token, J.c.lease_expires_at, J.c.attempt, J.c.content_type, J.c.options,
-             J.c.file_id, J.c.source_url, J.c.user_id, J.c.priority)
+_RETURNED: tuple[Any, ...] = (
+    J.c.id,
+    J.c.lease_token,
+    J.c.lease_expires_at,
+    J.c.attempt,
+    J.c.content_type,
+    J.c.options,
+    J.c.file_id,
+    J.c.source_url,
+    J.c.user_id,
+    J.c.priority,
+)
 
 
 async def replay_claim(engine: AsyncEngine, who: Principal, claim_id: str) -> list[Row[Any]]:
@@ -180,8 +198,15 @@ async def replay_claim(engine: AsyncEngine, who: Principal, claim_id: str) -> li
     return sorted(rows, key=lambda r: (-r.priority, r.id))
 
 
-def claim_statement(dialect: str, who: Principal, lanes: list[LaneKind], content_types: list[str],
-                    max_jobs: int, now: datetime, values: dict[str, Any]) -> Any:
+def claim_statement(
+    dialect: str,
+    who: Principal,
+    lanes: list[LaneKind],
+    content_types: list[str],
+    max_jobs: int,
+    now: datetime,
+    values: dict[str, Any],
+) -> Any:
     """The one atomic claim: lock up to ``max_jobs`` eligible rows (SKIP LOCKED) and lease them."""
     cond = _eligible(who, lanes, content_types, now)
     order = (J.c.priority.desc(), J.c.id)
@@ -244,8 +269,13 @@ async def claim_jobs(
 
 
 async def heartbeat(
-    engine: AsyncEngine, settings: Settings, who: Principal, job_id: str, token: str,
-    progress: float | None, message: str | None,
+    engine: AsyncEngine,
+    settings: Settings,
+    who: Principal,
+    job_id: str,
+    token: str,
+    progress: float | None,
+    message: str | None,
 ) -> tuple[datetime, bool]:
     """Extend the lease and record progress: (new expiry, canceled?)."""
     now = utcnow()
@@ -259,14 +289,18 @@ async def heartbeat(
         row = (
             await conn.execute(
                 update(J)
-                .where(J.c.id == job_id, J.c.lease_token == token, J.c.state == RUNNING, J.c.stage == "process")
+                .where(
+                    J.c.id == job_id, J.c.lease_token == token, J.c.state == RUNNING, J.c.stage == "process"
+                )
                 .values(**values)
                 .returning(J.c.worker_id)
             )
         ).first()
         if row is not None:
             await conn.execute(
-                update(W).where(W.c.key_id == who.key_id, W.c.worker_id == row.worker_id).values(last_seen_at=now)
+                update(W)
+                .where(W.c.key_id == who.key_id, W.c.worker_id == row.worker_id)
+                .values(last_seen_at=now)
             )
             return expires, False
         current = await _fenced_state(conn, job_id, token)
@@ -314,9 +348,13 @@ async def complete_job(
         row = (
             await conn.execute(
                 update(J)
-                .where(J.c.id == job_id, J.c.lease_token == token, J.c.state == RUNNING, J.c.stage == "process")
+                .where(
+                    J.c.id == job_id, J.c.lease_token == token, J.c.state == RUNNING, J.c.stage == "process"
+                )
                 .values(
-                    state=case((J.c.kind == "ingest", literal(RUNNING)), else_=literal(JobState.succeeded.value)),
+                    state=case(
+                        (J.c.kind == "ingest", literal(RUNNING)), else_=literal(JobState.succeeded.value)
+                    ),
                     stage=case((J.c.kind == "ingest", literal("index")), else_=literal("done")),
                     result={"markdown": markdown, "metadata": metadata},
                     progress=case((J.c.kind == "ingest", literal(0.9)), else_=literal(1.0)),
@@ -353,8 +391,14 @@ def retry_delay(settings: Settings, attempt: int) -> float:
 
 
 async def fail_job(
-    engine: AsyncEngine, notifier: Notifier, settings: Settings, job_id: str, token: str,
-    error: str, error_class: ErrorClass, retryable: bool,
+    engine: AsyncEngine,
+    notifier: Notifier,
+    settings: Settings,
+    job_id: str,
+    token: str,
+    error: str,
+    error_class: ErrorClass,
+    retryable: bool,
 ) -> tuple[str, datetime | None]:
     """Record a failure: retry later, or end ``failed`` / ``dead``. Returns (state, retry_at)."""
     now = utcnow()
@@ -362,7 +406,9 @@ async def fail_job(
         cur = (
             await conn.execute(
                 select(J.c.attempt, J.c.max_attempts)
-                .where(J.c.id == job_id, J.c.lease_token == token, J.c.state == RUNNING, J.c.stage == "process")
+                .where(
+                    J.c.id == job_id, J.c.lease_token == token, J.c.state == RUNNING, J.c.stage == "process"
+                )
                 .with_for_update()
             )
         ).first()
@@ -372,8 +418,13 @@ async def fail_job(
                 return JobState.canceled.value, None
             raise StaleLease()
         retry_at: datetime | None = None
-        values: dict[str, Any] = {"error": error, "error_class": error_class.value, "updated_at": now,
-                                  "lease_token": None, "lease_expires_at": None}
+        values: dict[str, Any] = {
+            "error": error,
+            "error_class": error_class.value,
+            "updated_at": now,
+            "lease_token": None,
+            "lease_expires_at": None,
+        }
         if error_class is ErrorClass.shutdown:
             # The worker gave the job back while shutting down: not the job's fault, run it at once.
             values.update(state=QUEUED, run_after=now, attempt=max(cur.attempt - 1, 0), worker_id=None)
@@ -381,12 +432,19 @@ async def fail_job(
         elif not retryable:
             values.update(state=JobState.failed.value, finished_at=now)
         elif cur.attempt >= cur.max_attempts:
-            values.update(state=JobState.dead.value, finished_at=now,
-                          error=f"{error} (gave up after {cur.attempt} attempts)")
+            values.update(
+                state=JobState.dead.value,
+                finished_at=now,
+                error=f"{error} (gave up after {cur.attempt} attempts)",
+            )
         else:
             retry_at = now + timedelta(seconds=retry_delay(settings, cur.attempt))
-            values.update(state=QUEUED, run_after=retry_at, worker_id=None,
-                          progress_message=f"retrying after: {error[:200]}")
+            values.update(
+                state=QUEUED,
+                run_after=retry_at,
+                worker_id=None,
+                progress_message=f"retrying after: {error[:200]}",
+            )
         await conn.execute(update(J).where(J.c.id == job_id, J.c.lease_token == token).values(**values))
         if values["state"] == QUEUED:
             await notifier.publish(conn)
@@ -406,7 +464,10 @@ async def release_expired(engine: AsyncEngine, notifier: Notifier) -> int:
             .values(
                 state=case((out_of_attempts, literal(JobState.dead.value)), else_=literal(QUEUED)),
                 error=case(
-                    (out_of_attempts, literal("the lease expired on every attempt (the worker died or hung)")),
+                    (
+                        out_of_attempts,
+                        literal("the lease expired on every attempt (the worker died or hung)"),
+                    ),
                     else_=literal("the lease expired (worker lost); retrying"),
                 ),
                 error_class=literal(ErrorClass.timeout.value),
@@ -467,8 +528,13 @@ async def cancel_job(engine: AsyncEngine, user_id: int | None, job_id: str) -> s
         res = await conn.execute(
             update(J)
             .where(J.c.id == job_id, _owner(user_id), J.c.state.in_([QUEUED, RUNNING]))
-            .values(state=JobState.canceled.value, finished_at=now, updated_at=now, lease_expires_at=None,
-                    progress_message="canceled")
+            .values(
+                state=JobState.canceled.value,
+                finished_at=now,
+                updated_at=now,
+                lease_expires_at=None,
+                progress_message="canceled",
+            )
         )
         if res.rowcount:
             return JobState.canceled.value
@@ -527,7 +593,9 @@ async def queue_stats(engine: AsyncEngine, settings: Settings, user_id: int | No
         since = _live_since(settings, now)
         workers = (
             await conn.execute(
-                select(W.c.user_id, W.c.shared, W.c.serves_gpu, W.c.serves_cpu).where(W.c.last_seen_at > since)
+                select(W.c.user_id, W.c.shared, W.c.serves_gpu, W.c.serves_cpu).where(
+                    W.c.last_seen_at > since
+                )
             )
         ).all()
     out = []
@@ -543,14 +611,19 @@ async def queue_stats(engine: AsyncEngine, settings: Settings, user_id: int | No
             online = sum(1 for w in workers if w.shared)
         else:
             gpu = lane.startswith("gpu-")
-            online = sum(1 for w in workers if not w.shared and w.user_id == user_id
-                         and (w.serves_gpu if gpu else w.serves_cpu))
-        out.append({
-            "lane": lane,
-            **by_state,
-            "oldest_queued_age_s": round((now - oldest).total_seconds(), 3) if oldest else None,
-            "workers_online": online,
-        })
+            online = sum(
+                1
+                for w in workers
+                if not w.shared and w.user_id == user_id and (w.serves_gpu if gpu else w.serves_cpu)
+            )
+        out.append(
+            {
+                "lane": lane,
+                **by_state,
+                "oldest_queued_age_s": round((now - oldest).total_seconds(), 3) if oldest else None,
+                "workers_online": online,
+            }
+        )
     return out
 
 
@@ -559,31 +632,38 @@ async def list_workers(engine: AsyncEngine, settings: Settings, user_id: int | N
     now = utcnow()
     async with engine.begin() as conn:
         workers = (
-            await conn.execute(select(W).where(W.c.user_id == user_id).order_by(W.c.last_seen_at.desc()))
-        ).mappings().all()
+            (await conn.execute(select(W).where(W.c.user_id == user_id).order_by(W.c.last_seen_at.desc())))
+            .mappings()
+            .all()
+        )
         running = (
             await conn.execute(
-                select(J.c.id, J.c.worker_key_id, J.c.worker_id)
-                .where(J.c.state == RUNNING, J.c.stage == "process", J.c.worker_key_id.is_not(None))
+                select(J.c.id, J.c.worker_key_id, J.c.worker_id).where(
+                    J.c.state == RUNNING, J.c.stage == "process", J.c.worker_key_id.is_not(None)
+                )
             )
         ).all()
     since = _live_since(settings, now)
     out = []
     for w in workers:
         lanes = [k for k, on in (("gpu", w["serves_gpu"]), ("cpu", w["serves_cpu"])) if on]
-        out.append({
-            "worker_id": w["worker_id"],
-            "name": w["name"],
-            "key_id": w["key_id"],
-            "shared": w["shared"],
-            "lanes": lanes,
-            "content_types": [c for c in (w["content_types"] or "").split(",") if c],
-            "version": w["version"],
-            "first_seen_at": w["first_seen_at"],
-            "last_seen_at": w["last_seen_at"],
-            "online": w["last_seen_at"] > since,
-            "current_jobs": [r.id for r in running if r.worker_key_id == w["key_id"] and r.worker_id == w["worker_id"]],
-        })
+        out.append(
+            {
+                "worker_id": w["worker_id"],
+                "name": w["name"],
+                "key_id": w["key_id"],
+                "shared": w["shared"],
+                "lanes": lanes,
+                "content_types": [c for c in (w["content_types"] or "").split(",") if c],
+                "version": w["version"],
+                "first_seen_at": w["first_seen_at"],
+                "last_seen_at": w["last_seen_at"],
+                "online": w["last_seen_at"] > since,
+                "current_jobs": [
+                    r.id for r in running if r.worker_key_id == w["key_id"] and r.worker_id == w["worker_id"]
+                ],
+            }
+        )
     return out
 
 
@@ -592,7 +672,12 @@ def is_final(state: str) -> bool:
 
 
 async def wait_for_final(
-    engine: AsyncEngine, notifier: Notifier, settings: Settings, user_id: int | None, job_id: str, timeout: float
+    engine: AsyncEngine,
+    notifier: Notifier,
+    settings: Settings,
+    user_id: int | None,
+    job_id: str,
+    timeout: float,
 ) -> dict[str, Any]:
     """The job once it is final, or as it stands after ``timeout`` seconds (woken by the notifier)."""
     loop = asyncio.get_running_loop()
@@ -611,12 +696,18 @@ async def list_batch_jobs(engine: AsyncEngine, user_id: int | None, batch_id: st
     """The caller's jobs of one batch, in submission order."""
     async with engine.begin() as conn:
         rows = (
-            await conn.execute(
-                select(J.c.id, J.c.state, J.c.stage, J.c.progress, J.c.error, J.c.created_at, J.c.finished_at)
-                .where(J.c.batch_id == batch_id, _owner(user_id))
-                .order_by(J.c.id)
+            (
+                await conn.execute(
+                    select(
+                        J.c.id, J.c.state, J.c.stage, J.c.progress, J.c.error, J.c.created_at, J.c.finished_at
+                    )
+                    .where(J.c.batch_id == batch_id, _owner(user_id))
+                    .order_by(J.c.id)
+                )
             )
-        ).mappings().all()
+            .mappings()
+            .all()
+        )
     return [dict(r) for r in rows]
 
 
@@ -642,6 +733,7 @@ async def list_webhooks_due(engine: AsyncEngine, ended_since: datetime, limit: i
 
 # --- Indexing stage (ingest jobs after the worker's result) -------------------------------------
 
+
 async def claim_index_work(engine: AsyncEngine, limit: int, hold_s: float) -> list[dict[str, Any]]:
     """Take up to ``limit`` jobs due for indexing, holding them for ``hold_s`` (other servers skip them)."""
     now = utcnow()
@@ -665,9 +757,18 @@ async def finish_indexing(engine: AsyncEngine, job_id: str, result: dict[str, An
         res = await conn.execute(
             update(J)
             .where(J.c.id == job_id, J.c.state == RUNNING, J.c.stage == "index")
-            .values(state=JobState.succeeded.value, stage="done", result=result, progress=1.0,
-                    progress_message=message, finished_at=now, updated_at=now, index_next_at=None,
-                    error=None, error_class=None)
+            .values(
+                state=JobState.succeeded.value,
+                stage="done",
+                result=result,
+                progress=1.0,
+                progress_message=message,
+                finished_at=now,
+                updated_at=now,
+                index_next_at=None,
+                error=None,
+                error_class=None,
+            )
         )
     return bool(res.rowcount)
 
@@ -678,8 +779,13 @@ async def defer_indexing(engine: AsyncEngine, job_id: str, retry_at: datetime, r
         res = await conn.execute(
             update(J)
             .where(J.c.id == job_id, J.c.state == RUNNING, J.c.stage == "index")
-            .values(index_next_at=retry_at, progress_message=f"waiting for indexing: {reason}"[:500],
-                    error=reason, error_class="indexing_delayed", updated_at=utcnow())
+            .values(
+                index_next_at=retry_at,
+                progress_message=f"waiting for indexing: {reason}"[:500],
+                error=reason,
+                error_class="indexing_delayed",
+                updated_at=utcnow(),
+            )
         )
     return bool(res.rowcount)
 
@@ -691,7 +797,14 @@ async def fail_indexing(engine: AsyncEngine, job_id: str, reason: str) -> bool:
         res = await conn.execute(
             update(J)
             .where(J.c.id == job_id, J.c.state == RUNNING, J.c.stage == "index")
-            .values(state=JobState.failed.value, error=reason, error_class="indexing_failed",
-                    progress_message="indexing failed", finished_at=now, updated_at=now, index_next_at=None)
+            .values(
+                state=JobState.failed.value,
+                error=reason,
+                error_class="indexing_failed",
+                progress_message="indexing failed",
+                finished_at=now,
+                updated_at=now,
+                index_next_at=None,
+            )
         )
     return bool(res.rowcount)

@@ -50,8 +50,10 @@ def make_clip(path: Path) -> None:
 
     raw = path.with_suffix(".raw.wav")
     subprocess.run(["espeak-ng", "-s", "150", "-w", str(raw), PASSAGE], check=True)
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(raw), "-ac", "1", "-ar", "16000", str(path)],
-                   check=True)
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-y", "-i", str(raw), "-ac", "1", "-ar", "16000", str(path)],
+        check=True,
+    )
     raw.unlink()
 
 
@@ -82,13 +84,26 @@ def main() -> None:
         assert result is not None
         audio_s = float(result.metadata["duration"])
         best = min(walls[1:])
-        print(json.dumps({
-            "device": loaded.device, "compute_type": loaded.compute_type, "model": loaded.name,
-            "audio_s": round(audio_s, 1), "load_s": round(load_s, 2), "warmup_s": round(walls[0], 2),
-            "runs_s": [round(w, 2) for w in walls[1:]], "audio_min_per_min": round(audio_s / best, 1),
-            "words": result.metadata["word_count"], "cpu_count": os.cpu_count(),
-            "wer": round(word_error_rate(PASSAGE, " ".join(x["text"] for x in result.metadata["segments"])), 3),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "device": loaded.device,
+                    "compute_type": loaded.compute_type,
+                    "model": loaded.name,
+                    "audio_s": round(audio_s, 1),
+                    "load_s": round(load_s, 2),
+                    "warmup_s": round(walls[0], 2),
+                    "runs_s": [round(w, 2) for w in walls[1:]],
+                    "audio_min_per_min": round(audio_s / best, 1),
+                    "words": result.metadata["word_count"],
+                    "cpu_count": os.cpu_count(),
+                    "wer": round(
+                        word_error_rate(PASSAGE, " ".join(x["text"] for x in result.metadata["segments"])), 3
+                    ),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

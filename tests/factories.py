@@ -10,8 +10,9 @@ from api.keystore import Principal, Scope
 from protocol.states import LaneKind
 
 
-async def make_user(engine: Any, name: str, scope: Scope = Scope.worker, shared_fallback: bool = True
-                    ) -> tuple[Principal, str]:
+async def make_user(
+    engine: Any, name: str, scope: Scope = Scope.worker, shared_fallback: bool = True
+) -> tuple[Principal, str]:
     """Create a user (if needed) and a key of ``scope``; returns (principal, key)."""
     try:
         await keystore.create_user(engine, name, shared_fallback=shared_fallback)
@@ -23,16 +24,27 @@ async def make_user(engine: Any, name: str, scope: Scope = Scope.worker, shared_
     return who, key
 
 
-async def submit(store: Any, owner: Principal, content_type: str = "echo", lane: LaneKind = LaneKind.cpu,
-                 **kw: Any) -> str:
+async def submit(
+    store: Any, owner: Principal, content_type: str = "echo", lane: LaneKind = LaneKind.cpu, **kw: Any
+) -> str:
     return await jobstore.enqueue_job(
-        store.engine, store.notifier, store.settings, owner,
+        store.engine,
+        store.notifier,
+        store.settings,
+        owner,
         NewJob(content_type=content_type, lane_kind=lane, options=kw.pop("options", {}), **kw),
     )
 
 
-async def claim(store: Any, who: Principal, worker_id: str = "w1", lanes: tuple[LaneKind, ...] = (LaneKind.cpu,),
-                content_types: tuple[str, ...] = ("echo",), n: int = 1, claim_id: str | None = None) -> list[Any]:
+async def claim(
+    store: Any,
+    who: Principal,
+    worker_id: str = "w1",
+    lanes: tuple[LaneKind, ...] = (LaneKind.cpu,),
+    content_types: tuple[str, ...] = ("echo",),
+    n: int = 1,
+    claim_id: str | None = None,
+) -> list[Any]:
     return await jobstore.claim_jobs(
         store.engine, store.settings, who, worker_id, list(lanes), list(content_types), n, claim_id
     )

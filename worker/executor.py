@@ -8,6 +8,7 @@ internal, retryable error whose message names the exception so the user sees som
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,7 @@ from worker.errors import JobCanceled, OutOfMemory, ProcessingError, Unsupported
 from worker.processors import availability, load_processor
 from worker.processors.base import JobInput, ProcessorConfig, ProcessResult
 
+MAX_METADATA_DEPTH = 32  # the server refuses bodies nested deeper than 64 levels
 log = logging.getLogger("morag.worker.executor")
 
 _OOM_MARKERS = (
@@ -86,12 +88,27 @@ def execute(job: JobInput, config: ProcessorConfig, canceled: threading.Event | 
     return result
 
 
-def result_payload(result: ProcessResult) -> dict[str, Any]:
-    """Markdown and JSON-safe metadata for /worker/complete."""
-    import json
+def _clean(value: Any, depth: int = 0) -> Any:
+    """JSON the server accepts: no NUL characters, no NaN/Infinity, nesting within its limit."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, bool | int) or value is None:
+        return value
+    if depth >= MAX_METADATA_DEPTH:
+        return _clean(str(value))[:1000]
+    if isinstance(value, dict):
+        return {_clean(str(k)): _clean(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_clean(v, depth + 1) for v in value]
+    return _clean(str(value))
 
-    try:
-        metadata = json.loads(json.dumps(result.metadata, default=str))
-    except (TypeError, ValueError):
-        metadata = {"metadata_error": "metadata was not serialisable"}
-    return {"markdown": result.markdown, "metadata": metadata}
+
+def result_payload(result: ProcessResult) -> dict[str, Any]:
+    """Markdown and JSON-safe metadata for /worker/complete.
+
+    Text from a corrupt file can hold NUL bytes and numbers can be NaN; the server refuses both
+    (PostgreSQL cannot store them), so they are dropped here rather than losing the whole result.
+    """
+    return {"markdown": _clean(result.markdown), "metadata": _clean(result.metadata)}

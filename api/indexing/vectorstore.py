@@ -251,7 +251,7 @@ class VectorStore:
             for k, v in (("user_id", user_id), ("document_id", document_id))
             if v is not None
         ]
-        flt = qm.Filter(must=must) if must else None  # type: ignore[arg-type]
+        flt = qm.Filter(must=must) if must else None
         return await self._run(lambda c: c.count(self.collection, count_filter=flt, exact=True).count)
 
     async def search(

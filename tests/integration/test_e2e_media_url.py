@@ -78,22 +78,48 @@ def test_cookies_uploaded_through_the_api_reach_the_worker(live_server, site, tm
     server = live_server()
     log = (tmp_path / "worker.log").open("wb")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "worker", "--api-key", server.worker_key, "--server", server.url,
-         "--lanes", "gpu,cpu", "--content-types", "youtube", "--allow-private-urls",
-         "--whisper-model", str(media.tiny_en_model()), "--temp-dir", str(tmp_path / "work"), "--claim-wait", "2"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "--api-key",
+            server.worker_key,
+            "--server",
+            server.url,
+            "--lanes",
+            "gpu,cpu",
+            "--content-types",
+            "youtube",
+            "--allow-private-urls",
+            "--whisper-model",
+            str(media.tiny_en_model()),
+            "--temp-dir",
+            str(tmp_path / "work"),
+            "--claim-wait",
+            "2",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"{site}/talk.mp4"
     try:
-        first = server.api("POST", "/ingest/url", json={"url": url, "content_type": "youtube"}).json()["task_id"]
+        first = server.api("POST", "/ingest/url", json={"url": url, "content_type": "youtube"}).json()[
+            "task_id"
+        ]
         refused = wait_final(server, first)
-        cookies = ("# Netscape HTTP Cookie File\n"
-                   "127.0.0.1\tFALSE\t/\tFALSE\t0\tsession\tletmein\n"
-                   ".example.com\tTRUE\t/\tFALSE\t0\tother\tnot-for-this-site\n")
+        cookies = (
+            "# Netscape HTTP Cookie File\n"
+            "127.0.0.1\tFALSE\t/\tFALSE\t0\tsession\tletmein\n"
+            ".example.com\tTRUE\t/\tFALSE\t0\tother\tnot-for-this-site\n"
+        )
         r = server.api("PUT", "/cookies", content=cookies.encode(), headers={"Content-Type": "text/plain"})
         assert r.status_code == 200, r.text
         assert "letmein" not in r.text  # never returned in full
-        second = server.api("POST", "/ingest/url", json={"url": url, "content_type": "youtube"}).json()["task_id"]
+        second = server.api("POST", "/ingest/url", json={"url": url, "content_type": "youtube"}).json()[
+            "task_id"
+        ]
         done = wait_final(server, second)
     finally:
         worker.kill()

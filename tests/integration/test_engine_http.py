@@ -28,8 +28,9 @@ async def running_app(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClie
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=database_url, secret_key="s3cret",
-                    claim_recheck_s=5.0)
+    return Settings(
+        data_dir=tmp_path / "data", database_url=database_url, secret_key="s3cret", claim_recheck_s=5.0
+    )
 
 
 @pytest.fixture
@@ -42,7 +43,9 @@ async def api(settings: Settings):
             for scope in (Scope.client, Scope.worker):
                 keys[(user, scope.value)] = (await keystore.create_key(engine, user, scope))[1]
         await keystore.create_user(engine, "operator")
-        keys[("operator", "shared-worker")] = (await keystore.create_key(engine, "operator", Scope.shared_worker))[1]
+        keys[("operator", "shared-worker")] = (
+            await keystore.create_key(engine, "operator", Scope.shared_worker)
+        )[1]
         yield client, keys, app
 
 
@@ -54,14 +57,18 @@ CLAIM = {"worker_id": "w1", "lanes": ["cpu"], "content_types": ["echo"], "wait_s
 
 
 async def upload(client, key, data=b"hello world", content_type="echo"):
-    r = await client.post("/api/v1/ingest/file", headers={"X-API-Key": key},
-                          files={"file": ("hello.txt", data)}, data={"content_type": content_type})
+    r = await client.post(
+        "/api/v1/ingest/file",
+        headers={"X-API-Key": key},
+        files={"file": ("hello.txt", data)},
+        data={"content_type": content_type},
+    )
     assert r.status_code == 202, r.text
     return r.json()["task_id"]
 
 
 async def test_both_header_forms_and_refusals(api):
-    client, keys, app = api
+    client, keys, _ = api
     ck = keys[("alice", "client")]
     assert (await client.get("/api/v1/status/", headers=bearer(ck))).status_code == 200
     assert (await client.get("/api/v1/status/", headers={"X-API-Key": ck})).status_code == 200
@@ -71,8 +78,9 @@ async def test_both_header_forms_and_refusals(api):
     assert r.status_code == 401 and r.json()["code"] == "unauthorized"
     r = await client.post("/worker/claim", headers=bearer(ck), json=CLAIM)
     assert r.status_code == 403 and r.json()["code"] == "wrong_scope"
-    r = await client.post("/api/v1/ingest/url", headers=bearer(keys[("alice", "worker")]),
-                          json={"url": "https://example.com"})
+    r = await client.post(
+        "/api/v1/ingest/url", headers=bearer(keys[("alice", "worker")]), json={"url": "https://example.com"}
+    )
     assert r.status_code == 403
 
 
@@ -115,8 +123,11 @@ async def test_echo_job_end_to_end_over_the_protocol(api):
     assert body.status_code == 200 and body.content == b"# Notes\nhello"
     part = await client.get(job["download_url"], headers={**wk, "Range": "bytes=2-6"})
     assert part.status_code == 206 and part.content == b"Notes"
-    hb = await client.post("/worker/heartbeat", headers=wk,
-                           json={"job_id": task, "lease_token": job["lease_token"], "progress": 0.5, "message": "half"})
+    hb = await client.post(
+        "/worker/heartbeat",
+        headers=wk,
+        json={"job_id": task, "lease_token": job["lease_token"], "progress": 0.5, "message": "half"},
+    )
     assert hb.status_code == 200 and hb.json()["canceled"] is False
     status = (await client.get(f"/api/v1/status/{task}", headers=bearer(keys[("alice", "client")]))).json()
     assert status["progress"] == 0.5 and status["message"] == "half" and status["status"] == "running"
@@ -152,7 +163,9 @@ async def test_bob_cannot_see_or_cancel_alices_task(api):
     r = await client.get(f"/api/v1/status/{task}", headers=bob)
     assert r.status_code == 404 and r.json()["code"] == "task_not_found"
     assert (await client.delete(f"/api/v1/ingest/{task}", headers=bob)).status_code == 404
-    assert (await client.post("/worker/claim", headers=bearer(keys[("bob", "worker")]), json=CLAIM)).status_code == 204
+    assert (
+        await client.post("/worker/claim", headers=bearer(keys[("bob", "worker")]), json=CLAIM)
+    ).status_code == 204
 
 
 async def test_malformed_bodies_get_422_with_a_code(api):
@@ -161,7 +174,9 @@ async def test_malformed_bodies_get_422_with_a_code(api):
     for body in ({"worker_id": "w"}, {**CLAIM, "wait_s": 99}, {**CLAIM, "content_types": ["nope"]}):
         r = await client.post("/worker/claim", headers=wk, json=body)
         assert r.status_code == 422 and r.json()["code"] == "validation_error"
-    r = await client.post("/worker/claim", headers={**wk, "content-type": "application/json"}, content=b"{not json")
+    r = await client.post(
+        "/worker/claim", headers={**wk, "content-type": "application/json"}, content=b"{not json"
+    )
     assert r.status_code == 422
     r = await client.post("/worker/heartbeat", headers=wk, json={"job_id": "nope", "lease_token": "x"})
     assert r.status_code == 404 and r.json()["code"] == "job_not_found"
@@ -183,11 +198,14 @@ async def _claim_latencies(claim_client, submit_client, keys, rounds=9):
     ck = bearer(keys[("alice", "client")])
     latencies = []
     for _ in range(rounds):
-        claim = asyncio.create_task(claim_client.post("/worker/claim", headers=wk, json={**CLAIM, "wait_s": 10}))
+        claim = asyncio.create_task(
+            claim_client.post("/worker/claim", headers=wk, json={**CLAIM, "wait_s": 10})
+        )
         await asyncio.sleep(0.2)  # the claim is now waiting
         t0 = time.perf_counter()
-        r = await submit_client.post("/api/v1/ingest/url", headers=ck,
-                                     json={"url": "https://example.com/x", "content_type": "echo"})
+        r = await submit_client.post(
+            "/api/v1/ingest/url", headers=ck, json={"url": "https://example.com/x", "content_type": "echo"}
+        )
         assert r.status_code == 202
         r = await claim
         latencies.append(time.perf_counter() - t0)
@@ -214,7 +232,9 @@ async def test_wakeup_crosses_server_processes_via_listen_notify(api, settings):
 async def test_empty_long_poll_answers_204_after_wait(api):
     client, keys, _ = api
     t0 = time.perf_counter()
-    r = await client.post("/worker/claim", headers=bearer(keys[("alice", "worker")]), json={**CLAIM, "wait_s": 0.5})
+    r = await client.post(
+        "/worker/claim", headers=bearer(keys[("alice", "worker")]), json={**CLAIM, "wait_s": 0.5}
+    )
     assert r.status_code == 204 and 0.45 < time.perf_counter() - t0 < 3
 
 
@@ -222,12 +242,18 @@ async def test_workers_are_listed_with_their_jobs_and_queue_stats_are_real(api):
     client, keys, _ = api
     task = await upload(client, keys[("alice", "client")])
     await upload(client, keys[("alice", "client")])
-    await client.post("/worker/claim", headers=bearer(keys[("alice", "worker")]), json={**CLAIM, "name": "box"})
+    await client.post(
+        "/worker/claim", headers=bearer(keys[("alice", "worker")]), json={**CLAIM, "name": "box"}
+    )
     r = (await client.get("/api/v1/workers", headers=bearer(keys[("alice", "client")]))).json()
     assert [w["worker_id"] for w in r["workers"]] == ["w1"]
     assert r["workers"][0]["current_jobs"] == [task] and r["workers"][0]["online"]
-    assert (await client.get("/api/v1/workers", headers=bearer(keys[("bob", "client")]))).json()["workers"] == []
-    stats = (await client.get("/api/v1/status/stats/queues", headers=bearer(keys[("alice", "client")]))).json()
+    assert (await client.get("/api/v1/workers", headers=bearer(keys[("bob", "client")]))).json()[
+        "workers"
+    ] == []
+    stats = (
+        await client.get("/api/v1/status/stats/queues", headers=bearer(keys[("alice", "client")]))
+    ).json()
     cpu = next(lane for lane in stats["lanes"] if lane["lane"].startswith("cpu-tasks-"))
     assert cpu["queued"] == 1 and cpu["running"] == 1 and cpu["workers_online"] == 1
     assert cpu["oldest_queued_age_s"] >= 0
@@ -243,12 +269,22 @@ async def test_leases_that_ran_out_while_the_server_was_down_get_one_lease_of_gr
         wk = (await keystore.create_key(engine, "alice", Scope.worker))[1]
         a = await upload(client, ck)
         b = await upload(client, ck)
-        jobs = (await client.post("/worker/claim", headers=bearer(wk), json={**CLAIM, "max_jobs": 2})).json()["jobs"]
+        jobs = (await client.post("/worker/claim", headers=bearer(wk), json={**CLAIM, "max_jobs": 2})).json()[
+            "jobs"
+        ]
     await asyncio.sleep(2.0)  # the server is down; both leases run out meanwhile
     async with running_app(settings) as (client, _):
         done = next(j for j in jobs if j["job_id"] == a)
-        r = await client.post("/worker/complete", headers=bearer(wk), json={
-            "job_id": a, "lease_token": done["lease_token"], "markdown": "finished during the outage", "metadata": {}})
+        r = await client.post(
+            "/worker/complete",
+            headers=bearer(wk),
+            json={
+                "job_id": a,
+                "lease_token": done["lease_token"],
+                "markdown": "finished during the outage",
+                "metadata": {},
+            },
+        )
         assert r.status_code == 200, r.text  # the busy worker's result is not thrown away
         await asyncio.sleep(2.0)  # past the grace: the job nobody came back for is reclaimed
         status = (await client.get(f"/api/v1/status/{b}", headers=bearer(ck))).json()

@@ -70,8 +70,14 @@ async def test_killed_worker_job_is_reclaimed_after_lease_expiry_and_completed_o
     # The dead worker comes back: its completion is refused, the live one's is stored once.
     with pytest.raises(StaleLease):
         await jobstore.complete_job(store.engine, store.notifier, job, first.lease_token, "old", {})
-    assert await jobstore.complete_job(store.engine, store.notifier, job, second.lease_token, "new", {}) == "succeeded"
-    assert await jobstore.complete_job(store.engine, store.notifier, job, second.lease_token, "new", {}) == "succeeded"
+    assert (
+        await jobstore.complete_job(store.engine, store.notifier, job, second.lease_token, "new", {})
+        == "succeeded"
+    )
+    assert (
+        await jobstore.complete_job(store.engine, store.notifier, job, second.lease_token, "new", {})
+        == "succeeded"
+    )
     row = await jobstore.get_job(store.engine, alice.user_id, job)
     assert row["result"]["markdown"] == "new" and row["attempt"] == 2
 
@@ -83,8 +89,9 @@ async def test_stale_heartbeat_and_fail_are_refused(store):
     with pytest.raises(StaleLease):
         await jobstore.heartbeat(store.engine, store.settings, alice, job, "not-the-token", 0.5, "x")
     with pytest.raises(StaleLease):
-        await jobstore.fail_job(store.engine, store.notifier, store.settings, job, "nope", "e",
-                                ErrorClass.transient, True)
+        await jobstore.fail_job(
+            store.engine, store.notifier, store.settings, job, "nope", "e", ErrorClass.transient, True
+        )
 
 
 async def test_job_that_keeps_killing_workers_ends_dead(store):
@@ -106,14 +113,30 @@ async def test_fail_retryable_backs_off_then_dead(store):
     store.settings.max_attempts = 2
     job = await submit(store, alice)
     (r,) = await claim(store, alice)
-    state, retry_at = await jobstore.fail_job(store.engine, store.notifier, store.settings, job, r.lease_token,
-                                              "net down", ErrorClass.transient, True)
+    state, retry_at = await jobstore.fail_job(
+        store.engine,
+        store.notifier,
+        store.settings,
+        job,
+        r.lease_token,
+        "net down",
+        ErrorClass.transient,
+        True,
+    )
     assert state == "queued" and retry_at > utcnow() - timedelta(seconds=1)
     assert await claim(store, alice) == []  # not before its backoff
     await asyncio.sleep(0.1)
     (r2,) = await claim(store, alice)
-    state, _ = await jobstore.fail_job(store.engine, store.notifier, store.settings, job, r2.lease_token,
-                                       "net down", ErrorClass.transient, True)
+    state, _ = await jobstore.fail_job(
+        store.engine,
+        store.notifier,
+        store.settings,
+        job,
+        r2.lease_token,
+        "net down",
+        ErrorClass.transient,
+        True,
+    )
     assert state == "dead"
     row = await jobstore.get_job(store.engine, alice.user_id, job)
     assert "gave up after 2 attempts" in row["error"]
@@ -123,13 +146,29 @@ async def test_non_retryable_fails_and_shutdown_release_requeues_at_once(store):
     alice, _ = await make_user(store.engine, "alice")
     a = await submit(store, alice)
     (r,) = await claim(store, alice)
-    state, _ = await jobstore.fail_job(store.engine, store.notifier, store.settings, a, r.lease_token,
-                                       "corrupt file", ErrorClass.bad_input, False)
+    state, _ = await jobstore.fail_job(
+        store.engine,
+        store.notifier,
+        store.settings,
+        a,
+        r.lease_token,
+        "corrupt file",
+        ErrorClass.bad_input,
+        False,
+    )
     assert state == "failed"
     b = await submit(store, alice)
     (r,) = await claim(store, alice, "w1")
-    state, _ = await jobstore.fail_job(store.engine, store.notifier, store.settings, b, r.lease_token,
-                                       "worker stopping", ErrorClass.shutdown, True)
+    state, _ = await jobstore.fail_job(
+        store.engine,
+        store.notifier,
+        store.settings,
+        b,
+        r.lease_token,
+        "worker stopping",
+        ErrorClass.shutdown,
+        True,
+    )
     assert state == "queued"
     (again,) = await claim(store, alice, "w2")
     assert again.id == b and again.attempt == 1  # the give-back did not cost an attempt
@@ -143,7 +182,9 @@ async def test_cancel_queued_never_runs_and_running_learns_at_heartbeat(store):
     running = await submit(store, alice)
     (r,) = await claim(store, alice)
     await jobstore.cancel_job(store.engine, alice.user_id, running)
-    _, canceled = await jobstore.heartbeat(store.engine, store.settings, alice, running, r.lease_token, 0.5, "")
+    _, canceled = await jobstore.heartbeat(
+        store.engine, store.settings, alice, running, r.lease_token, 0.5, ""
+    )
     assert canceled is True
     with pytest.raises(JobCanceledError):
         await jobstore.complete_job(store.engine, store.notifier, running, r.lease_token, "late", {})

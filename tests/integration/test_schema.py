@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -30,7 +29,9 @@ async def test_migrations_match_models(database_url):
     await engine.dispose()
     # Alembic cannot reflect expression indexes (priority DESC) on every backend: check it by name.
     expression_index = "ix_jobs_claim_lane"
-    changes = [c for c in changes if not (c[0] in ("add_index", "remove_index") and c[1].name == expression_index)]
+    changes = [
+        c for c in changes if not (c[0] in ("add_index", "remove_index") and c[1].name == expression_index)
+    ]
     assert changes == []
     assert expression_index in indexes
 
@@ -54,17 +55,27 @@ async def test_claim_uses_its_partial_index_on_postgres(store):
     template = await submit(store, bob)
     async with store.engine.begin() as conn:
         # Many finished rows and another user's deep queue: the index must pick alice's lane out.
-        await conn.execute(text(
-            "INSERT INTO jobs (id, user_id, lane, content_type, kind, options, state, stage, priority, attempt, "
-            "max_attempts, run_after, created_at, progress, index_attempts) "
-            "SELECT md5(g::text), user_id, lane, content_type, kind, options, "
-            "CASE WHEN g % 2 = 0 THEN 'succeeded' ELSE 'queued' END, stage, priority, attempt, max_attempts, "
-            "run_after, created_at, progress, index_attempts FROM jobs, generate_series(1, 20000) g "
-            f"WHERE jobs.id = '{template}'"
-        ))
+        await conn.execute(
+            text(
+                "INSERT INTO jobs (id, user_id, lane, content_type, kind, options, state, stage, "
+                "priority, attempt, max_attempts, run_after, created_at, progress, index_attempts) "
+                "SELECT md5(g::text), user_id, lane, content_type, kind, options, "
+                "CASE WHEN g % 2 = 0 THEN 'succeeded' ELSE 'queued' END, stage, priority, attempt, "
+                "max_attempts, run_after, created_at, progress, index_attempts "
+                "FROM jobs, generate_series(1, 20000) g "
+                f"WHERE jobs.id = '{template}'"
+            )
+        )
         await conn.execute(text("ANALYZE jobs"))
-        stmt = claim_statement("postgresql", alice, [LaneKind.cpu], ["echo"], 5, utcnow(),
-                               {"state": "running", "lease_token": "t"})
+        stmt = claim_statement(
+            "postgresql",
+            alice,
+            [LaneKind.cpu],
+            ["echo"],
+            5,
+            utcnow(),
+            {"state": "running", "lease_token": "t"},
+        )
         sql = str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
         plan = "\n".join((await conn.execute(text("EXPLAIN " + sql))).scalars().all())
     assert "ix_jobs_claim_lane" in plan, plan

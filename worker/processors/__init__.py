@@ -41,7 +41,10 @@ def availability(content_type: str) -> tuple[bool, str]:
     """(True, "") when the content type can be processed here, else (False, the fix)."""
     proc = load_processor(content_type)
     if proc is None:
-        return False, f"the processor for {content_type!r} cannot be imported: pip install '.[media,documents]'"
+        return (
+            False,
+            f"the processor for {content_type!r} cannot be imported: pip install '.[media,documents]'",
+        )
     return proc.available()
 
 

@@ -18,14 +18,19 @@ Tomatoes need six hours of direct sunlight and deep watering twice a week.
 
 A compost heap turns kitchen scraps into humus within three months when it is turned weekly.
 """
-DOC_META = {"sections": [{"heading": "Tomatoes", "level": 2, "page_start": 1, "page_end": 1},
-                         {"heading": "Compost", "level": 2, "page_start": 2, "page_end": 2}]}
+DOC_META = {
+    "sections": [
+        {"heading": "Tomatoes", "level": 2, "page_start": 1, "page_end": 1},
+        {"heading": "Compost", "level": 2, "page_start": 2, "page_end": 2},
+    ]
+}
 
 
 async def ingest_and_process(env, markdown: str, worker_meta: dict[str, Any], **fields: Any) -> str:
     data = {"content_type": "document", **fields}
-    r = await env.client.post("/api/v1/ingest/file", headers=env.alice, data=data,
-                              files={"file": ("garden.md", markdown.encode())})
+    r = await env.client.post(
+        "/api/v1/ingest/file", headers=env.alice, data=data, files={"file": ("garden.md", markdown.encode())}
+    )
     assert r.status_code == 202, r.text
     task_id = r.json()["task_id"]
     (job,) = await claim(env, ["document"])
@@ -118,7 +123,9 @@ async def test_hard_embedding_failure_fails_the_task_loudly(env, monkeypatch):
 async def test_search_bad_input(env):
     r = await env.client.post("/api/v1/search", headers=env.alice, json={"query": ""})
     check_error(r, "/api/v1/search", 422, "validation_error")
-    r = await env.client.post("/api/v1/search", headers=env.alice, json={"query": "x", "filters": {"a": {"b": 1}}})
+    r = await env.client.post(
+        "/api/v1/search", headers=env.alice, json={"query": "x", "filters": {"a": {"b": 1}}}
+    )
     check_error(r, "/api/v1/search", 400, "invalid_filter")
     r = await env.client.post("/api/v1/search", headers=env.worker, json={"query": "x"})
     check_error(r, "/api/v1/search", 403, "wrong_scope")

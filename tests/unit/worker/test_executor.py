@@ -127,3 +127,30 @@ def test_echo_sleep_option_is_validated(tmp_path: Path) -> None:
 def test_metadata_is_made_json_safe() -> None:
     out = result_payload(ProcessResult(markdown="x", metadata={"path": Path("/a"), "n": 1}))
     assert out["metadata"] == {"path": "/a", "n": 1}
+
+
+def test_result_payload_drops_what_the_server_refuses():
+    from worker.executor import result_payload
+    from worker.processors.base import ProcessResult
+
+    deep: dict = {}
+    cur = deep
+    for _ in range(100):
+        cur["x"] = {}
+        cur = cur["x"]
+    payload = result_payload(ProcessResult(
+        markdown="page\x00one",
+        metadata={"score": float("nan"), "big": float("inf"), "title": "a\x00b", "deep": deep, "n": 3,
+                  "tags": ("a", "b"), "path": __import__("pathlib").Path("/x")},
+    ))
+    assert payload["markdown"] == "pageone"
+    meta = payload["metadata"]
+    assert meta["score"] is None and meta["big"] is None and meta["title"] == "ab" and meta["n"] == 3
+    assert meta["tags"] == ["a", "b"] and meta["path"] == "/x"
+    depth, cur = 0, meta["deep"]
+    while isinstance(cur, dict):
+        depth, cur = depth + 1, cur["x"]
+    assert depth < 64
+    import json
+
+    json.dumps(payload, allow_nan=False)  # what the server accepts
