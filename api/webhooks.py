@@ -2,8 +2,11 @@
 
 Body: ``{task_id, status, result, error, completed_at, batch_id, document_id}`` where
 ``completed_at`` is the job's real finish time. Header ``X-Morag-Signature: t=TS,v1=HEX`` with
-HEX = HMAC-SHA256(server secret, ``f"{TS}.{body}"``) (``protocol.signing.sign_body``), so a
-receiver can verify the sender and refuse replays. A non-2xx answer or a network error is retried
+HEX = HMAC-SHA256(the user's webhook secret, ``f"{TS}.{body}"``) (``protocol.signing.sign_body``),
+so a receiver can verify the sender and refuse replays. The webhook secret is derived per user
+from the server secret (``GET /api/v1/webhooks/secret`` shows it to its user): it reveals neither
+the server secret (which signs download links and encrypts cookies) nor other users' secrets.
+A non-2xx answer or a network error is retried
 with exponential backoff until ``webhook_retry_s`` after the job ended; every attempt is a row in
 ``webhook_deliveries``. Deliveries start from ``AppState.on_job_changed`` and from a periodic
 sweep, so a restart (or a state change made by another process) loses nothing.
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import time
@@ -32,6 +37,11 @@ from protocol.urlguard import UnsafeURL, check_url
 log = logging.getLogger("morag.webhooks")
 D = WebhookDelivery.__table__  # type: ignore[attr-defined]
 SIGNATURE_HEADER = "X-Morag-Signature"
+
+
+def user_secret(server_secret: bytes, user_id: int | None) -> str:
+    """The key one user verifies their webhooks with (hex)."""
+    return hmac.new(server_secret, f"morag-webhook:{user_id}".encode(), hashlib.sha256).hexdigest()
 
 
 def signature_header(secret: bytes, body: bytes, timestamp: int | None = None) -> str:
@@ -152,7 +162,7 @@ class WebhookSender:
         body = json.dumps(payload(job), separators=(",", ":")).encode()
         while True:
             attempts += 1
-            status, error = await self._post(job["webhook_url"], body)
+            status, error = await self._post(job["webhook_url"], body, job["user_id"])
             await _record(self.state, job_id, attempts, status, error)
             if status is not None and 200 <= status < 300:
                 return
@@ -162,14 +172,14 @@ class WebhookSender:
                 return
             await asyncio.sleep(delay)
 
-    async def _post(self, url: str, body: bytes) -> tuple[int | None, str | None]:
+    async def _post(self, url: str, body: bytes, user_id: int | None) -> tuple[int | None, str | None]:
         try:
             # Checked again at delivery: the name may resolve elsewhere than at submission.
             await asyncio.to_thread(check_url, url, self.state.settings.webhook_allow_private)
             headers = {
                 "Content-Type": "application/json",
                 "User-Agent": "morag-remote webhook",
-                SIGNATURE_HEADER: signature_header(self.state.secret, body),
+                SIGNATURE_HEADER: signature_header(user_secret(self.state.secret, user_id).encode(), body),
             }
             resp = await self.client.post(url, content=body, headers=headers)
         except UnsafeURL as exc:

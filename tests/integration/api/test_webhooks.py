@@ -20,6 +20,9 @@ from api.models import Job
 from protocol.signing import sign_body
 from tests.integration.api.conftest import Env, make_settings
 
+# alice is the first user (id 1) of every test app; the server secret is "test-secret".
+USER_SECRET = webhooks.user_secret(b"test-secret", 1).encode()
+
 
 class Receiver:
     """A tiny HTTP server on 127.0.0.1 answering from a script of status codes (then 200)."""
@@ -57,10 +60,21 @@ class Receiver:
         self.server.close()
 
 
-def _verify(call: dict[str, Any], secret: bytes = b"test-secret") -> dict[str, Any]:
+def _verify(call: dict[str, Any], secret: bytes = USER_SECRET) -> dict[str, Any]:
     sig = dict(p.split("=", 1) for p in call["headers"]["x-morag-signature"].split(","))
     assert hmac.compare_digest(sig["v1"], sign_body(secret, call["body"], int(sig["t"])))
+    # The server's own secret (download links, cookies) is not what signs webhooks.
+    assert not hmac.compare_digest(sig["v1"], sign_body(b"test-secret", call["body"], int(sig["t"])))
     return dict(json.loads(call["body"]))
+
+
+async def test_each_user_gets_a_webhook_secret_of_their_own(env: Env) -> None:
+    alice = (await env.client.get("/api/v1/webhooks/secret", headers=env.alice)).json()
+    bob = (await env.client.get("/api/v1/webhooks/secret", headers=env.bob)).json()
+    assert alice["secret"].encode() == USER_SECRET and alice["header"] == "X-Morag-Signature"
+    assert bob["secret"] != alice["secret"] and "test-secret" not in alice["secret"]
+    resp = await env.client.get("/api/v1/webhooks/secret", headers=env.worker)
+    assert resp.status_code == 403
 
 
 async def _submit(env: Env, hook: str) -> str:
