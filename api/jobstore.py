@@ -225,11 +225,16 @@ def claim_statement(
         )
     else:
         cand = select(J.c.id).where(cond).order_by(*order).limit(max_jobs)
+    return _lock_and_update(dialect, cand, values, _RETURNED)
+
+
+def _lock_and_update(dialect: str, cand: Any, values: dict[str, Any], returning: tuple[Any, ...]) -> Any:
+    """``UPDATE jobs ... WHERE id IN (cand FOR UPDATE SKIP LOCKED) RETURNING ...`` in one statement."""
     if dialect == "postgresql":
         locked = cand.with_for_update(of=J, skip_locked=True).cte("locked")
-        return update(J).where(J.c.id == locked.c.id).values(**values).returning(*_RETURNED)
+        return update(J).where(J.c.id == locked.c.id).values(**values).returning(*returning)
     # SQLite: BEGIN IMMEDIATE already serialises writers, so the plain subquery is atomic.
-    return update(J).where(J.c.id.in_(cand.scalar_subquery())).values(**values).returning(*_RETURNED)
+    return update(J).where(J.c.id.in_(cand.scalar_subquery())).values(**values).returning(*returning)
 
 
 async def claim_jobs(
@@ -741,70 +746,69 @@ async def claim_index_work(engine: AsyncEngine, limit: int, hold_s: float) -> li
     cand = select(J.c.id).where(due).order_by(J.c.index_next_at, J.c.id).limit(limit)
     values = {"index_next_at": now + timedelta(seconds=hold_s), "index_attempts": J.c.index_attempts + 1}
     async with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            locked = cand.with_for_update(of=J, skip_locked=True).cte("locked")
-            stmt = update(J).where(J.c.id == locked.c.id).values(**values).returning(*J.c)
-        else:
-            stmt = update(J).where(J.c.id.in_(cand.scalar_subquery())).values(**values).returning(*J.c)
+        stmt = _lock_and_update(conn.dialect.name, cand, values, tuple(J.c))
         rows = (await conn.execute(stmt)).mappings().all()
     return [dict(r) for r in rows]
 
 
-async def finish_indexing(engine: AsyncEngine, job_id: str, result: dict[str, Any], message: str) -> bool:
-    """Indexed: the ingest job succeeds (unless it was canceled meanwhile)."""
-    now = utcnow()
+async def _update_indexing(engine: AsyncEngine, job_id: str, values: dict[str, Any]) -> bool:
+    """Change an ingest job still in its indexing stage (a canceled one stays canceled)."""
     async with engine.begin() as conn:
         res = await conn.execute(
-            update(J)
-            .where(J.c.id == job_id, J.c.state == RUNNING, J.c.stage == "index")
-            .values(
-                state=JobState.succeeded.value,
-                stage="done",
-                result=result,
-                progress=1.0,
-                progress_message=message,
-                finished_at=now,
-                updated_at=now,
-                index_next_at=None,
-                error=None,
-                error_class=None,
-            )
+            update(J).where(J.c.id == job_id, J.c.state == RUNNING, J.c.stage == "index").values(**values)
         )
     return bool(res.rowcount)
+
+
+async def finish_indexing(engine: AsyncEngine, job_id: str, result: dict[str, Any], message: str) -> bool:
+    """Indexed: the ingest job succeeds."""
+    now = utcnow()
+    return await _update_indexing(
+        engine,
+        job_id,
+        {
+            "state": JobState.succeeded.value,
+            "stage": "done",
+            "result": result,
+            "progress": 1.0,
+            "progress_message": message,
+            "finished_at": now,
+            "updated_at": now,
+            "index_next_at": None,
+            "error": None,
+            "error_class": None,
+        },
+    )
 
 
 async def defer_indexing(engine: AsyncEngine, job_id: str, retry_at: datetime, reason: str) -> bool:
     """Indexing hit a passing outage: show why on the task and try again at ``retry_at``."""
-    async with engine.begin() as conn:
-        res = await conn.execute(
-            update(J)
-            .where(J.c.id == job_id, J.c.state == RUNNING, J.c.stage == "index")
-            .values(
-                index_next_at=retry_at,
-                progress_message=f"waiting for indexing: {reason}"[:500],
-                error=reason,
-                error_class="indexing_delayed",
-                updated_at=utcnow(),
-            )
-        )
-    return bool(res.rowcount)
+    return await _update_indexing(
+        engine,
+        job_id,
+        {
+            "index_next_at": retry_at,
+            "progress_message": f"waiting for indexing: {reason}"[:500],
+            "error": reason,
+            "error_class": "indexing_delayed",
+            "updated_at": utcnow(),
+        },
+    )
 
 
 async def fail_indexing(engine: AsyncEngine, job_id: str, reason: str) -> bool:
     """Indexing failed for good: the task ends ``failed`` (its processed result is kept)."""
     now = utcnow()
-    async with engine.begin() as conn:
-        res = await conn.execute(
-            update(J)
-            .where(J.c.id == job_id, J.c.state == RUNNING, J.c.stage == "index")
-            .values(
-                state=JobState.failed.value,
-                error=reason,
-                error_class="indexing_failed",
-                progress_message="indexing failed",
-                finished_at=now,
-                updated_at=now,
-                index_next_at=None,
-            )
-        )
-    return bool(res.rowcount)
+    return await _update_indexing(
+        engine,
+        job_id,
+        {
+            "state": JobState.failed.value,
+            "error": reason,
+            "error_class": "indexing_failed",
+            "progress_message": "indexing failed",
+            "finished_at": now,
+            "updated_at": now,
+            "index_next_at": None,
+        },
+    )

@@ -133,6 +133,17 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def wait_final(self, task_id: str, timeout: float = 180) -> dict[str, Any]:
+        """The task's status once it is final (fails the test after ``timeout`` seconds)."""
+        deadline = time.monotonic() + timeout
+        body: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            body = self.api("GET", f"/status/{task_id}").json()
+            if body["status"] in {"succeeded", "failed", "dead", "canceled"}:
+                return body
+            time.sleep(0.2)
+        raise AssertionError(f"task {task_id} not final after {timeout} s: {body}")
+
     def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
         """A client-key request to /api/v1."""
         headers = {"Authorization": f"Bearer {self.client_key}", **kw.pop("headers", {})}

@@ -10,11 +10,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -64,16 +62,6 @@ def site(tmp_path: Path) -> Iterator[str]:
     httpd.shutdown()
 
 
-def wait_final(server: Any, task_id: str, timeout: float = 180) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = server.api("GET", f"/status/{task_id}").json()
-        if body["status"] in {"succeeded", "failed", "dead", "canceled"}:
-            return dict(body)
-        time.sleep(0.2)
-    raise AssertionError(f"task {task_id} not final: {body}")
-
-
 def test_cookies_uploaded_through_the_api_reach_the_worker(live_server, site, tmp_path):
     server = live_server()
     log = (tmp_path / "worker.log").open("wb")
@@ -108,7 +96,7 @@ def test_cookies_uploaded_through_the_api_reach_the_worker(live_server, site, tm
         first = server.api("POST", "/ingest/url", json={"url": url, "content_type": "youtube"}).json()[
             "task_id"
         ]
-        refused = wait_final(server, first)
+        refused = server.wait_final(first)
         cookies = (
             "# Netscape HTTP Cookie File\n"
             "127.0.0.1\tFALSE\t/\tFALSE\t0\tsession\tletmein\n"
@@ -120,7 +108,7 @@ def test_cookies_uploaded_through_the_api_reach_the_worker(live_server, site, tm
         second = server.api("POST", "/ingest/url", json={"url": url, "content_type": "youtube"}).json()[
             "task_id"
         ]
-        done = wait_final(server, second)
+        done = server.wait_final(second)
     finally:
         worker.kill()
         worker.wait(10)

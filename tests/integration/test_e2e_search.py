@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +36,6 @@ def pdf_pages(path: Path, pages: list[tuple[str, str]]) -> Path:
         c.showPage()
     c.save()
     return path
-
-
-def wait_final(server: Any, task_id: str, timeout: float = 180) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = server.api("GET", f"/status/{task_id}").json()
-        if body["status"] in {"succeeded", "failed", "dead", "canceled"}:
-            return dict(body)
-        time.sleep(0.2)
-    raise AssertionError(f"task {task_id} not final after {timeout} s: {body}")
 
 
 def search(url: str, key: str, query: str) -> list[dict[str, Any]]:
@@ -78,7 +67,7 @@ def test_document_and_speech_are_searchable_with_their_locations(live_server, tm
                                data={"content_type": ctype})
             assert r.status_code == 202, r.text
             tasks[ctype] = r.json()["task_id"]
-        done = {ctype: wait_final(server, t) for ctype, t in tasks.items()}
+        done = {ctype: server.wait_final(t) for ctype, t in tasks.items()}
     finally:
         worker.kill()
         worker.wait(10)
