@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -65,48 +66,46 @@ async def _live_lanes(conn: AsyncConnection, user_id: int, since: datetime) -> t
     return bool(row[0]), bool(row[1])
 
 
-async def _insert_job(
-    conn: AsyncConnection, settings: Settings, owner: Principal, job: NewJob, now: datetime
-) -> str:
-    """Insert one queued job in its lane with its fallback times (inside the caller's transaction)."""
+def _job_row(
+    settings: Settings, owner: Principal, job: NewJob, now: datetime, live: tuple[bool, bool]
+) -> dict[str, Any]:
+    """The row of one queued job in its lane, with its fallback times from the owner's live lanes."""
     user_id = owner.user_id
     kind = LaneKind.default if user_id is None else job.lane_kind
     fallback_at = shared_at = None
-    job_id = new_id()
     if user_id is not None and kind is not LaneKind.default:
-        gpu_live, cpu_live = await _live_lanes(conn, user_id, _live_since(settings, now))
+        gpu_live, cpu_live = live
         if kind is LaneKind.gpu and owner.cpu_fallback:
             fallback_at = now if not gpu_live else now + timedelta(seconds=settings.fallback_after_s)
         if owner.shared_fallback:
             own_live = (gpu_live or (cpu_live and owner.cpu_fallback)) if kind is LaneKind.gpu else cpu_live
             shared_at = now if not own_live else now + timedelta(seconds=settings.shared_fallback_after_s)
-    await conn.execute(
-        J.insert().values(
-            id=job_id,
-            user_id=user_id,
-            lane=lane_name(kind, user_id),
-            content_type=job.content_type,
-            kind=job.kind,
-            file_id=job.file_id,
-            source_url=job.source_url,
-            options=job.options or {},
-            state=QUEUED,
-            stage="process",
-            priority=job.priority,
-            attempt=0,
-            max_attempts=settings.max_attempts,
-            run_after=now,
-            fallback_at=fallback_at,
-            shared_at=shared_at,
-            batch_id=job.batch_id,
-            document_id=job.document_id,
-            webhook_url=job.webhook_url,
-            index_options=job.index_options,
-            created_at=now,
-            updated_at=now,
-        )
+    return dict(
+        id=new_id(),
+        user_id=user_id,
+        lane=lane_name(kind, user_id),
+        content_type=job.content_type,
+        kind=job.kind,
+        file_id=job.file_id,
+        source_url=job.source_url,
+        options=job.options or {},
+        state=QUEUED,
+        stage="process",
+        priority=job.priority,
+        attempt=0,
+        max_attempts=settings.max_attempts,
+        run_after=now,
+        fallback_at=fallback_at,
+        shared_at=shared_at,
+        batch_id=job.batch_id,
+        document_id=job.document_id,
+        webhook_url=job.webhook_url,
+        index_options=job.index_options,
+        created_at=now,
+        updated_at=now,
+        progress=0.0,
+        index_attempts=0,
     )
-    return job_id
 
 
 async def enqueue_job(
@@ -122,10 +121,32 @@ async def enqueue_jobs(
     """Insert several queued jobs in one transaction (a batch is all or nothing)."""
     now = utcnow()
     async with engine.begin() as conn:
-        ids = [await _insert_job(conn, settings, owner, job, now) for job in jobs]
+        live = (False, False)
+        if owner.user_id is not None:
+            live = await _live_lanes(conn, owner.user_id, _live_since(settings, now))
+        rows = [_job_row(settings, owner, job, now, live) for job in jobs]
+        await conn.execute(J.insert(), rows)  # one executemany for the whole batch
         await notifier.publish(conn)
     notifier.wake()
-    return ids
+    return [row["id"] for row in rows]
+
+
+# Presence is refreshed at most this often per worker and process (a long-polling claim re-runs
+# every second): worker_ttl is a minute, so this costs nothing in accuracy and saves a write.
+PRESENCE_REFRESH_S = 5.0
+_presence: dict[tuple[int, str | None, str, tuple[Any, ...]], float] = {}
+
+
+def _presence_fresh(engine: AsyncEngine, who: Principal, worker_id: str, shape: tuple[Any, ...]) -> bool:
+    """True when this worker's row was written recently with the same lanes and types."""
+    key = (id(engine), who.key_id, worker_id, shape)
+    now = time.monotonic()
+    if now - _presence.get(key, -PRESENCE_REFRESH_S) < PRESENCE_REFRESH_S:
+        return True
+    if len(_presence) > 10_000:  # a bound, not a cache policy: workers come and go
+        _presence.clear()
+    _presence[key] = now
+    return False
 
 
 def _upsert_worker(
@@ -267,7 +288,8 @@ async def claim_jobs(
         progress_message="claimed",
     )
     async with engine.begin() as conn:
-        await _upsert_worker(conn, who, worker_id, lanes, content_types, name, version, now)
+        if not _presence_fresh(engine, who, worker_id, (tuple(lanes), tuple(content_types), name, version)):
+            await _upsert_worker(conn, who, worker_id, lanes, content_types, name, version, now)
         stmt = claim_statement(conn.dialect.name, who, lanes, content_types, max_jobs, now, values)
         rows = (await conn.execute(stmt)).all()
     return sorted(rows, key=lambda r: (-r.priority, r.id))
