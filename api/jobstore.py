@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, literal, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -178,20 +178,6 @@ def _upsert_worker(
     return conn.execute(ins.on_conflict_do_update(index_elements=[W.c.key_id, W.c.worker_id], set_=changed))
 
 
-def _eligible(who: Principal, lanes: list[LaneKind], content_types: list[str], now: datetime) -> Any:
-    base = and_(J.c.state == QUEUED, J.c.run_after <= now, J.c.content_type.in_(content_types))
-    if who.scope is Scope.shared_worker:
-        # The operator's workers: the default lane, plus users' jobs once their shared fallback is due.
-        return and_(base, or_(J.c.lane == DEFAULT_LANE, J.c.shared_at <= now))
-    own = [lane_name(k, who.user_id) for k in lanes if k is not LaneKind.default]
-    if LaneKind.cpu in lanes and LaneKind.gpu not in lanes:
-        # A CPU-only worker may also take its user's GPU-lane jobs once their fallback is due.
-        # Written as one lane list so the planner walks ix_jobs_claim_lane (lane = ANY(...)).
-        gpu = lane_name(LaneKind.gpu, who.user_id)
-        return and_(base, J.c.lane.in_([*own, gpu]), or_(J.c.lane != gpu, J.c.fallback_at <= now))
-    return and_(base, J.c.lane.in_(own))
-
-
 _RETURNED: tuple[Any, ...] = (
     J.c.id,
     J.c.lease_token,
@@ -219,34 +205,83 @@ async def replay_claim(engine: AsyncEngine, who: Principal, claim_id: str) -> li
     return sorted(rows, key=lambda r: (-r.priority, r.id))
 
 
-def claim_statement(
-    dialect: str,
-    who: Principal,
-    lanes: list[LaneKind],
-    content_types: list[str],
-    max_jobs: int,
-    now: datetime,
-    values: dict[str, Any],
-) -> Any:
-    """The one atomic claim: lock up to ``max_jobs`` eligible rows (SKIP LOCKED) and lease them."""
-    cond = _eligible(who, lanes, content_types, now)
-    order = (J.c.priority.desc(), J.c.id)
+# The claim is built once per shape and reused with bound parameters: building the expression
+# costs more Python time than PostgreSQL needs to run it.
+_P_NOW = bindparam("now", type_=J.c.run_after.type)
+_CLAIM_VALUES: dict[str, Any] = dict(
+    state=RUNNING,
+    attempt=J.c.attempt + 1,
+    lease_token=bindparam("token", type_=J.c.lease_token.type),
+    lease_expires_at=bindparam("expires", type_=J.c.lease_expires_at.type),
+    claim_id=bindparam("claim_id", type_=J.c.claim_id.type),
+    worker_id=bindparam("worker_id", type_=J.c.worker_id.type),
+    worker_key_id=bindparam("key_id", type_=J.c.worker_key_id.type),
+    started_at=_P_NOW,
+    updated_at=_P_NOW,
+    progress=0.0,
+    progress_message="claimed",
+)
+_claim_cache: dict[tuple[str, str], Any] = {}
+
+
+def _claim_shape(who: Principal, lanes: list[LaneKind]) -> str:
     if who.scope is Scope.shared_worker:
+        return "shared"  # the default lane, plus users' jobs once their shared fallback is due
+    if LaneKind.cpu in lanes and LaneKind.gpu not in lanes:
+        return "cpu"  # its user's lanes, plus GPU-lane jobs once their CPU fallback is due
+    return "own"
+
+
+def _build_claim(dialect: str, shape: str) -> Any:
+    base = and_(
+        J.c.state == QUEUED,
+        J.c.run_after <= _P_NOW,
+        J.c.content_type.in_(bindparam("ctypes", expanding=True)),
+    )
+    order = (J.c.priority.desc(), J.c.id)
+    if shape == "shared":
+        cond = and_(base, or_(J.c.lane == DEFAULT_LANE, J.c.shared_at <= _P_NOW))
         # Fairness: the first job of every user before the second job of any user.
         rank = func.row_number().over(partition_by=J.c.user_id, order_by=order)
         ranked = select(J.c.id.label("id"), rank.label("rn")).where(cond).subquery("ranked")
-        top = select(ranked.c.id, ranked.c.rn).order_by(ranked.c.rn, ranked.c.id).limit(max_jobs * 2 + 8)
+        top = select(ranked.c.id, ranked.c.rn).order_by(ranked.c.rn, ranked.c.id).limit(bindparam("top_n"))
         top_sq = top.subquery("top")
         cand = (
             select(J.c.id)
             .join(top_sq, top_sq.c.id == J.c.id)
             .where(J.c.state == QUEUED)
             .order_by(top_sq.c.rn, J.c.id)
-            .limit(max_jobs)
+            .limit(bindparam("n"))
         )
     else:
-        cand = select(J.c.id).where(cond).order_by(*order).limit(max_jobs)
-    return _lock_and_update(dialect, cand, values, _RETURNED)
+        # One lane list (lane = ANY(...)), so the planner walks ix_jobs_claim_lane.
+        cond = and_(base, J.c.lane.in_(bindparam("lanes", expanding=True)))
+        if shape == "cpu":
+            gpu = bindparam("gpu_lane", type_=J.c.lane.type)
+            cond = and_(cond, or_(J.c.lane != gpu, J.c.fallback_at <= _P_NOW))
+        cand = select(J.c.id).where(cond).order_by(*order).limit(bindparam("n"))
+    return _lock_and_update(dialect, cand, _CLAIM_VALUES, _RETURNED)
+
+
+def claim_statement(
+    dialect: str, who: Principal, lanes: list[LaneKind], content_types: list[str], max_jobs: int
+) -> tuple[Any, dict[str, Any]]:
+    """The one atomic claim (lock up to ``max_jobs`` eligible rows, SKIP LOCKED, and lease them)
+    and the parameters that pick this worker's lanes and types; add now, token, expires, ids."""
+    shape = _claim_shape(who, lanes)
+    stmt = _claim_cache.get((dialect, shape))
+    if stmt is None:
+        stmt = _claim_cache[(dialect, shape)] = _build_claim(dialect, shape)
+    params: dict[str, Any] = {"ctypes": list(content_types), "n": max_jobs}
+    if shape == "shared":
+        params["top_n"] = max_jobs * 2 + 8
+    else:
+        own = [lane_name(k, who.user_id) for k in lanes if k is not LaneKind.default]
+        if shape == "cpu":
+            params["gpu_lane"] = lane_name(LaneKind.gpu, who.user_id)
+            own.append(params["gpu_lane"])
+        params["lanes"] = own
+    return stmt, params
 
 
 def _lock_and_update(dialect: str, cand: Any, values: dict[str, Any], returning: tuple[Any, ...]) -> Any:
@@ -272,26 +307,19 @@ async def claim_jobs(
 ) -> list[Row[Any]]:
     """Lease up to ``max_jobs`` eligible jobs to this worker in one atomic statement."""
     now = utcnow()
-    token = new_token()
-    expires = now + timedelta(seconds=settings.lease_s)
-    values = dict(
-        state=RUNNING,
-        attempt=J.c.attempt + 1,
-        lease_token=token,
-        lease_expires_at=expires,
-        claim_id=f"{who.key_id}:{claim_id}" if claim_id else None,
-        worker_id=worker_id,
-        worker_key_id=who.key_id,
-        started_at=now,
-        updated_at=now,
-        progress=0.0,
-        progress_message="claimed",
-    )
     async with engine.begin() as conn:
         if not _presence_fresh(engine, who, worker_id, (tuple(lanes), tuple(content_types), name, version)):
             await _upsert_worker(conn, who, worker_id, lanes, content_types, name, version, now)
-        stmt = claim_statement(conn.dialect.name, who, lanes, content_types, max_jobs, now, values)
-        rows = (await conn.execute(stmt)).all()
+        stmt, params = claim_statement(conn.dialect.name, who, lanes, content_types, max_jobs)
+        params.update(
+            now=now,
+            token=new_token(),
+            expires=now + timedelta(seconds=settings.lease_s),
+            claim_id=f"{who.key_id}:{claim_id}" if claim_id else None,
+            worker_id=worker_id,
+            key_id=who.key_id,
+        )
+        rows = (await conn.execute(stmt, params)).all()
     return sorted(rows, key=lambda r: (-r.priority, r.id))
 
 
@@ -366,36 +394,50 @@ async def lock_lease(conn: AsyncConnection, job_id: str, token: str) -> Row[Any]
     return row
 
 
+def _build_complete() -> Any:
+    ingest = J.c.kind == "ingest"
+    now = bindparam("now", type_=J.c.updated_at.type)
+    return (
+        update(J)
+        .where(
+            J.c.id == bindparam("job_id", type_=J.c.id.type),
+            J.c.lease_token == bindparam("token", type_=J.c.lease_token.type),
+            J.c.state == RUNNING,
+            J.c.stage == "process",
+        )
+        .values(
+            state=case((ingest, literal(RUNNING)), else_=literal(JobState.succeeded.value)),
+            stage=case((ingest, literal("index")), else_=literal("done")),
+            result=bindparam("result", type_=J.c.result.type),
+            progress=case((ingest, literal(0.9)), else_=literal(1.0)),
+            progress_message=case((ingest, literal("indexing")), else_=literal("done")),
+            lease_expires_at=None,
+            index_next_at=now,
+            finished_at=case((ingest, None), else_=now),
+            updated_at=now,
+            error=None,
+            error_class=None,
+        )
+        .returning(J.c.state)
+    )
+
+
+_COMPLETE = _build_complete()  # built once; see the claim for why
+
+
 async def complete_job(
     engine: AsyncEngine, notifier: Notifier, job_id: str, token: str, markdown: str, metadata: dict[str, Any]
 ) -> str:
     """Store the result and finish the job (ingest jobs move on to indexing) in one transaction."""
     now = utcnow()
+    params = {
+        "job_id": job_id,
+        "token": token,
+        "result": {"markdown": markdown, "metadata": metadata},
+        "now": now,
+    }
     async with engine.begin() as conn:
-        row = (
-            await conn.execute(
-                update(J)
-                .where(
-                    J.c.id == job_id, J.c.lease_token == token, J.c.state == RUNNING, J.c.stage == "process"
-                )
-                .values(
-                    state=case(
-                        (J.c.kind == "ingest", literal(RUNNING)), else_=literal(JobState.succeeded.value)
-                    ),
-                    stage=case((J.c.kind == "ingest", literal("index")), else_=literal("done")),
-                    result={"markdown": markdown, "metadata": metadata},
-                    progress=case((J.c.kind == "ingest", literal(0.9)), else_=literal(1.0)),
-                    progress_message=case((J.c.kind == "ingest", literal("indexing")), else_=literal("done")),
-                    lease_expires_at=None,
-                    index_next_at=now,
-                    finished_at=case((J.c.kind == "ingest", None), else_=now),
-                    updated_at=now,
-                    error=None,
-                    error_class=None,
-                )
-                .returning(J.c.state)
-            )
-        ).first()
+        row = (await conn.execute(_COMPLETE, params)).first()
         if row is not None:
             await notifier.publish(conn)
             state = str(row.state)

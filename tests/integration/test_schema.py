@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -40,11 +42,9 @@ async def test_migrations_match_models(database_url):
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 async def test_claim_uses_its_partial_index_on_postgres(store):
     """The real claim walks the queued-only index, not the primary key (shared/POSTGRES-QUEUE.md)."""
-    from sqlalchemy import text
-    from sqlalchemy.dialects import postgresql
+    from sqlalchemy import event, text
 
-    from api.ids import utcnow
-    from api.jobstore import claim_statement
+    from api.jobstore import claim_jobs
     from protocol.states import LaneKind
     from tests.factories import make_user, submit
 
@@ -67,15 +67,22 @@ async def test_claim_uses_its_partial_index_on_postgres(store):
             )
         )
         await conn.execute(text("ANALYZE jobs"))
-        stmt = claim_statement(
-            "postgresql",
-            alice,
-            [LaneKind.cpu],
-            ["echo"],
-            5,
-            utcnow(),
-            {"state": "running", "lease_token": "t"},
+    # Capture the claim exactly as the driver receives it, then EXPLAIN that (no execution).
+    sent: list[tuple[str, Any]] = []
+
+    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if "SKIP LOCKED" in statement:
+            sent.append((statement, parameters))
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", grab)
+    try:
+        assert (
+            len(await claim_jobs(store.engine, store.settings, alice, "w", [LaneKind.cpu], ["echo"], 5, None))
+            == 5
         )
-        sql = str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
-        plan = "\n".join((await conn.execute(text("EXPLAIN " + sql))).scalars().all())
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", grab)
+    statement, parameters = sent[0]
+    async with store.engine.begin() as conn:
+        plan = "\n".join((await conn.exec_driver_sql("EXPLAIN " + statement, parameters)).scalars().all())
     assert "ix_jobs_claim_lane" in plan, plan
