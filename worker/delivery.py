@@ -16,6 +16,7 @@ import logging
 import re
 import shutil
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -164,8 +165,13 @@ class Delivery:
         except Exception as err:  # best effort: the lease runs out and the server retries the job
             log.warning("job %s: could not report the failure (%s)", job_id, err)
 
-    async def send_all(self) -> int:
-        """Send what a previous run could not deliver; returns how many results the server took."""
+    def pending(self, skip: Collection[str] = ()) -> bool:
+        """True when the spool holds results not being sent right now."""
+        return self.dir.is_dir() and any(p.stem not in skip for p in self.dir.glob("*.json"))
+
+    async def send_all(self, skip: Collection[str] = ()) -> int:
+        """Send what could not be delivered before (``skip``: jobs whose delivery is under way);
+        returns how many results the server took."""
         if not self.dir.is_dir():
             return 0
         for folder in self.dir.glob("*.files"):
@@ -174,6 +180,8 @@ class Delivery:
         delivered = 0
         for path in sorted(self.dir.glob("*.json")):
             job_id = path.stem
+            if job_id in skip:
+                continue
             try:
                 entry = json.loads(path.read_text())
             except (OSError, ValueError):

@@ -87,6 +87,7 @@ class Runner:
         self._signals = 0
         self.finished: list[RunningJob] = []
         self.delivery = Delivery(self.client, config.spool)
+        self._redelivery: asyncio.Task[int] | None = None
 
     # ----- start-up -------------------------------------------------------------------------
     async def setup(self, hello: HelloResponse | None = None) -> None:
@@ -232,10 +233,20 @@ class Runner:
                 log.warning("server not reachable (%s); retrying", exc.message)
                 await self._sleep_or_stop(min(self.config.retry_cap_s, 5.0))
                 continue
+            self._redeliver_spooled()  # the server answers again: results left over go now
             for job in jobs:
                 claimed_total += 1
                 self._start_job(job)
         return 0
+
+    def _redeliver_spooled(self) -> None:
+        """Send spooled results in the background (one pass at a time) while the worker runs, so a
+        result that waited out a long outage reaches the server without a restart."""
+        if self._redelivery is not None and not self._redelivery.done():
+            return
+        busy = set(self.jobs)
+        if self.delivery.pending(busy):
+            self._redelivery = asyncio.create_task(self.delivery.send_all(busy))
 
     async def _give_back_claim(self, req: ClaimRequest) -> None:
         """A claim cut off by a stop may have leased jobs: fetch them (same claim id), give them back."""

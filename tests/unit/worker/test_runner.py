@@ -397,3 +397,27 @@ async def test_outage_keeps_artifacts_in_the_spool_and_a_restart_resumes(
     assert server.events == ["artifact a.jpg", "artifact b.jpg", "complete J1"]  # a.jpg not sent twice
     assert server.completed[0]["metadata"]["artifacts"] == ["a.jpg", "b.jpg"]
     assert spool_files(again) == []
+
+
+async def test_a_result_left_in_the_spool_is_sent_once_the_server_answers_again(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    runner = make_runner(tmp_path)
+    entry = {
+        "job_id": "LATE",
+        "lease_token": "tok-LATE",
+        "saved_at": time.time(),
+        "deliver_until": time.time() - 1,  # its own delivery attempts gave up during the outage
+        "markdown": "# waited out the outage",
+        "metadata": {},
+    }
+
+    def spool_it(body: dict[str, Any]) -> None:
+        if not (runner.config.spool / "LATE.json").exists() and not server.completed:
+            runner.config.spool.mkdir(parents=True, exist_ok=True)
+            (runner.config.spool / "LATE.json").write_text(json.dumps(entry))
+
+    server.on_claim = spool_it  # the entry appears while the worker is already running
+    await run_until(runner, lambda: server.completed)
+    assert server.completed[0]["job_id"] == "LATE"
+    assert not (runner.config.spool / "LATE.json").exists()
