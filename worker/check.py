@@ -32,6 +32,15 @@ class Check:
     fix: str = ""
 
 
+def gpu_summary(csv_line: str) -> str:
+    """``NVIDIA H200, 143771 MiB, 143153 MiB`` -> ``NVIDIA H200 (143771 MiB total, 143153 MiB free)``."""
+    parts = [p.strip() for p in csv_line.split(",")]
+    if len(parts) != 3:
+        return csv_line.strip()
+    name, total, free = parts
+    return f"{name} ({total} total, {free} free)"
+
+
 def cuda_devices() -> tuple[int, str]:
     """(CUDA devices CTranslate2 sees, a memory summary from nvidia-smi when it is there)."""
     try:
@@ -50,7 +59,7 @@ def cuda_devices() -> tuple[int, str]:
                 timeout=10,
                 check=True,
             ).stdout
-            summary = "; ".join(line.strip() for line in out.splitlines() if line.strip())
+            summary = "; ".join(gpu_summary(line) for line in out.splitlines() if line.strip())
         except (OSError, subprocess.SubprocessError):
             summary = ""
     return count, summary

@@ -167,3 +167,10 @@ def test_browser_cookies_fail_with_an_explanation(tmp_path: Path, monkeypatch: p
 def test_render_shows_fixes_only_for_problems() -> None:
     text = render([Check("a", "ok", "fine", "never shown"), Check("b", "fail", "broken", "do this")])
     assert "never shown" not in text and "fix: do this" in text and "1 check(s) failed" in text
+
+
+def test_gpu_summary_labels_total_and_free_memory():
+    # As nvidia-smi printed it on the lent H200 (2026-11-27).
+    line = "NVIDIA H200, 143771 MiB, 143153 MiB"
+    assert chk.gpu_summary(line) == "NVIDIA H200 (143771 MiB total, 143153 MiB free)"
+    assert chk.gpu_summary("odd output") == "odd output"
