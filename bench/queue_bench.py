@@ -19,13 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api import jobstore, keystore  # noqa: E402
-from api.db import make_engine, upgrade  # noqa: E402
-from api.jobstore import NewJob  # noqa: E402
-from api.keystore import Scope  # noqa: E402
-from api.notifier import Notifier  # noqa: E402
-from api.settings import Settings  # noqa: E402
-from protocol.states import LaneKind  # noqa: E402
+from api import jobstore, keystore
+from api.db import make_engine, upgrade
+from api.jobstore import NewJob
+from api.keystore import Scope
+from api.notifier import Notifier
+from api.settings import Settings
+from protocol.states import LaneKind
 
 
 async def run(url: str, jobs: int, workers: int, batch: int) -> tuple[float, float]:
