@@ -47,7 +47,9 @@ async def run(url: str, jobs: int, workers: int, batch: int) -> tuple[float, flo
     async def claimer(n: int) -> None:
         nonlocal done
         while True:
-            rows = await jobstore.claim_jobs(engine, settings, who, f"w{n}", [LaneKind.cpu], ["echo"], batch, None)
+            rows = await jobstore.claim_jobs(
+                engine, settings, who, f"w{n}", [LaneKind.cpu], ["echo"], batch, None
+            )
             if not rows:
                 return
             for r in rows:
