@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -18,6 +19,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+SYSTEM_TOOLS = {
+    "ffmpeg": "ffmpeg",
+    "ffprobe": "ffmpeg",
+    "espeak-ng": "espeak-ng",
+    "tesseract": "tesseract-ocr",
+}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The suite needs these tools; say how to install them instead of skipping tests silently."""
+    missing = sorted({pkg for tool, pkg in SYSTEM_TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        raise pytest.UsageError(
+            f"missing system packages: {' '.join(missing)}; install them with: "
+            f"sudo apt-get update && sudo apt-get install -y {' '.join(missing)}"
+        )
+
 
 PG_URL = os.environ.get("MORAG_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 _counter = itertools.count()

@@ -22,10 +22,7 @@ from tests.fixtures import media
 from tests.integration.conftest import ROOT, LiveServerFactory
 from worker.client import WorkerClient
 
-pytestmark = [
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(not media.have_tools(), reason="needs ffmpeg and espeak-ng (CI installs both)"),
-]
+pytestmark = pytest.mark.timeout(120)
 
 
 def test_video_thumbnail_reaches_the_client(live_server: LiveServerFactory, tmp_path: Path) -> None:

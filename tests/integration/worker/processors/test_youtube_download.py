@@ -18,8 +18,6 @@ from worker.errors import AuthRequired, BadInput, JobCanceled, TransientError
 from worker.processors.base import JobInput, ProcessorConfig
 from worker.processors.youtube import YoutubeProcessor
 
-pytestmark = pytest.mark.skipif(not media.have_tools(), reason="espeak-ng/ffmpeg not installed")
-
 COOKIE = "session=letmein"
 VTT = """WEBVTT
 

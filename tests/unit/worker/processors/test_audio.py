@@ -14,8 +14,6 @@ from worker.processors.audio import AudioProcessor
 from worker.processors.base import JobInput, ProcessorConfig, ProcessResult
 from worker.processors.transcript import Segment, format_timestamp, paragraphs, parse_subtitles
 
-pytestmark = pytest.mark.skipif(not media.have_tools(), reason="espeak-ng/ffmpeg not installed")
-
 CPU = ProcessorConfig(device="cpu")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,8 +13,6 @@ from worker.errors import BadInput
 from worker.processors import doc_layout, doc_pdf
 from worker.processors.base import JobInput, ProcessorConfig, ProcessResult
 from worker.processors.documents import OLE_MAGIC, DocumentProcessor, detect_format
-
-needs_tesseract = pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract not installed")
 
 
 @pytest.fixture
@@ -149,7 +146,6 @@ def test_artifacts_folder_with_models_is_accepted(tmp_path: Path) -> None:
     assert doc_layout.layout_unavailable_reason(tmp_path) is None
 
 
-@needs_tesseract
 def test_scanned_pdf_is_ocred(tmp_path: Path, offline_config: ProcessorConfig) -> None:
     res = run(fx.make_scanned_pdf(tmp_path / "scan.pdf"), offline_config)
     for word in fx.OCR_WORDS:

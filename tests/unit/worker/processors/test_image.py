@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,6 @@ from tests.fixtures import documents as fx
 from worker.errors import BadInput, Unsupported
 from worker.processors.base import JobInput, ProcessorConfig, ProcessResult
 from worker.processors.image import ImageProcessor
-
-pytestmark = pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract not installed")
 
 
 def run(path: Path, **options: object) -> ProcessResult:

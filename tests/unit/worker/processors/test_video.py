@@ -11,8 +11,6 @@ from worker.errors import BadInput
 from worker.processors.base import JobInput, ProcessorConfig
 from worker.processors.video import VideoProcessor
 
-pytestmark = pytest.mark.skipif(not media.have_tools(), reason="espeak-ng/ffmpeg not installed")
-
 CPU = ProcessorConfig(device="cpu")
 
 
