@@ -131,6 +131,10 @@ async def delete_cookies(engine: AsyncEngine, user_id: int, domain: str | None) 
     return int(res.rowcount or 0)
 
 
+# Short-link hosts that redirect to a site whose sign-in cookies the download needs.
+SHORT_LINK_HOSTS = {"youtu.be": "www.youtube.com"}
+
+
 def _suffixes(host: str) -> list[str]:
     parts = host.split(".")
     return [".".join(parts[i:]) for i in range(len(parts))]
@@ -139,6 +143,7 @@ def _suffixes(host: str) -> list[str]:
 async def cookies_for_url(engine: AsyncEngine, fernet: Fernet, user_id: int, url: str) -> str | None:
     """The user's cookies.txt lines a request to ``url`` would carry, or None."""
     host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    host = SHORT_LINK_HOSTS.get(host, host)
     if not host:
         return None
     async with engine.begin() as conn:

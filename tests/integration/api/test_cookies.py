@@ -82,16 +82,22 @@ async def test_claim_hands_only_matching_cookies_of_the_jobs_user(env: Env) -> N
         "https://www.youtube.com/watch?v=1",
         "https://other.example.org/x",
         "https://exact.example.org/a",
+        "https://youtu.be/1",
     ):
         await env.client.post(
             "/api/v1/ingest/url", headers=env.alice, json={"url": url, "content_type": "web"}
         )
     jobs = {
         j["source_url"]: j
-        for j in await claim(env, ["web"]) + await claim(env, ["web"]) + await claim(env, ["web"])
+        for j in await claim(env, ["web"])
+        + await claim(env, ["web"])
+        + await claim(env, ["web"])
+        + await claim(env, ["web"])
     }
     yt = jobs["https://www.youtube.com/watch?v=1"]["cookies"]
     assert yt.startswith("# Netscape HTTP Cookie File") and "yt-secret-1" in yt and "yt-secret-2" in yt
     assert "g-secret" not in yt and "ex-secret" not in yt and "bob-secret" not in yt
     assert jobs["https://other.example.org/x"]["cookies"] is None  # exact.example.org is host-only
     assert "ex-secret" in jobs["https://exact.example.org/a"]["cookies"]
+    # A youtu.be short link redirects to youtube.com: it needs youtube.com's sign-in cookies.
+    assert "yt-secret-1" in jobs["https://youtu.be/1"]["cookies"]
