@@ -72,17 +72,37 @@ def collect_sections(docs: list[DoclingDocument], out: Rendered) -> None:
                 out.touch_page(page)
 
 
+def sheet_titles(doc: DoclingDocument) -> dict[int, str]:
+    """Page number -> sheet name, for workbooks (docling groups each sheet's items)."""
+    titles: dict[int, str] = {}
+    for group in doc.groups:
+        if str(getattr(group.label, "value", group.label)) != "sheet" or not group.name:
+            continue
+        pages = [p.page_no for item, _ in doc.iterate_items(root=group) for p in getattr(item, "prov", [])]
+        if pages:
+            titles.setdefault(min(pages), group.name)
+    return titles
+
+
 def render_docling(
     docs: list[DoclingDocument], paginated: bool, marker: str = "<!-- page {n} -->"
 ) -> Rendered:
-    """Markdown of ``docs`` (batches of one document); paginated ones get a marker per page."""
+    """Markdown of ``docs`` (batches of one document); paginated ones get a marker per page.
+
+    A workbook's sheets become ``##`` headings (and sections), so a reader and the chunker see
+    which sheet a table came from.
+    """
     out = Rendered()
     for doc in docs:
         if not paginated:
             out.add(doc.export_to_markdown() + "\n\n")
             continue
+        titles = sheet_titles(doc)
         for page_no in sorted(doc.pages):
             body = doc.export_to_markdown(page_no=page_no)
+            if page_no in titles:
+                body = f"## {titles[page_no]}\n\n{body}"
+                out.section(titles[page_no], 2, page_no)
             out.add_page(page_no, marker.format(n=page_no), body)
     collect_sections(docs, out)
     return out

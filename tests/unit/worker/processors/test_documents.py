@@ -83,6 +83,9 @@ def test_xlsx_table(tmp_path: Path) -> None:
     res = run(fx.make_xlsx(tmp_path / "t.xlsx"))
     assert_table(res.markdown)
     assert res.metadata["format"] == "xlsx"
+    # The sheet's name is a heading and a section, so a reader and a citation know the sheet.
+    assert "## Revenue" in res.markdown
+    assert res.metadata["sections"][0] == {"heading": "Revenue", "level": 2, "page_start": 1, "page_end": 1}
 
 
 @pytest.mark.parametrize(
