@@ -107,9 +107,12 @@ class Settings(BaseSettings):
 
     # Indexing (chunks, embeddings, vector store)
     chunk_size: int = Field(
-        1500, gt=0, description="Target chunk size in characters (cut on word boundaries)."
+        1000,
+        gt=0,
+        description="Target chunk size in characters (cut on word boundaries). The local MiniLM model "
+        "reads 256 tokens (~1,100 characters): larger chunks are embedded by their start only.",
     )
-    chunk_overlap: int = Field(200, ge=0, description="Characters shared by consecutive chunks.")
+    chunk_overlap: int = Field(150, ge=0, description="Characters shared by consecutive chunks.")
     gemini_api_key: str | None = Field(
         None, description="Embed with Gemini (google-genai) when set; else the local MiniLM model."
     )

@@ -14,8 +14,8 @@ from api.indexing.errors import InvalidChunkOptions
 class IndexConfig:
     """How documents are chunked, embedded and stored."""
 
-    chunk_size: int = 1500  # characters
-    chunk_overlap: int = 200  # characters
+    chunk_size: int = 1000  # characters; MiniLM reads 256 tokens (~1,100 characters)
+    chunk_overlap: int = 150  # characters
     # Gemini is used when a key is set; otherwise the local MiniLM model (no network needed).
     gemini_api_key: str | None = None
     gemini_model: str = "gemini-embedding-001"
