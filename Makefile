@@ -49,7 +49,7 @@ demo: install check-system
 	$(BIN)/python -m api.demo
 
 lint: install
-	$(BIN)/ruff check api worker protocol tests bench
+	$(BIN)/ruff check api worker protocol tests bench alembic
 	$(BIN)/mypy
 
 openapi: install

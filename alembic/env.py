@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from logging.config import fileConfig
 
-from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlmodel import SQLModel
 
 import api.models  # noqa: F401  (registers the tables)
-from sqlmodel import SQLModel
+from alembic import context
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

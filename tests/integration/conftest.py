@@ -119,6 +119,17 @@ class LiveServer:
             time.sleep(0.1)
         raise RuntimeError("server did not answer /health in time")
 
+    def start_worker(self, log: Path, *args: str) -> subprocess.Popen[bytes]:
+        """A real ``python -m worker`` process with this server's worker key; output to ``log``."""
+        with log.open("wb") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "worker", "--api-key", self.worker_key, "--server", self.url, *args],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
     def kill(self) -> None:
         """Cut the server at once (SIGKILL), like a crash or a lost network."""
         if self.proc and self.proc.poll() is None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 
 from protocol.models import ArtifactResponse
 from tests.fixtures import media
-from tests.integration.conftest import ROOT, LiveServerFactory
+from tests.integration.conftest import LiveServerFactory
 from worker.client import WorkerClient
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,34 +35,20 @@ def test_video_thumbnail_reaches_the_client(live_server: LiveServerFactory, tmp_
     )
     assert resp.status_code == 202, resp.text
     task = resp.json()["task_id"]
-    log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "worker",
-            "--api-key",
-            server.worker_key,
-            "--server",
-            server.url,
-            "--content-types",
-            "video",
-            "--lanes",
-            "gpu",
-            "--device",
-            "cpu",
-            "--once",
-            "--whisper-model",
-            str(media.tiny_en_model()),
-            "--temp-dir",
-            str(tmp_path / "w"),
-        ],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    worker = server.start_worker(
+        tmp_path / "worker.log",
+        "--content-types",
+        "video",
+        "--lanes",
+        "gpu",
+        "--device",
+        "cpu",
+        "--once",
+        "--whisper-model",
+        str(media.tiny_en_model()),
+        "--temp-dir",
+        str(tmp_path / "w"),
     )
-    log.close()
     start = time.monotonic()
     try:
         assert worker.wait(90) == 0, (tmp_path / "worker.log").read_text()[-3000:]

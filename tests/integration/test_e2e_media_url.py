@@ -7,8 +7,6 @@ hands those cookies (and only those) to the worker, yt-dlp sends them, Whisper t
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -64,32 +62,19 @@ def site(tmp_path: Path) -> Iterator[str]:
 
 def test_cookies_uploaded_through_the_api_reach_the_worker(live_server, site, tmp_path):
     server = live_server()
-    log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "worker",
-            "--api-key",
-            server.worker_key,
-            "--server",
-            server.url,
-            "--lanes",
-            "gpu,cpu",
-            "--content-types",
-            "youtube",
-            "--allow-private-urls",
-            "--whisper-model",
-            str(media.tiny_en_model()),
-            "--temp-dir",
-            str(tmp_path / "work"),
-            "--claim-wait",
-            "2",
-        ],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    worker = server.start_worker(
+        tmp_path / "worker.log",
+        "--lanes",
+        "gpu,cpu",
+        "--content-types",
+        "youtube",
+        "--allow-private-urls",
+        "--whisper-model",
+        str(media.tiny_en_model()),
+        "--temp-dir",
+        str(tmp_path / "work"),
+        "--claim-wait",
+        "2",
     )
     url = f"{site}/talk.mp4"
     try:
@@ -112,7 +97,6 @@ def test_cookies_uploaded_through_the_api_reach_the_worker(live_server, site, tm
     finally:
         worker.kill()
         worker.wait(10)
-        log.close()
     worker_log = (tmp_path / "worker.log").read_text()[-3000:]
     assert refused["status"] == "failed" and refused["attempts"] == 1, (refused, worker_log)
     assert refused["error_class"] == "auth_required" and "cookies" in refused["error"].lower()

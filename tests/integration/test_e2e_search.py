@@ -7,8 +7,6 @@ right chunk with its page or time range, and another user's search finds nothing
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +37,12 @@ def pdf_pages(path: Path, pages: list[tuple[str, str]]) -> Path:
 
 
 def search(url: str, key: str, query: str) -> list[dict[str, Any]]:
-    r = httpx.post(f"{url}/api/v1/search", headers={"Authorization": f"Bearer {key}"},
-                   json={"query": query, "limit": 3}, timeout=60)
+    r = httpx.post(
+        f"{url}/api/v1/search",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"query": query, "limit": 3},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     return list(r.json()["results"])
 
@@ -48,30 +50,39 @@ def search(url: str, key: str, query: str) -> list[dict[str, Any]]:
 def test_document_and_speech_are_searchable_with_their_locations(live_server, tmp_path):
     server = live_server()
     wav = media.speech_wav(tmp_path / "keeper.wav", SPEECH)
-    pdf = pdf_pages(tmp_path / "report.pdf", [
-        ("Harbour report", "The harbour crane lifts containers of oranges from Valencia."),
-        ("Weather", "Fog rolled over the pier at dawn and the ferries waited for the wind."),
-    ])
-    log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "worker", "--api-key", server.worker_key, "--server", server.url,
-         "--lanes", "gpu,cpu", "--content-types", "audio,document", "--whisper-model",
-         str(media.tiny_en_model()), "--temp-dir", str(tmp_path / "work"), "--claim-wait", "2"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    pdf = pdf_pages(
+        tmp_path / "report.pdf",
+        [
+            ("Harbour report", "The harbour crane lifts containers of oranges from Valencia."),
+            ("Weather", "Fog rolled over the pier at dawn and the ferries waited for the wind."),
+        ],
+    )
+    worker = server.start_worker(
+        tmp_path / "worker.log",
+        "--lanes",
+        "gpu,cpu",
+        "--content-types",
+        "audio,document",
+        "--whisper-model",
+        str(media.tiny_en_model()),
+        "--temp-dir",
+        str(tmp_path / "work"),
+        "--claim-wait",
+        "2",
     )
     try:
         tasks = {}
         for path, ctype in ((wav, "audio"), (pdf, "document")):
             with open(path, "rb") as fh:
-                r = server.api("POST", "/ingest/file", files={"file": (path.name, fh)},
-                               data={"content_type": ctype})
+                r = server.api(
+                    "POST", "/ingest/file", files={"file": (path.name, fh)}, data={"content_type": ctype}
+                )
             assert r.status_code == 202, r.text
             tasks[ctype] = r.json()["task_id"]
         done = {ctype: server.wait_final(t) for ctype, t in tasks.items()}
     finally:
         worker.kill()
         worker.wait(10)
-        log.close()
     for ctype, body in done.items():
         assert body["status"] == "succeeded", (ctype, body, (tmp_path / "worker.log").read_text()[-3000:])
         assert body["result"]["index"]["chunks"] >= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,9 +91,9 @@ def settings_overrides() -> dict[str, Any]:
     return {}
 
 
-@pytest.fixture
-async def env(tmp_path: Path, settings_overrides: dict[str, Any]) -> AsyncIterator[Env]:
-    settings = make_settings(tmp_path, **settings_overrides)
+@asynccontextmanager
+async def running_env(settings: Settings, raise_app_exceptions: bool = True) -> AsyncIterator[Env]:
+    """The app with its lifespan, users alice and bob (client keys) and a worker key of alice's."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         engine = app.state.morag.engine
@@ -101,7 +102,7 @@ async def env(tmp_path: Path, settings_overrides: dict[str, Any]) -> AsyncIterat
             await keystore.create_user(engine, user)
             keys[user] = (await keystore.create_key(engine, user, keystore.Scope.client))[1]
         worker_key = (await keystore.create_key(engine, "alice", keystore.Scope.worker))[1]
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=30) as client:
             yield Env(
                 app=app,
@@ -111,6 +112,12 @@ async def env(tmp_path: Path, settings_overrides: dict[str, Any]) -> AsyncIterat
                 bob={"Authorization": f"Bearer {keys['bob']}"},
                 worker={"Authorization": f"Bearer {worker_key}"},
             )
+
+
+@pytest.fixture
+async def env(tmp_path: Path, settings_overrides: dict[str, Any]) -> AsyncIterator[Env]:
+    async with running_env(make_settings(tmp_path, **settings_overrides)) as e:
+        yield e
 
 
 async def claim(env: Env, content_types: list[str], wait_s: float = 5.0) -> list[dict[str, Any]]:

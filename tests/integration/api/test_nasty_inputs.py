@@ -12,9 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api import keystore
-from api.app import create_app
-from tests.integration.api.conftest import Env, check_error, make_settings
+from tests.integration.api.conftest import Env, check_error, make_settings, running_env
 
 URL = "https://example.com/page"
 BOUNDARY = "nasty-boundary-1f2e"
@@ -30,24 +28,8 @@ async def db_env(tmp_path: Path, database_url: str) -> AsyncIterator[Env]:
         process_wait_default_s=0,
         process_wait_max_s=0,
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        engine = app.state.morag.engine
-        keys = {}
-        for user in ("alice", "bob"):
-            await keystore.create_user(engine, user)
-            keys[user] = (await keystore.create_key(engine, user, keystore.Scope.client))[1]
-        worker_key = (await keystore.create_key(engine, "alice", keystore.Scope.worker))[1]
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=30) as client:
-            yield Env(
-                app=app,
-                client=client,
-                settings=settings,
-                alice={"Authorization": f"Bearer {keys['alice']}"},
-                bob={"Authorization": f"Bearer {keys['bob']}"},
-                worker={"Authorization": f"Bearer {worker_key}"},
-            )
+    async with running_env(settings, raise_app_exceptions=False) as env:
+        yield env
 
 
 def _json(env: Env, raw: str | bytes) -> dict[str, Any]:
