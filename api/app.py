@@ -9,14 +9,21 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 
-from api import cookies, db, indexer, webhooks
+from api import db
+from api.background import BackgroundService
+from api.cookies import CookieSource
 from api.errors import documented, install_handlers
+from api.events import JobEvents
 from api.guards import storable_url
-from api.maintenance import Maintenance
+from api.indexing.service import Indexer
+from api.indexing.stage import IndexingStage, index_config
+from api.jobs import JobStore
+from api.maintenance import upkeep_services
 from api.notifier import Notifier
 from api.routes import files, search, tasks, worker
 from api.settings import Settings
 from api.state import AppState
+from api.webhooks import WebhookSender
 
 VERSION = "0.1.0"
 log = logging.getLogger("morag.api")
@@ -35,18 +42,33 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         engine = db.make_engine(url)
         notifier = Notifier()
         await notifier.start(url)
-        state = AppState(settings=settings, engine=engine, notifier=notifier, secret=settings.secret_bytes())
-        app.state.morag = state
-        for hook in app.state.startup_hooks:
-            await hook(app, state)
-        upkeep = Maintenance(state)
-        upkeep.start()
+        secret = settings.secret_bytes()
+        jobs = JobStore(engine, settings, notifier)
+        events = JobEvents()
+        indexer = Indexer(index_config(settings))  # models load lazily
+        indexing = IndexingStage(jobs, settings, indexer, events)
+        webhook_sender = WebhookSender(jobs, settings, secret)
+        # What a job's change triggers, all of it: indexing (ingest results) and webhooks (final jobs).
+        events.listen(indexing, webhook_sender)
+        services: list[BackgroundService] = [*upkeep_services(jobs, settings), indexing, webhook_sender]
+        app.state.morag = AppState(
+            settings=settings,
+            engine=engine,
+            notifier=notifier,
+            secret=secret,
+            jobs=jobs,
+            events=events,
+            cookies=CookieSource(engine, secret),
+        )
+        app.state.indexer = indexer
+        for service in services:
+            service.start()
         try:
             yield
         finally:
-            await upkeep.stop()
-            for hook in reversed(app.state.shutdown_hooks):
-                await hook(app, state)
+            for service in reversed(services):
+                await service.stop()
+            await indexer.close()
             await notifier.stop()
             await engine.dispose()
 
@@ -57,10 +79,6 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         lifespan=lifespan,
         dependencies=[Depends(storable_url)],
     )
-    # Client API: users' cookies for workers, webhooks on final states.
-    # Indexing: ingest results -> chunks -> embeddings -> vector store (server side only).
-    app.state.startup_hooks = [cookies.startup, webhooks.startup, indexer.start_indexing]
-    app.state.shutdown_hooks = [webhooks.shutdown, indexer.stop_indexing]
     install_handlers(app)
     # Every worker route may answer these (docs/protocol.md, "Status codes a worker can get").
     app.include_router(worker.router, responses=documented(401, 403, 404, 409, 422))

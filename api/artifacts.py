@@ -14,23 +14,19 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, or_, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from api import jobstore
 from api.errors import Conflict, NotFound, PayloadTooLarge
 from api.filestore import FileSink
 from api.ids import new_id, utcnow
-from api.keystore import Principal, Scope
-from api.models import Artifact, Job
+from api.jobs import JobRecord, JobStore, Lease, TaskStage
+from api.jobs.tables import ARTIFACTS as A
 from api.settings import Settings
 
-A = Artifact.__table__  # type: ignore[attr-defined]
-J = Job.__table__  # type: ignore[attr-defined]
 #: A plain file name: no separators, and no leading dot (".", "..", hidden and temporary files).
 NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$"
 
@@ -46,17 +42,15 @@ def _too_large(settings: Settings) -> PayloadTooLarge:
     )
 
 
-async def _admit(
-    conn: AsyncConnection, settings: Settings, who: Principal, job_id: str, token: str, name: str
-) -> None:
-    """The lease is current, the key may act for the job, and one more artifact fits."""
-    job = await jobstore.lock_lease(conn, job_id, token)
-    mine = job.worker_key_id == who.key_id if who.scope is Scope.shared_worker else job.user_id == who.user_id
-    if not mine:
-        raise NotFound("unknown job", code="job_not_found")
+async def _admit(conn: AsyncConnection, jobs: JobStore, lease: Lease, name: str) -> None:
+    """The lease is current and held by the calling key, and one more artifact fits."""
+    settings = jobs.settings
+    await jobs.lock_lease(conn, lease)
     count = (
         await conn.execute(
-            select(func.count()).where(A.c.job_id == job_id, A.c.lease_token == token, A.c.name != name)
+            select(func.count()).where(
+                A.c.job_id == lease.job_id, A.c.lease_token == lease.token, A.c.name != name
+            )
         )
     ).scalar_one()
     if count >= settings.max_artifacts_per_job:
@@ -66,20 +60,14 @@ async def _admit(
 
 
 async def save_artifact(
-    engine: AsyncEngine,
-    settings: Settings,
-    who: Principal,
-    job_id: str,
-    token: str,
-    name: str,
-    chunks: AsyncIterator[bytes],
-    length: int | None,
+    jobs: JobStore, lease: Lease, name: str, chunks: AsyncIterator[bytes], length: int | None
 ) -> dict[str, Any]:
     """Stream one artifact to disk under the job's lease and record it (replacing the same name)."""
+    settings, job_id, token = jobs.settings, lease.job_id, lease.token
     if length is not None and length > settings.max_artifact_bytes:
         raise _too_large(settings)
-    async with engine.begin() as conn:
-        await _admit(conn, settings, who, job_id, token, name)  # before a byte is written
+    async with jobs.engine.begin() as conn:
+        await _admit(conn, jobs, lease, name)  # before a byte is written
     folder = artifacts_dir(settings, job_id)
     folder.mkdir(parents=True, exist_ok=True)
     limit = (settings.max_artifact_bytes, "MORAG_MAX_ARTIFACT_BYTES", "artifact_too_large")
@@ -101,9 +89,9 @@ async def save_artifact(
         "created_at": utcnow(),
     }
     try:
-        async with engine.begin() as conn:
+        async with jobs.engine.begin() as conn:
             # Again, row-locked: the lease may have been lost or the job canceled while the bytes came.
-            await _admit(conn, settings, who, job_id, token, name)
+            await _admit(conn, jobs, lease, name)
             await conn.execute(delete(A).where(A.c.job_id == job_id, A.c.name == name))
             await conn.execute(A.insert().values(**row))
             os.replace(sink.final, folder / name)
@@ -112,14 +100,14 @@ async def save_artifact(
     return row
 
 
-def _visible(job: dict[str, Any]) -> bool:
+def _visible(job: JobRecord) -> bool:
     """Artifacts are shown once the worker's result is in (the job left the process stage)."""
-    return job["result"] is not None and job["stage"] != "process" and job["lease_token"] is not None
+    return job.result is not None and job.stage != TaskStage.process and job.lease_token is not None
 
 
-async def list_for_jobs(engine: AsyncEngine, jobs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+async def list_for_jobs(engine: AsyncEngine, jobs: list[JobRecord]) -> dict[str, list[dict[str, Any]]]:
     """Per job id, the artifacts of the lease that completed it (name order)."""
-    leases = {j["id"]: j["lease_token"] for j in jobs if _visible(j)}
+    leases = {j.id: j.lease_token for j in jobs if _visible(j)}
     if not leases:
         return {}
     async with engine.begin() as conn:
@@ -136,44 +124,28 @@ async def list_for_jobs(engine: AsyncEngine, jobs: list[dict[str, Any]]) -> dict
 
 
 async def get_artifact(
-    engine: AsyncEngine, settings: Settings, job: dict[str, Any], name: str
+    engine: AsyncEngine, settings: Settings, job: JobRecord, name: str
 ) -> tuple[dict[str, Any], Path]:
     """One shown artifact of ``job`` and its file, else NotFound."""
-    found = (await list_for_jobs(engine, [job])).get(job["id"], [])
+    found = (await list_for_jobs(engine, [job])).get(job.id, [])
     row = next((r for r in found if r["name"] == name), None)
-    path = artifacts_dir(settings, job["id"]) / name
+    path = artifacts_dir(settings, job.id) / name
     if row is None or not path.is_file():
         raise NotFound("no such artifact", code="artifact_not_found")
     return row, path
 
 
-async def sweep_artifacts(engine: AsyncEngine, settings: Settings) -> int:
+async def sweep_artifacts(jobs: JobStore, settings: Settings) -> int:
     """Drop artifacts no client will see: of another lease (lost, failed, re-queued) or past retention.
 
-    An artifact stays while its lease is the job's lease and the job is running (processing or
-    indexing) or ended less than ``file_retention_s`` ago. Files on disk without a row (a crash
-    between write and insert, an abandoned upload) go once they are ``orphan_file_age_s`` old.
+    Which rows go is the job store's call (``drop_unseen_artifacts``). Files on disk without a row
+    (a crash between write and insert, an abandoned upload) go once they are ``orphan_file_age_s`` old.
     """
     now = utcnow()
-    keep = exists().where(
-        J.c.id == A.c.job_id,
-        J.c.lease_token == A.c.lease_token,
-        or_(
-            J.c.state == "running",
-            and_(
-                J.c.finished_at.is_not(None),
-                J.c.finished_at > now - timedelta(seconds=settings.file_retention_s),
-            ),
-        ),
-    )
-    async with engine.begin() as conn:
-        due = (await conn.execute(select(A.c.job_id, A.c.name).where(~keep))).all()
-        for d in due:
-            await conn.execute(delete(A).where(A.c.job_id == d.job_id, A.c.name == d.name))
-        known = {(r.job_id, r.name) for r in (await conn.execute(select(A.c.job_id, A.c.name))).all()}
+    due, known = await jobs.drop_unseen_artifacts()
     removed = 0
-    for d in due:
-        (artifacts_dir(settings, d.job_id) / d.name).unlink(missing_ok=True)
+    for job_id, name in due:
+        (artifacts_dir(settings, job_id) / name).unlink(missing_ok=True)
         removed += 1
     root = settings.data_dir / "artifacts"
     if not root.is_dir():

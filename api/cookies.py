@@ -140,24 +140,42 @@ def _suffixes(host: str) -> list[str]:
     return [".".join(parts[i:]) for i in range(len(parts))]
 
 
+def _host_of(url: str) -> str:
+    host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    return SHORT_LINK_HOSTS.get(host, host)
+
+
 async def cookies_for_url(engine: AsyncEngine, fernet: Fernet, user_id: int, url: str) -> str | None:
     """The user's cookies.txt lines a request to ``url`` would carry, or None."""
-    host = (urlsplit(url).hostname or "").lower().rstrip(".")
-    host = SHORT_LINK_HOSTS.get(host, host)
-    if not host:
-        return None
+    return (await cookies_for_urls(engine, fernet, [(user_id, url)])).get((user_id, url))
+
+
+async def cookies_for_urls(
+    engine: AsyncEngine, fernet: Fernet, wanted: list[tuple[int, str]]
+) -> dict[tuple[int, str], str | None]:
+    """Per (user, url): the cookies.txt lines a request to the url would carry (one query for all)."""
+    hosts = {pair: _host_of(pair[1]) for pair in wanted}
+    users = {user for (user, _), host in hosts.items() if host}
+    domains = {d for host in hosts.values() if host for d in _suffixes(host)}
+    if not users:
+        return {}
     async with engine.begin() as conn:
         rows = (
             await conn.execute(
-                select(C.c.data).where(C.c.user_id == user_id, C.c.domain.in_(_suffixes(host)))
+                select(C.c.user_id, C.c.domain, C.c.data).where(
+                    C.c.user_id.in_(users), C.c.domain.in_(domains)
+                )
             )
         ).all()
-    lines: list[str] = []
+    stored: dict[tuple[int, str], list[CookieLine]] = {}
     for row in rows:
-        for cookie in parse_lines(_decrypt(fernet, row.data)):
-            if cookie.matches(host):
-                lines.append(cookie.line)
-    return HEADER + "\n".join(lines) + "\n" if lines else None
+        stored.setdefault((row.user_id, row.domain), []).extend(parse_lines(_decrypt(fernet, row.data)))
+    out: dict[tuple[int, str], str | None] = {}
+    for (user, url), host in hosts.items():
+        found = [c for d in (_suffixes(host) if host else []) for c in stored.get((user, d), [])]
+        lines = [c.line for c in found if c.matches(host)]
+        out[(user, url)] = HEADER + "\n".join(lines) + "\n" if lines else None
+    return out
 
 
 def parse_lines(text: str) -> list[CookieLine]:
@@ -165,11 +183,12 @@ def parse_lines(text: str) -> list[CookieLine]:
     return parse_netscape(text) if text.strip() else []
 
 
-async def startup(app: Any, state: Any) -> None:
-    """Lifespan hook: hand workers the cookies of their jobs' users (``AppState.cookie_lookup``)."""
-    fernet = fernet_for(state.secret)
+class CookieSource:
+    """Hands workers the cookies of their jobs' users: one query for a whole claim."""
 
-    async def lookup(user_id: int, url: str) -> str | None:
-        return await cookies_for_url(state.engine, fernet, user_id, url)
+    def __init__(self, engine: AsyncEngine, secret: bytes) -> None:
+        self.engine = engine
+        self.fernet = fernet_for(secret)
 
-    state.cookie_lookup = lookup
+    async def for_urls(self, wanted: list[tuple[int, str]]) -> dict[tuple[int, str], str | None]:
+        return await cookies_for_urls(self.engine, self.fernet, wanted)

@@ -4,8 +4,8 @@
     ├── Unauthorized        401 unauthorized          missing, unknown or revoked key
     ├── Forbidden           403 forbidden             the key's scope does not allow this
     ├── NotFound            404 not_found             unknown object, or another user's
-    ├── StaleLease          409 stale_lease           the lease token is not the job's current one
-    ├── JobCanceled         409 job_canceled          the job was canceled meanwhile
+    ├── StaleLease          409 stale_lease           not the job's current lease of the calling key
+    ├── JobCanceledError    409 job_canceled          the job was canceled meanwhile
     ├── Conflict            409 conflict
     ├── BadRequest          400 bad_request           (subclasses give sharper codes)
     ├── PayloadTooLarge     413 payload_too_large

@@ -216,3 +216,31 @@ async def schedule_deletion(engine: AsyncEngine, settings: Settings, file_id: st
             .where(F.c.id == file_id)
             .values(delete_after=now + timedelta(seconds=settings.file_retention_s))
         )
+
+
+async def sweep_file_store(engine: AsyncEngine, settings: Settings) -> int:
+    """Delete files past their retention, and orphans on disk that no row knows."""
+    now = utcnow()
+    async with engine.begin() as conn:
+        due = (await conn.execute(select(F.c.id, F.c.path).where(F.c.delete_after <= now))).all()
+        if due:
+            await conn.execute(delete(F).where(F.c.id.in_([d.id for d in due])))
+    folder = files_dir(settings)
+    for d in due:
+        (folder / d.path).unlink(missing_ok=True)
+    # Orphans: files on disk without a row (a crash between write and insert).
+    async with engine.begin() as conn:
+        known = {r.path for r in (await conn.execute(select(F.c.path))).all()}
+    removed = len(due)
+    # An upload in progress touches its .part file with every chunk, so only stale ones go.
+    cutoff = now.timestamp() - settings.orphan_file_age_s
+    for path in folder.iterdir():
+        name = path.name.removesuffix(".part")
+        try:
+            stale = path.stat().st_mtime < cutoff
+        except FileNotFoundError:  # removed meanwhile (its upload failed, another sweep)
+            continue
+        if path.name not in known and name not in known and stale:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed

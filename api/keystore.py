@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from enum import StrEnum
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -15,17 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.errors import Conflict, NotFound
 from api.ids import utcnow
 from api.models import ApiKey, User
+from protocol.states import Scope
+
+__all__ = ["Principal", "Scope"]
 
 USERS = User.__table__  # type: ignore[attr-defined]
 KEYS = ApiKey.__table__  # type: ignore[attr-defined]
 KEY_PREFIX = "mrg_"
-
-
-class Scope(StrEnum):
-    client = "client"
-    worker = "worker"
-    shared_worker = "shared-worker"
-    admin = "admin"
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.jobs import JobRecord
+from protocol.errors import TaskErrorClass
 from protocol.inputs import CleanBody
-from protocol.states import ContentType
+from protocol.states import ContentType, JobState, TaskStage
 
 
 class IngestFields(CleanBody):
@@ -59,8 +61,8 @@ class BatchCreated(BaseModel):
 
 class BatchTask(BaseModel):
     task_id: str
-    status: str
-    stage: str
+    status: JobState
+    stage: TaskStage
     progress: float
     error: str | None
 
@@ -78,13 +80,17 @@ class ProcessURLRequest(CleanBody):
     url: str = Field(min_length=1, max_length=4096)
     content_type: ContentType | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-    wait_s: float | None = Field(default=None, ge=0, le=600, description="Default 60 s.")
+    wait_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Default MORAG_PROCESS_WAIT_DEFAULT_S; capped at MORAG_PROCESS_WAIT_MAX_S.",
+    )
 
 
 class ProcessFileForm(CleanBody):
     content_type: ContentType | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-    wait_s: float | None = Field(default=None, ge=0, le=600)
+    wait_s: float | None = Field(default=None, ge=0, description="Capped at MORAG_PROCESS_WAIT_MAX_S.")
 
 
 class ProcessResult(BaseModel):
@@ -111,7 +117,7 @@ class CookieList(BaseModel):
 
 class TaskCreated(BaseModel):
     task_id: str
-    status: str
+    status: JobState
 
 
 class ArtifactInfo(BaseModel):
@@ -126,8 +132,8 @@ class ArtifactInfo(BaseModel):
 
 class TaskStatus(BaseModel):
     task_id: str
-    status: str
-    stage: str
+    status: JobState
+    stage: TaskStage
     progress: float
     message: str | None
     content_type: str
@@ -140,7 +146,7 @@ class TaskStatus(BaseModel):
     finished_at: datetime | None
     result: dict[str, Any] | None
     error: str | None
-    error_class: str | None
+    error_class: TaskErrorClass | None
     batch_id: str | None = None
     document_id: str | None = None
     artifacts: list[ArtifactInfo] = Field(
@@ -187,26 +193,26 @@ class WorkerList(BaseModel):
     workers: list[WorkerInfo]
 
 
-def task_status(row: dict[str, Any], artifacts: list[ArtifactInfo] | None = None) -> TaskStatus:
+def task_status(row: JobRecord, artifacts: list[ArtifactInfo] | None = None) -> TaskStatus:
     """A job row as the client sees it."""
     return TaskStatus(
         artifacts=artifacts or [],
-        task_id=row["id"],
-        status=row["state"],
-        stage=row["stage"],
-        progress=row["progress"],
-        message=row["progress_message"],
-        content_type=row["content_type"],
-        lane=row["lane"],
-        attempts=row["attempt"],
-        max_attempts=row["max_attempts"],
-        worker_id=row["worker_id"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        result=row["result"],
-        error=row["error"],
-        error_class=row["error_class"],
-        batch_id=row["batch_id"],
-        document_id=row["document_id"],
+        task_id=row.id,
+        status=JobState(row.state),
+        stage=TaskStage(row.stage),
+        progress=row.progress,
+        message=row.progress_message,
+        content_type=row.content_type,
+        lane=row.lane,
+        attempts=row.attempt,
+        max_attempts=row.max_attempts,
+        worker_id=row.worker_id,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        result=row.result,
+        error=row.error,
+        error_class=TaskErrorClass(row.error_class) if row.error_class else None,
+        batch_id=row.batch_id,
+        document_id=row.document_id,
     )

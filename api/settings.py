@@ -6,11 +6,16 @@ docs/configuration.md lists them all (a test keeps that list complete).
 
 from __future__ import annotations
 
+import logging
+import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger("morag.settings")
 
 
 class Settings(BaseSettings):
@@ -46,7 +51,12 @@ class Settings(BaseSettings):
     signed_url_ttl_s: float = Field(3600.0, gt=0, description="Validity of a signed download URL.")
 
     # Lanes and fallback
-    worker_ttl_s: float = Field(60.0, gt=0, description="A worker not seen for this long is offline.")
+    presence_ttl_s: float = Field(
+        60.0,
+        gt=0,
+        description="A worker not seen for this long is offline (its user's jobs may fall back). "
+        "Was MORAG_WORKER_TTL_S, still read for one release with a warning.",
+    )
     fallback_after_s: float = Field(
         300.0,
         ge=0,
@@ -136,6 +146,13 @@ class Settings(BaseSettings):
     index_max_attempts: int = Field(
         30, ge=1, description="Indexing tries (outages included) before the task fails for good."
     )
+
+    def model_post_init(self, context: Any, /) -> None:
+        # MORAG_WORKER_TTL_S sat in the worker's namespace; read it for one more release.
+        old = os.environ.get("MORAG_WORKER_TTL_S")
+        if old and "presence_ttl_s" not in self.model_fields_set:
+            log.warning("MORAG_WORKER_TTL_S is deprecated: set MORAG_PRESENCE_TTL_S instead")
+            self.presence_ttl_s = float(old)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

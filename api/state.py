@@ -1,20 +1,18 @@
-"""What one server process holds: settings, database engine, notifier, hooks."""
+"""What one server process holds, typed, and the dependency routes reach it through."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import cast
 
+from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api.cookies import CookieSource
+from api.events import JobEvents
+from api.jobs import JobStore
 from api.notifier import Notifier
 from api.settings import Settings
-
-CookieLookup = Callable[[int, str], Awaitable[str | None]]
-
-
-async def _nothing(job_id: str) -> None:
-    return None
 
 
 @dataclass
@@ -23,7 +21,14 @@ class AppState:
     engine: AsyncEngine
     notifier: Notifier
     secret: bytes
-    #: cookies.txt of a user for a URL, handed to the worker that claims the job
-    cookie_lookup: CookieLookup | None = None
-    #: called after a job changed state through the API (webhooks, indexing, file retention)
-    on_job_changed: Callable[[str], Awaitable[None]] = field(default=_nothing)
+    #: every statement on the jobs, workers and webhook-delivery tables
+    jobs: JobStore
+    #: publish a job's change to its listeners (indexing, webhooks), listed in ``api.app``
+    events: JobEvents
+    #: users' cookies for the URL jobs a worker claims
+    cookies: CookieSource
+
+
+def get_state(request: Request) -> AppState:
+    """The server's state (``Depends(get_state)``)."""
+    return cast(AppState, request.app.state.morag)

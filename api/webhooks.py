@@ -8,7 +8,8 @@ from the server secret (``GET /api/v1/webhooks/secret`` shows it to its user): i
 the server secret (which signs download links and encrypts cookies) nor other users' secrets.
 A non-2xx answer or a network error is retried
 with exponential backoff until ``webhook_retry_s`` after the job ended; every attempt is a row in
-``webhook_deliveries``. Deliveries start from ``AppState.on_job_changed`` and from a periodic
+``webhook_deliveries``. Deliveries start from job events (the sender is one of the listeners
+wired in ``api.app``; it acts only on final jobs that have a webhook_url) and from a periodic
 sweep, so a restart (or a state change made by another process) loses nothing.
 """
 
@@ -25,17 +26,15 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import Integer, cast, func, select
 
-from api import jobstore
+from api.background import BackgroundService
 from api.ids import utcnow
-from api.models import WebhookDelivery
-from api.state import AppState
+from api.jobs import JobEvent, JobRecord, JobStore, is_final
+from api.settings import Settings
 from protocol.signing import sign_body
 from protocol.urlguard import UnsafeURL, check_url
 
 log = logging.getLogger("morag.webhooks")
-D = WebhookDelivery.__table__  # type: ignore[attr-defined]
 SIGNATURE_HEADER = "X-Morag-Signature"
 
 
@@ -50,9 +49,9 @@ def signature_header(secret: bytes, body: bytes, timestamp: int | None = None) -
     return f"t={ts},v1={sign_body(secret, body, ts)}"
 
 
-def payload(job: dict[str, Any]) -> dict[str, Any]:
+def payload(job: JobRecord) -> dict[str, Any]:
     """What the receiver learns: the final state, a summary of the result (not the content), the error."""
-    result = job.get("result") or {}
+    result = job.result or {}
     summary = None
     if result:
         summary = {
@@ -60,64 +59,34 @@ def payload(job: dict[str, Any]) -> dict[str, Any]:
             "metadata": result.get("metadata") or {},
             **{k: v for k, v in result.items() if k not in ("markdown", "metadata")},
         }
-    finished = job.get("finished_at")
+    finished = job.finished_at
     return {
-        "task_id": job["id"],
-        "status": job["state"],
+        "task_id": job.id,
+        "status": job.state,
         "result": summary,
-        "error": job.get("error"),
+        "error": job.error,
         "completed_at": finished.isoformat() if finished else None,
-        "batch_id": job.get("batch_id"),
-        "document_id": job.get("document_id"),
+        "batch_id": job.batch_id,
+        "document_id": job.document_id,
     }
 
 
-async def _attempts(state: AppState, job_id: str) -> tuple[int, bool]:
-    async with state.engine.begin() as conn:
-        row = (
-            await conn.execute(
-                select(func.count(), func.max(cast(D.c.delivered, Integer))).where(D.c.job_id == job_id)
-            )
-        ).one()
-    return int(row[0]), bool(row[1])
-
-
-async def _record(state: AppState, job_id: str, attempt: int, status: int | None, error: str | None) -> None:
-    ok = status is not None and 200 <= status < 300
-    async with state.engine.begin() as conn:
-        await conn.execute(
-            D.insert().values(
-                job_id=job_id,
-                attempt=attempt,
-                status_code=status,
-                error=error[:1000] if error else None,
-                delivered=ok,
-                at=utcnow(),
-            )
-        )
-
-
-async def list_deliveries(state: AppState, job_id: str) -> list[dict[str, Any]]:
-    """Every attempt for a job, oldest first."""
-    async with state.engine.begin() as conn:
-        rows = (await conn.execute(select(D).where(D.c.job_id == job_id).order_by(D.c.id))).mappings().all()
-    return [dict(r) for r in rows]
-
-
-class WebhookSender:
+class WebhookSender(BackgroundService):
     """Delivers webhooks of one server process: one task per job, never two for the same job."""
 
-    def __init__(self, state: AppState) -> None:
-        self.state = state
-        self.client = httpx.AsyncClient(timeout=state.settings.webhook_timeout_s, follow_redirects=False)
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.sweeper: asyncio.Task[None] | None = None
+    name = "webhook sweep"
 
-    def start(self) -> None:
-        self.sweeper = asyncio.create_task(self._sweep_loop())
+    def __init__(self, jobs: JobStore, settings: Settings, secret: bytes) -> None:
+        super().__init__(settings.webhook_sweep_interval_s)
+        self.jobs = jobs
+        self.settings = settings
+        self.secret = secret
+        self.client = httpx.AsyncClient(timeout=settings.webhook_timeout_s, follow_redirects=False)
+        self.tasks: dict[str, asyncio.Task[None]] = {}
 
     async def stop(self) -> None:
-        tasks = [t for t in [self.sweeper, *self.tasks.values()] if t is not None]
+        await super().stop()
+        tasks = list(self.tasks.values())
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -125,45 +94,44 @@ class WebhookSender:
                 await t
         await self.client.aclose()
 
+    def job_changed(self, event: JobEvent) -> None:
+        """A job changed here: deliver its webhook when it ended and has one (nothing read otherwise)."""
+        if event.has_webhook and is_final(event.state):
+            self.notify(event.job_id)
+
     def notify(self, job_id: str) -> None:
-        """A job changed: deliver its webhook if it is final and has one (no-op otherwise)."""
+        """Deliver the job's webhook if it is final and has one (no-op otherwise)."""
         if job_id not in self.tasks:
             task = asyncio.create_task(self._deliver(job_id))
             self.tasks[job_id] = task
             task.add_done_callback(lambda _: self.tasks.pop(job_id, None))
 
+    async def run_once(self) -> bool:
+        await self.sweep()
+        return False
+
     async def sweep(self) -> int:
         """Start deliveries for ended jobs whose webhook has not gone through yet."""
-        since = utcnow() - timedelta(seconds=self.state.settings.webhook_retry_s)
-        due = await jobstore.list_webhooks_due(self.state.engine, since)
+        since = utcnow() - timedelta(seconds=self.settings.webhook_retry_s)
+        due = await self.jobs.list_webhooks_due(since)
         for job_id in due:
             self.notify(job_id)
         return len(due)
 
-    async def _sweep_loop(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a passing database error must not stop the sweep
-                log.exception("webhook sweep failed")
-            await asyncio.sleep(self.state.settings.webhook_sweep_interval_s)
-
     async def _deliver(self, job_id: str) -> None:
-        s = self.state.settings
-        job = await jobstore.get_job_any(self.state.engine, job_id)
-        if job is None or not job["webhook_url"] or not jobstore.is_final(job["state"]):
+        s = self.settings
+        job = await self.jobs.get_any(job_id)
+        if job is None or not job.webhook_url or not is_final(job.state):
             return
-        attempts, delivered = await _attempts(self.state, job_id)
+        attempts, delivered = await self.jobs.delivery_attempts(job_id)
         if delivered:
             return
-        give_up = (job["finished_at"] or utcnow()) + timedelta(seconds=s.webhook_retry_s)
+        give_up = (job.finished_at or utcnow()) + timedelta(seconds=s.webhook_retry_s)
         body = json.dumps(payload(job), separators=(",", ":")).encode()
         while True:
             attempts += 1
-            status, error = await self._post(job["webhook_url"], body, job["user_id"])
-            await _record(self.state, job_id, attempts, status, error)
+            status, error = await self._post(job.webhook_url, body, job.user_id)
+            await self.jobs.record_delivery(job_id, attempts, status, error)
             if status is not None and 200 <= status < 300:
                 return
             delay = min(s.webhook_backoff_max_s, s.webhook_backoff_base_s * 2 ** (attempts - 1))
@@ -175,11 +143,11 @@ class WebhookSender:
     async def _post(self, url: str, body: bytes, user_id: int | None) -> tuple[int | None, str | None]:
         try:
             # Checked again at delivery: the name may resolve elsewhere than at submission.
-            await asyncio.to_thread(check_url, url, self.state.settings.webhook_allow_private)
+            await asyncio.to_thread(check_url, url, self.settings.webhook_allow_private)
             headers = {
                 "Content-Type": "application/json",
                 "User-Agent": "morag-remote webhook",
-                SIGNATURE_HEADER: signature_header(user_secret(self.state.secret, user_id).encode(), body),
+                SIGNATURE_HEADER: signature_header(user_secret(self.secret, user_id).encode(), body),
             }
             resp = await self.client.post(url, content=body, headers=headers)
         except UnsafeURL as exc:
@@ -187,24 +155,3 @@ class WebhookSender:
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}: {exc}"
         return resp.status_code, None if resp.is_success else resp.text[:200]
-
-
-async def startup(app: Any, state: AppState) -> None:
-    """Lifespan hook: start the sender and chain it into ``state.on_job_changed``."""
-    sender = WebhookSender(state)
-    previous = state.on_job_changed
-
-    async def on_job_changed(job_id: str) -> None:
-        await previous(job_id)
-        sender.notify(job_id)
-
-    state.on_job_changed = on_job_changed
-    app.state.webhooks = sender
-    sender.start()
-
-
-async def shutdown(app: Any, state: AppState) -> None:
-    """Lifespan hook: stop deliveries (the sweep resumes them after a restart)."""
-    sender = getattr(app.state, "webhooks", None)
-    if sender is not None:
-        await sender.stop()

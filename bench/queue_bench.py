@@ -3,7 +3,7 @@
     .venv/bin/python bench/queue_bench.py [--jobs 5000] [--workers 8] [--batch 10]
         [--postgres postgresql+asyncpg://postgres@127.0.0.1:5432/test]
 
-Goes through api.jobstore (the statements the HTTP routes run), on a fresh SQLite file and a
+Goes through api.jobs.JobStore (the statements the HTTP routes run), on a fresh SQLite file and a
 fresh PostgreSQL database. Prints one markdown row per backend and batch size.
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api import jobstore, keystore
+from api import keystore
 from api.db import make_engine, upgrade
-from api.jobstore import NewJob
+from api.jobs import JobStore, Lease, NewJob
 from api.keystore import Scope
 from api.notifier import Notifier
 from api.settings import Settings
@@ -33,6 +33,7 @@ async def run(url: str, jobs: int, workers: int, batch: int) -> tuple[float, flo
     engine = make_engine(url)
     settings = Settings(data_dir=Path(tempfile.mkdtemp()), database_url=url, secret_key="bench")
     notifier = Notifier()
+    store = JobStore(engine, settings, notifier)
     await keystore.create_user(engine, "bench")
     _, key = await keystore.create_key(engine, "bench", Scope.worker)
     who = await keystore.authenticate(engine, key)
@@ -40,20 +41,18 @@ async def run(url: str, jobs: int, workers: int, batch: int) -> tuple[float, flo
     new = [NewJob(content_type="echo", lane_kind=LaneKind.cpu) for _ in range(jobs)]
     t0 = time.perf_counter()
     for i in range(0, jobs, 100):  # batches of 100 per transaction, as /ingest/batch does
-        await jobstore.enqueue_jobs(engine, notifier, settings, who, new[i : i + 100])
+        await store.enqueue_many(who, new[i : i + 100])
     enqueue_s = time.perf_counter() - t0
     done = 0
 
     async def claimer(n: int) -> None:
         nonlocal done
         while True:
-            rows = await jobstore.claim_jobs(
-                engine, settings, who, f"w{n}", [LaneKind.cpu], ["echo"], batch, None
-            )
+            rows = await store.claim(who, f"w{n}", [LaneKind.cpu], ["echo"], batch, None)
             if not rows:
                 return
             for r in rows:
-                await jobstore.complete_job(engine, notifier, r.id, r.lease_token, "ok", {})
+                await store.complete(Lease(r.id, r.lease_token, who.key_id), "ok", {})
             done += len(rows)
 
     t0 = time.perf_counter()

@@ -2,10 +2,13 @@
 
 This package is a leaf: it imports neither side. It holds
 
-- ``states``   the job states, content types and lanes, and how a content type picks a lane;
+- ``states``   task states and stages, key scopes, content types and lanes, and how a content
+               type picks a lane;
 - ``models``   the pydantic bodies every ``/worker`` route sends and receives;
-- ``paths``    the route paths, so both sides spell them once;
-- ``errors``   the error classes a worker reports and the JSON error body the server answers;
+- ``paths``    the route paths (and the lease-token header), so both sides spell them once;
+- ``errors``   the error classes a worker reports, the error classes a task shows (with
+               ``indexing_delayed`` / ``indexing_failed``), the stable error codes both sides act
+               on, and the JSON error body the server answers;
 - ``signing``  HMAC helpers for signed download URLs (created by the server, checked by it).
 
 A job moves ``queued -> running -> succeeded | failed | dead``, or ``canceled`` from

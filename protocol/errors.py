@@ -26,9 +26,32 @@ class ErrorClass(StrEnum):
     internal = "internal"  # a bug on the worker: retried until attempts run out
 
 
-RETRYABLE_CLASSES = frozenset(
-    {ErrorClass.transient, ErrorClass.timeout, ErrorClass.out_of_memory, ErrorClass.internal}
-)
+class TaskErrorClass(StrEnum):
+    """Why a task failed or waits, as a client sees it: a worker's class or an indexing one."""
+
+    bad_input = "bad_input"
+    unsupported = "unsupported"
+    auth_required = "auth_required"
+    transient = "transient"
+    timeout = "timeout"
+    out_of_memory = "out_of_memory"
+    canceled = "canceled"
+    shutdown = "shutdown"
+    internal = "internal"
+    indexing_delayed = "indexing_delayed"  # the result is in; indexing waits for an outage to pass
+    indexing_failed = "indexing_failed"  # indexing failed for good; the processed result is kept
+
+
+class ErrorCode(StrEnum):
+    """The stable ``code`` of error bodies that workers and clients act on."""
+
+    stale_lease = "stale_lease"  # the lease is not (or no longer) this worker's: stop, drop the job
+    job_canceled = "job_canceled"  # the job was canceled: stop working on it
+    job_not_found = "job_not_found"
+    wrong_scope = "wrong_scope"
+    bad_signature = "bad_signature"
+    task_not_found = "task_not_found"
+    task_finished = "task_finished"
 
 
 class ErrorBody(BaseModel):

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from protocol.errors import ErrorClass
 from protocol.inputs import CleanBody
-from protocol.states import ContentType, LaneKind
+from protocol.states import ContentType, LaneKind, Scope
 
 MAX_CLAIM_WAIT_S = 30.0
 
@@ -98,7 +98,7 @@ class HelloResponse(BaseModel):
     protocol_version: str
     server_version: str
     user: str | None
-    scope: str
+    scope: Scope
     lanes: list[LaneKind]
     lease_s: float
     max_claim_wait_s: float

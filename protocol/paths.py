@@ -7,3 +7,6 @@ FAIL = "/worker/fail"
 ARTIFACT = "/worker/artifact"
 HELLO = "/worker/hello"
 FILES = "/files/{file_id}"
+
+#: The lease token of an artifact upload travels in this header, never in the URL (URLs get logged).
+LEASE_TOKEN_HEADER = "X-Lease-Token"

@@ -1,4 +1,4 @@
-"""Job states, content types and lanes."""
+"""Job states and stages, key scopes, content types and lanes."""
 
 from __future__ import annotations
 
@@ -15,6 +15,23 @@ class JobState(StrEnum):
 
 
 FINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.canceled, JobState.dead})
+
+
+class TaskStage(StrEnum):
+    """Where a task is: with a worker (``process``), being indexed by the server (``index``), or ``done``."""
+
+    process = "process"
+    indexing = "index"
+    done = "done"
+
+
+class Scope(StrEnum):
+    """What an API key may do."""
+
+    client = "client"
+    worker = "worker"
+    shared_worker = "shared-worker"
+    admin = "admin"
 
 
 class ContentType(StrEnum):

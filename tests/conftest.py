@@ -102,16 +102,19 @@ class Store:
     engine: Any
     settings: Any
     notifier: Any
+    jobs: Any
 
 
 @pytest.fixture
 async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Store]:
     from api.db import make_engine
+    from api.jobs import JobStore
     from api.notifier import Notifier
     from api.settings import Settings
 
     settings = Settings(data_dir=tmp_path / "data", database_url=database_url, secret_key="test-secret")
     engine = make_engine(database_url)
     notifier = Notifier()
-    yield Store(engine=engine, settings=settings, notifier=notifier)
+    jobs = JobStore(engine, settings, notifier)
+    yield Store(engine=engine, settings=settings, notifier=notifier, jobs=jobs)
     await engine.dispose()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from api import jobstore, keystore
-from api.jobstore import NewJob
+from api import keystore
+from api.jobs import NewJob
 from api.keystore import Principal, Scope
 from protocol.states import LaneKind
 
@@ -27,10 +27,7 @@ async def make_user(
 async def submit(
     store: Any, owner: Principal, content_type: str = "echo", lane: LaneKind = LaneKind.cpu, **kw: Any
 ) -> str:
-    return await jobstore.enqueue_job(
-        store.engine,
-        store.notifier,
-        store.settings,
+    return await store.jobs.enqueue(
         owner,
         NewJob(content_type=content_type, lane_kind=lane, options=kw.pop("options", {}), **kw),
     )
@@ -45,6 +42,4 @@ async def claim(
     n: int = 1,
     claim_id: str | None = None,
 ) -> list[Any]:
-    return await jobstore.claim_jobs(
-        store.engine, store.settings, who, worker_id, list(lanes), list(content_types), n, claim_id
-    )
+    return await store.jobs.claim(who, worker_id, list(lanes), list(content_types), n, claim_id)

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocol import PROTOCOL_VERSION
+from protocol.errors import ErrorCode
 from protocol.models import HelloResponse
+from protocol.states import Scope
 from worker.client import AuthFailed, ServerError, ServerRejected, WorkerClient
 from worker.config import WorkerConfig
 from worker.cookies import check_browser, check_cookies_file
@@ -73,7 +75,7 @@ async def check_server(
         hello = await client.hello()
     except AuthFailed as exc:
         reach = Check("server reachable", "ok", f"{config.server} answered")
-        if exc.code == "wrong_scope":
+        if exc.code == ErrorCode.wrong_scope:
             return [
                 reach,
                 Check(
@@ -132,7 +134,7 @@ async def check_server(
 
 def check_lanes(config: WorkerConfig, hello: HelloResponse | None, gpus: int) -> Check:
     """Which lanes the worker will serve, and whether that fits the machine and the key."""
-    if hello is not None and hello.scope == "shared-worker":
+    if hello is not None and hello.scope == Scope.shared_worker:
         return Check("lanes", "ok", "default (shared worker key: jobs of every user)")
     lanes = config.lanes or detect_lanes()
     bad = [lane for lane in lanes if lane not in ("gpu", "cpu")]

@@ -25,7 +25,7 @@ import backoff
 import httpx
 
 from protocol import paths
-from protocol.errors import ErrorClass
+from protocol.errors import ErrorClass, ErrorCode
 from protocol.models import (
     ArtifactResponse,
     ClaimedJob,
@@ -75,7 +75,7 @@ class LeaseLost(ServerRejected):
 
     @property
     def canceled(self) -> bool:
-        return self.code == "job_canceled"
+        return self.code == ErrorCode.job_canceled
 
 
 class _Truncated(Exception):
@@ -122,7 +122,7 @@ def _rejected(resp: httpx.Response) -> ServerRejected:
     text = f"HTTP {resp.status_code} {code}: {message}"
     if resp.status_code in (401, 403) and code != "bad_signature":
         return AuthFailed(text, resp.status_code, code)
-    if resp.status_code == 409 and code in ("stale_lease", "job_canceled"):
+    if resp.status_code == 409 and code in (ErrorCode.stale_lease, ErrorCode.job_canceled):
         return LeaseLost(text, resp.status_code, code)
     return ServerRejected(text, resp.status_code, code)
 
@@ -274,7 +274,7 @@ class WorkerClient:
         self, job_id: str, lease_token: str, path: Path, name: str, *, max_time_s: float | None = None
     ) -> ArtifactResponse:
         """Stream one file to the job's artifacts under its lease; a retry replaces the same name."""
-        params = {"job_id": job_id, "lease_token": lease_token, "name": name}
+        params = {"job_id": job_id, "name": name}
         size = path.stat().st_size
 
         async def body() -> AsyncIterator[bytes]:
@@ -289,7 +289,11 @@ class WorkerClient:
                     params=params,
                     content=body(),
                     # A declared length lets the server refuse an oversized file before any byte.
-                    headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Length": str(size),
+                        paths.LEASE_TOKEN_HEADER: lease_token,
+                    },
                 )
             except httpx.TransportError as exc:
                 raise ServerUnreachable(f"artifact upload to {self.server} failed: {exc!r}") from exc
@@ -369,7 +373,7 @@ class WorkerClient:
         except ServerRejected as exc:
             if exc.status == 404:
                 raise BadInput(f"the input file is no longer on the server ({exc.message})") from exc
-            if exc.code == "bad_signature":
+            if exc.code == ErrorCode.bad_signature:
                 raise TransientError(f"the download link expired ({exc.message})") from exc
             raise
         if size is not None and state["have"] != size:

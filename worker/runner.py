@@ -24,7 +24,7 @@ from typing import Any
 from protocol import PROTOCOL_VERSION
 from protocol.errors import ErrorClass
 from protocol.models import ClaimedJob, ClaimRequest, HelloResponse
-from protocol.states import ContentType, LaneKind
+from protocol.states import ContentType, LaneKind, Scope
 from worker import __version__
 from worker.client import AuthFailed, LeaseLost, ServerRejected, ServerUnreachable, WorkerClient
 from worker.config import WorkerConfig
@@ -107,7 +107,7 @@ class Runner:
                 "upgrade the worker (pip install -U morag-remote[worker])"
             )
         self.lease_s = hello.lease_s
-        if hello.scope == "shared-worker":
+        if hello.scope == Scope.shared_worker:
             self.lanes = ["default"]
         else:
             wanted = self.config.lanes or detect_lanes()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,34 +39,6 @@ class IndexConfig:
     def embedding_backend(self) -> Literal["gemini", "local"]:
         """Which embedder `build_embedder` makes from this config."""
         return "gemini" if self.gemini_api_key else "local"
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> IndexConfig:
-        """Read MORAG_* variables (MORAG_GEMINI_API_KEY, MORAG_QDRANT_URL, ...); overrides win."""
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for name, kind in _ENV_FIELDS.items():
-            raw = env.get(f"MORAG_{name.upper()}")
-            if raw is not None and raw != "":
-                values[name] = kind(raw)
-        values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
-
-
-_ENV_FIELDS: dict[str, type] = {
-    "chunk_size": int,
-    "chunk_overlap": int,
-    "gemini_api_key": str,
-    "gemini_model": str,
-    "gemini_dimensions": int,
-    "embed_batch_size": int,
-    "embed_max_retries": int,
-    "qdrant_url": str,
-    "qdrant_api_key": str,
-    "qdrant_path": str,
-    "collection": str,
-    "distance": str,
-}
 
 
 def check_chunk_options(size: int, overlap: int) -> None:

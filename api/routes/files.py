@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 
-from api import filestore, jobstore
+from api import filestore
 from api.auth import worker_access
 from api.errors import Forbidden, NotFound, documented
 from api.keystore import Principal, Scope
+from api.state import get_state
 from protocol import paths, signing
 from protocol.states import JobState
 
@@ -29,18 +30,18 @@ async def download(
     who: Principal = Depends(worker_access),
 ) -> FileResponse:
     """Stream a job's input file (Range supported) to the worker holding its lease."""
-    state = request.app.state.morag
-    row = await jobstore.get_job_any(state.engine, job)
+    state = get_state(request)
+    row = await state.jobs.get_any(job)
     # One answer for every mismatch, so a probe learns nothing about other users' files.
     denied = NotFound("no such file, or the link is not valid for this key", code="file_not_found")
-    if row is None or row["file_id"] != file_id or row["state"] != JobState.running or not row["lease_token"]:
+    if row is None or row.file_id != file_id or row.state != JobState.running or not row.lease_token:
         raise denied
-    if not signing.verify(state.secret, sig, file_id, job, row["lease_token"], exp):
+    if not signing.verify(state.secret, sig, file_id, job, row.lease_token, exp):
         raise Forbidden("the download link is invalid or expired; claim the job again", code="bad_signature")
     if who.scope is Scope.shared_worker:
-        if row["worker_key_id"] != who.key_id:
+        if row.worker_key_id != who.key_id:
             raise denied
-    elif row["user_id"] != who.user_id:
+    elif row.user_id != who.user_id:
         raise denied
     f = await filestore.get_file(state.engine, file_id)
     if f is None:

@@ -88,6 +88,8 @@ def wait_seconds(settings: Settings, query: float | None, body: float | None) ->
     value = query if query is not None else body
     if value is None:
         value = settings.process_wait_default_s
+    elif value > settings.process_wait_max_s:
+        raise Unprocessable(f"wait_s: at most {settings.process_wait_max_s:g} s (MORAG_PROCESS_WAIT_MAX_S)")
     return max(0.0, min(value, settings.process_wait_max_s))
 
 

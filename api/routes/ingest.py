@@ -9,12 +9,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from api import filestore, jobstore
+from api import filestore
 from api.auth import client_access
 from api.contenttypes import content_type_for_url, resolve_upload_type
 from api.errors import BadRequest, MoragError, NotFound, PayloadTooLarge, Unprocessable, documented
 from api.ids import new_id
-from api.jobstore import NewJob
+from api.jobs import JobKind, NewJob
 from api.keystore import Principal
 from api.routes.forms import (
     ERRORS,
@@ -34,7 +34,8 @@ from api.schemas import (
     IngestURLRequest,
     TaskCreated,
 )
-from protocol.states import ContentType, JobState
+from api.state import get_state
+from protocol.states import ContentType, JobState, TaskStage
 
 router = APIRouter(prefix="/api/v1", tags=["ingest"])
 MAX_BATCH_JSON = 10 * 1024 * 1024
@@ -45,7 +46,7 @@ def _file_job(fields: IngestFileForm, file_id: str, content_type: ContentType, b
     return NewJob(
         content_type=content_type.value,
         lane_kind=lane_kind(fields.lane, content_type),
-        kind="ingest",
+        kind=JobKind.ingest,
         file_id=file_id,
         options=fields.options,
         priority=fields.priority,
@@ -61,7 +62,7 @@ def _url_job(item: IngestURLRequest, batch_id: str | None = None) -> NewJob:
     return NewJob(
         content_type=content_type.value,
         lane_kind=lane_kind(item.lane, content_type),
-        kind="ingest",
+        kind=JobKind.ingest,
         source_url=item.url,
         options=item.options,
         priority=item.priority,
@@ -81,7 +82,7 @@ def _url_job(item: IngestURLRequest, batch_id: str | None = None) -> NewJob:
 )
 async def ingest_file(request: Request, who: Principal = Depends(client_access)) -> TaskCreated:
     """Upload a file (streamed to disk) and queue it for processing and indexing."""
-    state = request.app.state.morag
+    state = get_state(request)
     async with uploaded(request, who.user_id) as form:
         fields = form_model(IngestFileForm, form.fields)
         if not form.files:
@@ -90,8 +91,7 @@ async def ingest_file(request: Request, who: Principal = Depends(client_access))
         content_type = resolve_upload_type(fields.content_type, row["mime_type"], head)
         await check_webhook(state.settings, fields.webhook_url)
         await filestore.insert_files(state.engine, state.settings, [row])
-        job_id = await jobstore.enqueue_job(
-            state.engine, state.notifier, state.settings, who, _file_job(fields, row["id"], content_type)
+        job_id = await state.jobs.enqueue(who, _file_job(fields, row["id"], content_type)
         )
     return TaskCreated(task_id=job_id, status=JobState.queued.value)
 
@@ -101,10 +101,10 @@ async def ingest_url(
     body: IngestURLRequest, request: Request, who: Principal = Depends(client_access)
 ) -> TaskCreated:
     """Queue a URL (web page, YouTube or other media) for processing and indexing."""
-    state = request.app.state.morag
+    state = get_state(request)
     check_source_url(body.url)
     await check_webhook(state.settings, body.webhook_url)
-    job_id = await jobstore.enqueue_job(state.engine, state.notifier, state.settings, who, _url_job(body))
+    job_id = await state.jobs.enqueue(who, _url_job(body))
     return TaskCreated(task_id=job_id, status=JobState.queued.value)
 
 
@@ -146,7 +146,7 @@ async def ingest_batch(request: Request, who: Principal = Depends(client_access)
     """Queue up to 100 items at once (JSON URL items, or files in one multipart body): a task each."""
     if request.headers.get("content-type", "").lower().startswith("multipart/"):
         return await _file_batch(request, who)
-    state = request.app.state.morag
+    state = get_state(request)
     body = await _json_batch(request)
     limit = state.settings.batch_max_items
     if len(body.items) > limit:
@@ -160,15 +160,14 @@ async def ingest_batch(request: Request, who: Principal = Depends(client_access)
         except BadRequest as exc:
             raise BadRequest(f"items[{n}]: {exc.message}", code=exc.code) from exc
     batch_id = new_id()
-    ids = await jobstore.enqueue_jobs(
-        state.engine, state.notifier, state.settings, who, [_url_job(i, batch_id) for i in body.items]
+    ids = await state.jobs.enqueue_many(who, [_url_job(i, batch_id) for i in body.items]
     )
     return BatchCreated(batch_id=batch_id, status=JobState.queued.value, task_ids=ids)
 
 
 async def _file_batch(request: Request, who: Principal) -> BatchCreated:
     """Files of one multipart body (field ``files``, repeated), sharing the other fields."""
-    state = request.app.state.morag
+    state = get_state(request)
     async with uploaded(request, who.user_id, max_files=state.settings.batch_max_items) as form:
         fields = form_model(IngestFileForm, form.fields)
         if not form.files:
@@ -185,7 +184,7 @@ async def _file_batch(request: Request, who: Principal) -> BatchCreated:
                 raise type(exc)(f"files[{n}] ({row['original_name']}): {exc.message}", code=exc.code) from exc
             jobs.append(_file_job(fields, row["id"], content_type, batch_id))
         await filestore.insert_files(state.engine, state.settings, [row for _, row, _ in form.files])
-        ids = await jobstore.enqueue_jobs(state.engine, state.notifier, state.settings, who, jobs)
+        ids = await state.jobs.enqueue_many(who, jobs)
     return BatchCreated(batch_id=batch_id, status=JobState.queued.value, task_ids=ids)
 
 
@@ -209,21 +208,25 @@ async def batch_status(
     batch_id: str, request: Request, who: Principal = Depends(client_access)
 ) -> BatchStatus:
     """Aggregate status of a batch: counts by state, overall progress and each task."""
-    rows = await jobstore.list_batch_jobs(request.app.state.morag.engine, who.user_id, batch_id)
+    rows = await get_state(request).jobs.list_batch(who.user_id, batch_id)
     if not rows:
         raise NotFound("no such batch", code="batch_not_found")
     counts = {s.value: 0 for s in JobState}
     for r in rows:
-        counts[r["state"]] += 1
+        counts[r.state] += 1
     tasks = [
         BatchTask(
-            task_id=r["id"], status=r["state"], stage=r["stage"], progress=r["progress"], error=r["error"]
+            task_id=r.id,
+            status=JobState(r.state),
+            stage=TaskStage(r.stage),
+            progress=r.progress,
+            error=r.error,
         )
         for r in rows
     ]
     return BatchStatus(
         batch_id=batch_id,
-        status=_aggregate([r["state"] for r in rows]),
+        status=_aggregate([r.state for r in rows]),
         total=len(rows),
         counts=counts,
         progress=round(sum(t.progress for t in tasks) / len(tasks), 4),
@@ -234,7 +237,7 @@ async def batch_status(
 @router.delete("/ingest/{task_id}", response_model=TaskCreated, responses=documented(404, 409))
 async def cancel(task_id: str, request: Request, who: Principal = Depends(client_access)) -> TaskCreated:
     """Cancel a task: a queued one never runs; a running one is told at its next heartbeat."""
-    state = request.app.state.morag
-    status = await jobstore.cancel_job(state.engine, who.user_id, task_id)
-    await state.on_job_changed(task_id)
-    return TaskCreated(task_id=task_id, status=status)
+    state = get_state(request)
+    event = await state.jobs.cancel(who.user_id, task_id)
+    state.events.publish(event)
+    return TaskCreated(task_id=task_id, status=event.state)

@@ -7,11 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from api import filestore, jobstore
+from api import filestore
 from api.auth import client_access
 from api.contenttypes import content_type_for_url, resolve_upload_type
 from api.errors import BadRequest
-from api.jobstore import NewJob
+from api.jobs import JobRecord, NewJob, is_final
 from api.keystore import Principal
 from api.routes.forms import (
     ERRORS,
@@ -23,6 +23,7 @@ from api.routes.forms import (
     wait_seconds,
 )
 from api.schemas import ProcessFileForm, ProcessResult, ProcessURLRequest, TaskCreated
+from api.state import get_state
 from protocol.states import JobState
 
 router = APIRouter(prefix="/process", tags=["process"])
@@ -30,38 +31,37 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": TaskCreated, "description": "Still running after wait_s: follow the task"},
     **ERRORS,
 }
-_WAIT = Query(None, ge=0, le=600, description="Seconds to wait for the result (default 60).")
+_WAIT = Query(
+    None, ge=0, description="Seconds to wait for the result (default MORAG_PROCESS_WAIT_DEFAULT_S, "
+    "at most MORAG_PROCESS_WAIT_MAX_S)."
+)
 
 
-def _result(row: dict[str, Any]) -> ProcessResult:
-    result = row["result"] or {}
+def _result(row: JobRecord) -> ProcessResult:
+    result = row.result or {}
     took = None
-    if row["started_at"] and row["finished_at"]:
-        took = round((row["finished_at"] - row["started_at"]).total_seconds(), 3)
-    ok = row["state"] == JobState.succeeded
+    if row.started_at and row.finished_at:
+        took = round((row.finished_at - row.started_at).total_seconds(), 3)
+    ok = row.state == JobState.succeeded
     return ProcessResult(
         success=ok,
         content=result.get("markdown") if ok else None,
         metadata=result.get("metadata") or {},
         processing_time=took,
-        error_message=None if ok else (row["error"] or f"the task ended {row['state']}"),
-        task_id=row["id"],
+        error_message=None if ok else (row.error or f"the task ended {row.state}"),
+        task_id=row.id,
     )
 
 
 async def _enqueue(request: Request, who: Principal, job: NewJob) -> str:
-    state = request.app.state.morag
-    return await jobstore.enqueue_job(state.engine, state.notifier, state.settings, who, job)
+    return await get_state(request).jobs.enqueue(who, job)
 
 
 async def _answer(request: Request, who: Principal, job_id: str, wait_s: float) -> Any:
-    state = request.app.state.morag
-    row = await jobstore.wait_for_final(
-        state.engine, state.notifier, state.settings, who.user_id, job_id, wait_s
-    )
-    if jobstore.is_final(row["state"]):
+    row = await get_state(request).jobs.wait_for_final(who.user_id, job_id, wait_s)
+    if is_final(row.state):
         return _result(row)
-    body = TaskCreated(task_id=job_id, status=row["state"])
+    body = TaskCreated(task_id=job_id, status=JobState(row.state))
     return JSONResponse(
         status_code=202, content=body.model_dump(), headers={"Location": f"/api/v1/status/{job_id}"}
     )
@@ -77,9 +77,10 @@ async def process_file(
     request: Request, wait_s: float | None = _WAIT, who: Principal = Depends(client_access)
 ) -> Any:
     """Process an uploaded file now and answer with its content (202 with a task id if it takes longer)."""
-    state = request.app.state.morag
+    state = get_state(request)
     async with uploaded(request, who.user_id) as form:
         fields = form_model(ProcessFileForm, form.fields)
+        wait = wait_seconds(state.settings, wait_s, fields.wait_s)  # refused before anything is queued
         if not form.files:
             raise BadRequest("the multipart field 'file' is missing", code="missing_file")
         _, row, head = form.files[0]
@@ -95,7 +96,7 @@ async def process_file(
                 options=fields.options,
             ),
         )
-    return await _answer(request, who, job_id, wait_seconds(state.settings, wait_s, fields.wait_s))
+    return await _answer(request, who, job_id, wait)
 
 
 @router.post("/url", response_model=ProcessResult, responses=_RESPONSES)
@@ -106,8 +107,9 @@ async def process_url(
     who: Principal = Depends(client_access),
 ) -> Any:
     """Process a URL now and answer with its content (202 with a task id if it takes longer)."""
-    state = request.app.state.morag
+    state = get_state(request)
     check_source_url(body.url)
+    wait = wait_seconds(state.settings, wait_s, body.wait_s)
     content_type = body.content_type or content_type_for_url(body.url)
     job = NewJob(
         content_type=content_type.value,
@@ -116,4 +118,4 @@ async def process_url(
         options=body.options,
     )
     job_id = await _enqueue(request, who, job)
-    return await _answer(request, who, job_id, wait_seconds(state.settings, wait_s, body.wait_s))
+    return await _answer(request, who, job_id, wait)

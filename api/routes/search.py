@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 
 from api.auth import client_access
 from api.errors import BadRequest, Conflict, MoragError, documented
-from api.indexer import index_user
 from api.indexing.errors import DimensionMismatch, IndexingError, InvalidChunkOptions, InvalidFilter
+from api.indexing.stage import index_user
 from api.keystore import Principal
 from protocol.inputs import CleanBody
 

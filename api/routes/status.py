@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import FileResponse
 
-from api import artifacts, jobstore
+from api import artifacts
 from api.auth import client_access, principal
+from api.jobs import JobRecord
 from api.keystore import Principal
 from api.schemas import ArtifactInfo, QueueStats, TaskList, TaskStatus, WorkerList, task_status
+from api.state import AppState, get_state
 from protocol.errors import ErrorBody
+from protocol.states import JobState
 
 router = APIRouter(prefix="/api/v1", tags=["status"])
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
@@ -20,9 +24,8 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _with_artifacts(request: Request, rows: list[dict[str, Any]]) -> list[TaskStatus]:
+async def _with_artifacts(state: AppState, request: Request, rows: list[JobRecord]) -> list[TaskStatus]:
     """Task statuses, each with the artifacts of the lease that completed it."""
-    state = request.app.state.morag
     found = await artifacts.list_for_jobs(state.engine, rows)
     base = (state.settings.public_url or str(request.base_url)).rstrip("/")
     out = []
@@ -33,27 +36,33 @@ async def _with_artifacts(request: Request, rows: list[dict[str, Any]]) -> list[
                 size=a["size"],
                 mime=a["mime"],
                 sha256=a["sha256"],
-                url=f"{base}/api/v1/status/{quote(row['id'])}/artifacts/{quote(a['name'])}",
+                url=f"{base}/api/v1/status/{quote(row.id)}/artifacts/{quote(a['name'])}",
             )
-            for a in found.get(row["id"], [])
+            for a in found.get(row.id, [])
         ]
         out.append(task_status(row, infos))
     return out
 
 
 @router.get("/status/stats/queues", response_model=QueueStats)
-async def queue_stats(request: Request, who: Principal = Depends(client_access)) -> QueueStats:
+async def queue_stats(
+    who: Principal = Depends(client_access), state: AppState = Depends(get_state)
+) -> QueueStats:
     """Per lane: jobs by state, the oldest waiting age and the workers online."""
-    state = request.app.state.morag
-    lanes = await jobstore.queue_stats(state.engine, state.settings, who.user_id)
-    return QueueStats.model_validate({"lanes": lanes})
+    lanes = await state.jobs.queue_stats(who.user_id)
+    return QueueStats.model_validate({"lanes": [asdict(lane) for lane in lanes]})
 
 
 @router.get("/status/{task_id}", response_model=TaskStatus, responses=_NOT_FOUND)
-async def get_status(task_id: str, request: Request, who: Principal = Depends(client_access)) -> TaskStatus:
+async def get_status(
+    task_id: str,
+    request: Request,
+    who: Principal = Depends(client_access),
+    state: AppState = Depends(get_state),
+) -> TaskStatus:
     """State, progress, attempts, timestamps, result or error, and artifacts of one of the caller's tasks."""
-    row = await jobstore.get_job(request.app.state.morag.engine, who.user_id, task_id)
-    return (await _with_artifacts(request, [row]))[0]
+    row = await state.jobs.get(who.user_id, task_id)
+    return (await _with_artifacts(state, request, [row]))[0]
 
 
 @router.get(
@@ -66,10 +75,10 @@ async def get_artifact(
     request: Request,
     name: str = Path(..., max_length=100),
     who: Principal = Depends(client_access),
+    state: AppState = Depends(get_state),
 ) -> FileResponse:
     """Download one artifact (thumbnail, keyframe) of one of the caller's completed tasks."""
-    state = request.app.state.morag
-    row = await jobstore.get_job(state.engine, who.user_id, task_id)
+    row = await state.jobs.get(who.user_id, task_id)
     art, path = await artifacts.get_artifact(state.engine, state.settings, row, name)
     # Sniffed, not trusted, content: a download, never rendered as a page of this origin.
     return FileResponse(
@@ -80,20 +89,20 @@ async def get_artifact(
 @router.get("/status/", response_model=TaskList)
 async def list_status(
     request: Request,
-    state: str | None = Query(None, pattern="^(queued|running|succeeded|failed|canceled|dead)$"),
+    state: JobState | None = Query(None, description="Only tasks in this state"),
     cursor: str | None = Query(None, max_length=64),
     limit: int = Query(50, ge=1, le=500),
     who: Principal = Depends(client_access),
+    app_state: AppState = Depends(get_state),
 ) -> TaskList:
     """The caller's tasks, newest first, optionally by state; follow ``next_cursor`` for more."""
-    rows = await jobstore.list_jobs(request.app.state.morag.engine, who.user_id, state, cursor, limit)
-    next_cursor = rows[-1]["id"] if len(rows) == limit else None
-    return TaskList(tasks=await _with_artifacts(request, rows), next_cursor=next_cursor)
+    rows = await app_state.jobs.list_jobs(who.user_id, state, cursor, limit)
+    next_cursor = rows[-1].id if len(rows) == limit else None
+    return TaskList(tasks=await _with_artifacts(app_state, request, rows), next_cursor=next_cursor)
 
 
 @router.get("/workers", response_model=WorkerList)
-async def workers(request: Request, who: Principal = Depends(principal)) -> WorkerList:
+async def workers(who: Principal = Depends(principal), state: AppState = Depends(get_state)) -> WorkerList:
     """The caller's workers: lanes, last seen and current jobs."""
-    state = request.app.state.morag
-    rows = await jobstore.list_workers(state.engine, state.settings, who.user_id)
-    return WorkerList.model_validate({"workers": rows})
+    rows = await state.jobs.list_workers(who.user_id)
+    return WorkerList.model_validate({"workers": [asdict(w) for w in rows]})

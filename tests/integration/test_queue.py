@@ -8,10 +8,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from api import jobstore
 from api.errors import JobCanceledError, StaleLease
 from api.ids import utcnow
-from api.jobstore import J, W
+from api.jobs import Lease
+from api.jobs.tables import JOBS as J
+from api.jobs.tables import WORKERS as W
 from api.keystore import Scope
 from protocol.errors import ErrorClass
 from protocol.states import LaneKind
@@ -63,23 +64,22 @@ async def test_killed_worker_job_is_reclaimed_after_lease_expiry_and_completed_o
     (first,) = await claim(store, alice, "w1")
     assert await claim(store, alice, "w2") == []  # leased: nobody else gets it
     await asyncio.sleep(0.3)
-    assert await jobstore.release_expired(store.engine, store.notifier) == 1
+    assert await store.jobs.release_expired() == 1
     store.settings.lease_s = 60
     (second,) = await claim(store, alice, "w2")
     assert second.id == job and second.attempt == 2 and second.lease_token != first.lease_token
     # The dead worker comes back: its completion is refused, the live one's is stored once.
     with pytest.raises(StaleLease):
-        await jobstore.complete_job(store.engine, store.notifier, job, first.lease_token, "old", {})
+        await store.jobs.complete(Lease(job, first.lease_token, alice.key_id), "old", {})
     assert (
-        await jobstore.complete_job(store.engine, store.notifier, job, second.lease_token, "new", {})
-        == "succeeded"
-    )
+        await store.jobs.complete(Lease(job, second.lease_token, alice.key_id), "new", {})
+    ).state == "succeeded"
     assert (
-        await jobstore.complete_job(store.engine, store.notifier, job, second.lease_token, "new", {})
-        == "succeeded"
-    )
-    row = await jobstore.get_job(store.engine, alice.user_id, job)
-    assert row["result"]["markdown"] == "new" and row["attempt"] == 2
+        await store.jobs.complete(Lease(job, second.lease_token, alice.key_id), "new", {})
+    ).state == "succeeded"
+    row = await store.jobs.get(alice.user_id, job)
+    assert row.result is not None
+    assert row.result["markdown"] == "new" and row.attempt == 2
 
 
 async def test_stale_heartbeat_and_fail_are_refused(store):
@@ -87,11 +87,9 @@ async def test_stale_heartbeat_and_fail_are_refused(store):
     job = await submit(store, alice)
     await claim(store, alice)
     with pytest.raises(StaleLease):
-        await jobstore.heartbeat(store.engine, store.settings, alice, job, "not-the-token", 0.5, "x")
+        await store.jobs.heartbeat(Lease(job, "not-the-token", alice.key_id), 0.5, "x")
     with pytest.raises(StaleLease):
-        await jobstore.fail_job(
-            store.engine, store.notifier, store.settings, job, "nope", "e", ErrorClass.transient, True
-        )
+        await store.jobs.fail(Lease(job, "nope", alice.key_id), "e", ErrorClass.transient, True)
 
 
 async def test_job_that_keeps_killing_workers_ends_dead(store):
@@ -102,7 +100,7 @@ async def test_job_that_keeps_killing_workers_ends_dead(store):
     for _ in range(2):
         assert len(await claim(store, alice)) == 1
         await asyncio.sleep(0.1)
-        await jobstore.release_expired(store.engine, store.notifier)
+        await store.jobs.release_expired()
     assert await _state(store, job) == "dead"
     assert await claim(store, alice) == []
 
@@ -113,63 +111,35 @@ async def test_fail_retryable_backs_off_then_dead(store):
     store.settings.max_attempts = 2
     job = await submit(store, alice)
     (r,) = await claim(store, alice)
-    state, retry_at = await jobstore.fail_job(
-        store.engine,
-        store.notifier,
-        store.settings,
-        job,
-        r.lease_token,
-        "net down",
-        ErrorClass.transient,
-        True,
+    out = await store.jobs.fail(
+        Lease(job, r.lease_token, alice.key_id), "net down", ErrorClass.transient, True
     )
-    assert state == "queued" and retry_at > utcnow() - timedelta(seconds=1)
+    assert out.state == "queued" and out.retry_at > utcnow() - timedelta(seconds=1)
     assert await claim(store, alice) == []  # not before its backoff
     await asyncio.sleep(0.1)
     (r2,) = await claim(store, alice)
-    state, _ = await jobstore.fail_job(
-        store.engine,
-        store.notifier,
-        store.settings,
-        job,
-        r2.lease_token,
-        "net down",
-        ErrorClass.transient,
-        True,
+    out = await store.jobs.fail(
+        Lease(job, r2.lease_token, alice.key_id), "net down", ErrorClass.transient, True
     )
-    assert state == "dead"
-    row = await jobstore.get_job(store.engine, alice.user_id, job)
-    assert "gave up after 2 attempts" in row["error"]
+    assert out.state == "dead"
+    row = await store.jobs.get(alice.user_id, job)
+    assert "gave up after 2 attempts" in (row.error or "")
 
 
 async def test_non_retryable_fails_and_shutdown_release_requeues_at_once(store):
     alice, _ = await make_user(store.engine, "alice")
     a = await submit(store, alice)
     (r,) = await claim(store, alice)
-    state, _ = await jobstore.fail_job(
-        store.engine,
-        store.notifier,
-        store.settings,
-        a,
-        r.lease_token,
-        "corrupt file",
-        ErrorClass.bad_input,
-        False,
+    out = await store.jobs.fail(
+        Lease(a, r.lease_token, alice.key_id), "corrupt file", ErrorClass.bad_input, False
     )
-    assert state == "failed"
+    assert out.state == "failed"
     b = await submit(store, alice)
     (r,) = await claim(store, alice, "w1")
-    state, _ = await jobstore.fail_job(
-        store.engine,
-        store.notifier,
-        store.settings,
-        b,
-        r.lease_token,
-        "worker stopping",
-        ErrorClass.shutdown,
-        True,
+    out = await store.jobs.fail(
+        Lease(b, r.lease_token, alice.key_id), "worker stopping", ErrorClass.shutdown, True
     )
-    assert state == "queued"
+    assert out.state == "queued"
     (again,) = await claim(store, alice, "w2")
     assert again.id == b and again.attempt == 1  # the give-back did not cost an attempt
 
@@ -177,17 +147,15 @@ async def test_non_retryable_fails_and_shutdown_release_requeues_at_once(store):
 async def test_cancel_queued_never_runs_and_running_learns_at_heartbeat(store):
     alice, _ = await make_user(store.engine, "alice")
     queued = await submit(store, alice)
-    assert await jobstore.cancel_job(store.engine, alice.user_id, queued) == "canceled"
+    assert (await store.jobs.cancel(alice.user_id, queued)).state == "canceled"
     assert await claim(store, alice) == []
     running = await submit(store, alice)
     (r,) = await claim(store, alice)
-    await jobstore.cancel_job(store.engine, alice.user_id, running)
-    _, canceled = await jobstore.heartbeat(
-        store.engine, store.settings, alice, running, r.lease_token, 0.5, ""
-    )
-    assert canceled is True
+    await store.jobs.cancel(alice.user_id, running)
+    beat = await store.jobs.heartbeat(Lease(running, r.lease_token, alice.key_id), 0.5, "")
+    assert beat.canceled is True
     with pytest.raises(JobCanceledError):
-        await jobstore.complete_job(store.engine, store.notifier, running, r.lease_token, "late", {})
+        await store.jobs.complete(Lease(running, r.lease_token, alice.key_id), "late", {})
 
 
 async def test_claim_id_replay_returns_the_same_jobs(store):
@@ -195,9 +163,9 @@ async def test_claim_id_replay_returns_the_same_jobs(store):
     for _ in range(3):
         await submit(store, alice)
     first = await claim(store, alice, n=2, claim_id="c-1")
-    again = await jobstore.replay_claim(store.engine, alice, "c-1")
+    again = await store.jobs.replay_claim(alice, "c-1")
     assert [(r.id, r.lease_token) for r in again] == [(r.id, r.lease_token) for r in first]
-    assert await jobstore.replay_claim(store.engine, alice, "c-2") == []
+    assert await store.jobs.replay_claim(alice, "c-2") == []
 
 
 async def _set_fallback_clock(store, job_id, **values):
@@ -240,10 +208,10 @@ async def test_worker_going_offline_triggers_fallback_sweep(store):
     store.settings.shared_fallback_after_s = 3600
     await claim(store, alice, "gpu-box", lanes=(GPU,), content_types=("audio",))
     job = await submit(store, alice, "audio", GPU)
-    assert await jobstore.sweep_fallback(store.engine, store.notifier, store.settings) == 0
+    assert await store.jobs.sweep_fallback() == 0
     async with store.engine.begin() as conn:  # the GPU box was last seen long ago
         await conn.execute(update(W).values(last_seen_at=utcnow() - timedelta(hours=1)))
-    assert await jobstore.sweep_fallback(store.engine, store.notifier, store.settings) >= 1
+    assert await store.jobs.sweep_fallback() >= 1
     (r,) = await claim(store, alice, "cpu-box", lanes=(CPU,), content_types=("audio",))
     assert r.id == job
 
@@ -253,7 +221,7 @@ async def test_shared_fallback_never_when_user_turned_it_off(store):
     shared, _ = await make_user(store.engine, "operator", Scope.shared_worker)
     store.settings.shared_fallback_after_s = 0
     job = await submit(store, carol, "document", CPU)
-    await jobstore.sweep_fallback(store.engine, store.notifier, store.settings)
+    await store.jobs.sweep_fallback()
     await _set_fallback_clock(store, job, run_after=utcnow() - timedelta(days=1))
     assert await claim(store, shared, "op", content_types=("document",)) == []
     (r,) = await claim(store, carol, "own", content_types=("document",))
@@ -285,7 +253,7 @@ async def test_concurrent_claims_never_hand_a_job_to_two_workers(store, database
                 return
             seen.extend(r.id for r in rows)
             for r in rows:
-                await jobstore.complete_job(store.engine, store.notifier, r.id, r.lease_token, "ok", {})
+                await store.jobs.complete(Lease(r.id, r.lease_token, owner.key_id), "ok", {})
 
     await asyncio.wait_for(asyncio.gather(*(worker(i) for i in range(n_workers))), timeout=240)
     assert len(seen) == n_jobs

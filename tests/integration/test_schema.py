@@ -44,7 +44,6 @@ async def test_claim_uses_its_partial_index_on_postgres(store):
     """The real claim walks the queued-only index, not the primary key (shared/POSTGRES-QUEUE.md)."""
     from sqlalchemy import event, text
 
-    from api.jobstore import claim_jobs
     from protocol.states import LaneKind
     from tests.factories import make_user, submit
 
@@ -76,10 +75,7 @@ async def test_claim_uses_its_partial_index_on_postgres(store):
 
     event.listen(store.engine.sync_engine, "before_cursor_execute", grab)
     try:
-        assert (
-            len(await claim_jobs(store.engine, store.settings, alice, "w", [LaneKind.cpu], ["echo"], 5, None))
-            == 5
-        )
+        assert len(await store.jobs.claim(alice, "w", [LaneKind.cpu], ["echo"], 5, None)) == 5
     finally:
         event.remove(store.engine.sync_engine, "before_cursor_execute", grab)
     statement, parameters = sent[0]

@@ -13,14 +13,15 @@ import pytest
 from sqlalchemy import select, update
 
 from api import keystore
-from api.artifacts import A, sweep_artifacts
-from api.models import Job
+from api.artifacts import sweep_artifacts
+from api.jobs.tables import ARTIFACTS as A
+from api.jobs.tables import JOBS as J
+from protocol.paths import LEASE_TOKEN_HEADER
 from tests.integration.api.conftest import Env, check_error, check_openapi, claim, complete
 
 UPLOAD = "/worker/artifact"
 STATUS = "/api/v1/status/{task_id}"
 DOWNLOAD = "/api/v1/status/{task_id}/artifacts/{name}"
-J = Job.__table__  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -70,12 +71,13 @@ async def upload(
     token: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Any:
-    params = {"job_id": job["job_id"], "lease_token": token or job["lease_token"], "name": name}
+    params = {"job_id": job["job_id"], "name": name}
+    lease = {LEASE_TOKEN_HEADER: token or job["lease_token"]}
     return await env.client.post(
         UPLOAD,
         params=params,
         content=data,
-        headers={**(headers or env.worker), "Content-Type": "application/octet-stream"},
+        headers={**(headers or env.worker), **lease, "Content-Type": "application/octet-stream"},
     )
 
 
@@ -129,10 +131,11 @@ async def test_upload_complete_list_and_download(env: Env) -> None:
 async def test_fencing_stale_canceled_unknown_and_other_users_key(env: Env) -> None:
     job = await running_job(env)
     check_error(await upload(env, job, "a.png", png(), token="not-the-lease"), UPLOAD, 409, "stale_lease")
-    check_error(await upload(env, {**job, "job_id": "nope"}, "a.png", png()), UPLOAD, 404, "job_not_found")
+    # An unknown job and another key holding the valid token get the stale-lease answer: no leak.
+    check_error(await upload(env, {**job, "job_id": "nope"}, "a.png", png()), UPLOAD, 409, "stale_lease")
     bob_worker = (await keystore.create_key(env.state.engine, "bob", keystore.Scope.worker))[1]
     resp = await upload(env, job, "a.png", png(), headers={"Authorization": f"Bearer {bob_worker}"})
-    check_error(resp, UPLOAD, 404, "job_not_found")
+    check_error(resp, UPLOAD, 409, "stale_lease")
     check_error(await upload(env, job, "a.png", png(), headers=env.alice), UPLOAD, 403, "wrong_scope")
     assert (await env.client.delete(f"/api/v1/ingest/{job['job_id']}", headers=env.alice)).status_code == 200
     check_error(await upload(env, job, "a.png", png()), UPLOAD, 409, "job_canceled")
@@ -204,10 +207,8 @@ async def test_lost_lease_artifacts_are_dropped_and_not_shown(env: Env) -> None:
     assert (await upload(env, job, "both.png", png(b"\x00\x00\x00\x05"))).status_code == 200
     async with env.state.engine.begin() as conn:  # the lease ran out; the reaper re-queues the job
         await conn.execute(update(J).where(J.c.id == job["job_id"]).values(lease_expires_at=J.c.created_at))
-    from api import jobstore
-
-    assert await jobstore.release_expired(env.state.engine, env.state.notifier) == 1
-    assert await sweep_artifacts(env.state.engine, env.settings) == 2
+    assert await env.state.jobs.release_expired() == 1
+    assert await sweep_artifacts(env.state.jobs, env.settings) == 2
     assert on_disk(env) == [] and await rows(env) == []
     (again,) = await claim(env, ["echo"])
     check_error(await upload(env, job, "old.png", png()), UPLOAD, 409, "stale_lease")
@@ -216,7 +217,7 @@ async def test_lost_lease_artifacts_are_dropped_and_not_shown(env: Env) -> None:
     await complete(env, again, "# done")
     status = (await env.client.get(f"/api/v1/status/{job['job_id']}", headers=env.alice)).json()
     assert [a["name"] for a in status["artifacts"]] == ["both.png"]
-    assert await sweep_artifacts(env.state.engine, env.settings) == 0  # within retention: kept
+    assert await sweep_artifacts(env.state.jobs, env.settings) == 0  # within retention: kept
 
 
 async def test_failed_job_artifacts_are_dropped(env: Env) -> None:
@@ -234,7 +235,7 @@ async def test_failed_job_artifacts_are_dropped(env: Env) -> None:
         },
     )
     assert resp.json()["status"] == "failed"
-    assert await sweep_artifacts(env.state.engine, env.settings) == 1
+    assert await sweep_artifacts(env.state.jobs, env.settings) == 1
     assert on_disk(env) == [] and await rows(env) == []
 
 
@@ -252,11 +253,11 @@ async def test_completed_artifacts_go_with_retention_and_orphans_when_old(env: E
     past = time.time() - 120
     os.utime(old, (past, past))
     assert (
-        await sweep_artifacts(env.state.engine, env.settings) == 1
+        await sweep_artifacts(env.state.jobs, env.settings) == 1
     )  # the old orphan; the running job's stay
     assert sorted(p.name for p in folder.iterdir()) == [".upload.tmp", "a.png"]
     await complete(env, job, "# done")
-    assert await sweep_artifacts(env.state.engine, env.settings) == 1  # retention 0: gone once the job ended
+    assert await sweep_artifacts(env.state.jobs, env.settings) == 1  # retention 0: gone once the job ended
     assert sorted(p.name for p in folder.iterdir()) == [".upload.tmp"]
     status = (await env.client.get(f"/api/v1/status/{job['job_id']}", headers=env.alice)).json()
     assert status["artifacts"] == []

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from api import jobstore
 from tests.fixtures import documents
 from tests.integration.api.conftest import Env, check_error, check_openapi
 
@@ -20,7 +20,7 @@ ELF = b"\x7fELF\x02\x01\x01" + b"\x00" * 200
 
 
 async def _job(env: Env, task_id: str) -> dict:
-    return await jobstore.get_job_any(env.state.engine, task_id)
+    return asdict(await env.state.jobs.get_any(task_id))
 
 
 async def test_ingest_file_detects_type_stores_fields_and_hash(env: Env, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from api import filestore
-from api.maintenance import schedule_finished_files, sweep_files
+from api.filestore import sweep_file_store
 from tests.integration.api.conftest import Env, check_error
 
 PDF = b"%PDF-1.4\n%\xe2\xe3\n1 0 obj\n<<>>\nendobj\n" + b"0" * 4000 + b"\n%%EOF\n"
@@ -120,11 +120,12 @@ async def test_files_kept_until_the_job_ends_then_removed(env: Env) -> None:
     for _ in range(2):
         resp = await env.client.post("/api/v1/ingest/file", headers=env.alice, files={"file": ("x.pdf", PDF)})
         ids.append(resp.json()["task_id"])
-    assert await schedule_finished_files(env.state) == 0 and await sweep_files(env.state) == 0
+    assert await env.state.jobs.schedule_finished_files() == 0
+    assert await sweep_file_store(env.state.engine, env.state.settings) == 0
     assert len(list(folder.iterdir())) == 2  # both jobs still queued: both files kept
     await env.client.delete(f"/api/v1/ingest/{ids[0]}", headers=env.alice)
-    assert await schedule_finished_files(env.state) == 1
-    assert await sweep_files(env.state) == 1
+    assert await env.state.jobs.schedule_finished_files() == 1
+    assert await sweep_file_store(env.state.engine, env.state.settings) == 1
     (left,) = folder.iterdir()
     job = (await env.client.get(f"/api/v1/status/{ids[1]}", headers=env.alice)).json()
     assert job["status"] == "queued"
@@ -150,6 +151,6 @@ async def test_sweeper_removes_old_orphans_only(env: Env) -> None:
 
     record["created_at"] -= timedelta(seconds=120)
     await filestore.insert_files(env.state.engine, env.settings, [record])
-    assert await schedule_finished_files(env.state) == 1
-    assert await sweep_files(env.state) == 3
+    assert await env.state.jobs.schedule_finished_files() == 1
+    assert await sweep_file_store(env.state.engine, env.state.settings) == 3
     assert sorted(p.name for p in folder.iterdir()) == ["cafe"]

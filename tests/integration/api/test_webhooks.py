@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from api import jobstore, keystore, webhooks
+from api import keystore, webhooks
 from api.app import create_app
 from api.ids import utcnow
 from api.models import Job
@@ -94,7 +95,7 @@ async def test_signed_webhook_retried_until_delivered(env: Env) -> None:
         await asyncio.wait_for(rx.got.wait(), 10)
     assert [c["status"] for c in rx.calls] == [500, 503, 200] and rx.calls[0]["line"].startswith("POST /hook")
     body = _verify(rx.calls[-1])
-    job = await jobstore.get_job_any(env.state.engine, task_id)
+    job = asdict(await env.state.jobs.get_any(task_id))
     assert body == {
         "task_id": task_id,
         "status": "canceled",
@@ -142,7 +143,7 @@ async def test_retries_are_bounded(env: Env) -> None:
         task_id = await _submit(env, rx.url)
         await env.client.delete(f"/api/v1/ingest/{task_id}", headers=env.alice)
         await asyncio.sleep(1.5)
-    rows = await webhooks.list_deliveries(env.state, task_id)
+    rows = [asdict(r) for r in await env.state.jobs.list_deliveries(task_id)]
     assert 2 <= len(rows) <= 6 and not any(r["delivered"] for r in rows)
     assert len(rx.calls) == len(rows)
 
@@ -153,14 +154,14 @@ async def test_unreachable_target_is_recorded(env: Env) -> None:
     task_id = await _submit(env, url)  # nobody listens there any more
     await env.client.delete(f"/api/v1/ingest/{task_id}", headers=env.alice)
     await asyncio.sleep(0.5)
-    rows = await webhooks.list_deliveries(env.state, task_id)
+    rows = [asdict(r) for r in await env.state.jobs.list_deliveries(task_id)]
     assert rows and rows[0]["status_code"] is None and "Connect" in rows[0]["error"]
 
 
 async def _rows_until(state: Any, task_id: str, n: int) -> list[dict[str, Any]]:
     """The delivery rows once there are ``n`` (the receiver answers before the row is written)."""
     for _ in range(100):
-        rows = await webhooks.list_deliveries(state, task_id)
+        rows = [asdict(r) for r in await state.jobs.list_deliveries(task_id)]
         if len(rows) >= n:
             return rows
         await asyncio.sleep(0.05)
@@ -204,7 +205,7 @@ async def test_webhook_after_processing_and_indexing(env: Env) -> None:
         await complete(env, job, "# Title\n\nSome words worth indexing here.", {"title": "T"})
         await asyncio.wait_for(rx.got.wait(), 30)
     body = _verify(rx.calls[0])
-    row = await jobstore.get_job_any(env.state.engine, task_id)
+    row = asdict(await env.state.jobs.get_any(task_id))
     assert len(rx.calls) == 1 and body["status"] == "succeeded" == row["state"]
     assert body["completed_at"] == row["finished_at"].isoformat()
     assert body["result"]["content_length"] == len("# Title\n\nSome words worth indexing here.")

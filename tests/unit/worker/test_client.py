@@ -308,7 +308,8 @@ async def test_upload_artifact_streams_the_file_with_lease_and_length(
     got = await client.upload_artifact("J1", "TOK", path, "thumbnail.jpg")
     assert got.size == path.stat().st_size and got.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     req = route.calls.last.request
-    assert dict(req.url.params) == {"job_id": "J1", "lease_token": "TOK", "name": "thumbnail.jpg"}
+    assert dict(req.url.params) == {"job_id": "J1", "name": "thumbnail.jpg"}  # no token in the URL
+    assert req.headers["x-lease-token"] == "TOK"
     assert req.headers["content-length"] == str(path.stat().st_size)
     assert req.headers["content-type"] == "application/octet-stream"
 

@@ -109,6 +109,8 @@ class FakeServer:
 
     async def _artifact(self, request: httpx.Request) -> httpx.Response:
         params = dict(request.url.params)
+        assert "lease_token" not in params  # tokens never travel in URLs (they get logged)
+        params["lease_token"] = request.headers["x-lease-token"]
         data = await request.aread()
         await asyncio.sleep(self.artifact_delay_s)
         if params["name"] in self.artifact_down:

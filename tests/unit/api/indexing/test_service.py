@@ -128,18 +128,3 @@ async def test_a_gemini_hard_failure_fails_indexing_and_stores_nothing(tmp_path:
     await ix.close()
 
 
-def test_config_from_env_reads_morag_variables() -> None:
-    env = {
-        "MORAG_GEMINI_API_KEY": "k",
-        "MORAG_QDRANT_URL": "https://q:6333",
-        "MORAG_CHUNK_SIZE": "900",
-        "X": "1",
-    }
-    cfg = IndexConfig.from_env(env, collection="c")
-    assert (cfg.gemini_api_key, cfg.qdrant_url, cfg.chunk_size, cfg.collection) == (
-        "k",
-        "https://q:6333",
-        900,
-        "c",
-    )
-    assert cfg.embedding_backend == "gemini" and IndexConfig.from_env({}).embedding_backend == "local"

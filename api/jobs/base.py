@@ -1,0 +1,88 @@
+"""What every part of the job store shares: its engine, settings and notifier, and the lease fence.
+
+Every change of a leased job (heartbeat, complete, fail, give-back, artifact admission) goes
+through :meth:`StoreBase._guarded_update` (or its row-locking twin :meth:`StoreBase._guarded_row`):
+``WHERE id = :job AND lease_token = :token AND worker_key_id = :key AND state = 'running' AND
+stage = 'process'``. Zero rows is a domain error, explained by :meth:`StoreBase._refusal`: the job
+was canceled (only told to the lease's own key), else a stale lease. Another key presenting a valid
+token gets exactly the stale-lease answer, so a leaked token tells its holder nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Row, and_, bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from api.errors import JobCanceledError, MoragError, StaleLease
+from api.jobs.records import JobState, Lease, TaskStage
+from api.jobs.tables import JOBS as J
+from api.notifier import Notifier
+from api.settings import Settings
+
+QUEUED, RUNNING = JobState.queued.value, JobState.running.value
+
+_FENCE: ColumnElement[bool] = and_(
+    J.c.id == bindparam("fence_job", type_=J.c.id.type),
+    J.c.lease_token == bindparam("fence_token", type_=J.c.lease_token.type),
+    J.c.worker_key_id == bindparam("fence_key", type_=J.c.worker_key_id.type),
+    J.c.state == RUNNING,
+    J.c.stage == TaskStage.process.value,
+)
+
+
+def fence_params(lease: Lease) -> dict[str, Any]:
+    return {"fence_job": lease.job_id, "fence_token": lease.token, "fence_key": lease.key_id}
+
+
+def owner_is(user_id: int | None) -> ColumnElement[bool]:
+    """Rows of this user (anonymous jobs: user_id NULL)."""
+    return J.c.user_id.is_(None) if user_id is None else J.c.user_id == user_id
+
+
+class StoreBase:
+    """Holds the engine, the settings and the notifier once for every part of the store."""
+
+    def __init__(self, engine: AsyncEngine, settings: Settings, notifier: Notifier) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.notifier = notifier
+
+    def _live_since(self, now: datetime) -> datetime:
+        return now - timedelta(seconds=self.settings.presence_ttl_s)
+
+    async def _guarded_update(
+        self,
+        conn: AsyncConnection,
+        lease: Lease,
+        values: dict[str, Any],
+        returning: Sequence[Any] = (J.c.id,),
+        params: dict[str, Any] | None = None,
+    ) -> Row[Any] | None:
+        """The one lease-fenced ``UPDATE``: the changed row, or None when the fence refused it."""
+        stmt = update(J).where(_FENCE).values(**values).returning(*returning)
+        result = await conn.execute(stmt, {**fence_params(lease), **(params or {})})
+        return result.first()
+
+    async def _guarded_row(self, conn: AsyncConnection, lease: Lease, *cols: Any) -> Row[Any]:
+        """The leased row, locked in the caller's transaction; raises the refusal when fenced off."""
+        stmt = select(*cols).where(_FENCE).with_for_update()
+        row = (await conn.execute(stmt, fence_params(lease))).first()
+        if row is None:
+            raise await self._refusal(conn, lease)
+        return row
+
+    async def _refusal(self, conn: AsyncConnection, lease: Lease) -> MoragError:
+        """Why the fence refused: canceled (told only to the lease's own key) or a stale lease."""
+        row = (
+            await conn.execute(
+                select(J.c.state, J.c.lease_token, J.c.worker_key_id).where(J.c.id == lease.job_id)
+            )
+        ).first()
+        if row is not None and row.lease_token == lease.token and row.worker_key_id == lease.key_id:
+            if row.state == JobState.canceled:
+                return JobCanceledError()
+        return StaleLease()

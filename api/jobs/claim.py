@@ -1,0 +1,243 @@
+"""The claim: one atomic statement leases up to n eligible jobs to a worker (SKIP LOCKED).
+
+Three shapes, by who asks: ``own`` (a worker's own lanes), ``cpu`` (a CPU-only worker: its CPU
+lane plus GPU-lane jobs whose CPU fallback is due) and ``shared`` (an operator's shared worker:
+the default lane plus users' jobs whose shared fallback is due, the first job of every user before
+the second of any). Each statement is built once per shape and dialect and reused with bound
+parameters: building the expression costs more Python time than PostgreSQL needs to run it.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Row, and_, bindparam, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from api.ids import new_token, utcnow
+from api.jobs.base import QUEUED, RUNNING, StoreBase
+from api.jobs.records import LeasedJob, TaskStage
+from api.jobs.tables import JOBS as J
+from api.jobs.tables import WORKERS as W
+from api.keystore import Principal, Scope
+from protocol.states import DEFAULT_LANE, LaneKind, lane_name
+
+
+class ClaimShape(StrEnum):
+    own = "own"
+    cpu = "cpu"
+    shared = "shared"
+
+
+RETURNED: tuple[Any, ...] = (
+    J.c.id,
+    J.c.lease_token,
+    J.c.lease_expires_at,
+    J.c.attempt,
+    J.c.content_type,
+    J.c.options,
+    J.c.file_id,
+    J.c.source_url,
+    J.c.user_id,
+    J.c.priority,
+)
+_P_NOW = bindparam("now", type_=J.c.run_after.type)
+_CLAIM_VALUES: dict[str, Any] = dict(
+    state=RUNNING,
+    attempt=J.c.attempt + 1,
+    lease_token=bindparam("token", type_=J.c.lease_token.type),
+    lease_expires_at=bindparam("expires", type_=J.c.lease_expires_at.type),
+    claim_id=bindparam("claim_id", type_=J.c.claim_id.type),
+    worker_id=bindparam("worker_id", type_=J.c.worker_id.type),
+    worker_key_id=bindparam("key_id", type_=J.c.worker_key_id.type),
+    started_at=_P_NOW,
+    updated_at=_P_NOW,
+    progress=0.0,
+    progress_message="claimed",
+)
+_claim_cache: dict[tuple[str, ClaimShape], Any] = {}
+
+# Presence is refreshed at most this often per worker and process (a long-polling claim re-runs
+# every second): the presence TTL is a minute, so this costs nothing in accuracy and saves a write.
+PRESENCE_REFRESH_S = 5.0
+
+
+def claim_shape(who: Principal, lanes: list[LaneKind]) -> ClaimShape:
+    if who.scope is Scope.shared_worker:
+        return ClaimShape.shared
+    if LaneKind.cpu in lanes and LaneKind.gpu not in lanes:
+        return ClaimShape.cpu
+    return ClaimShape.own
+
+
+def lock_and_update(dialect: str, cand: Any, values: dict[str, Any], returning: tuple[Any, ...]) -> Any:
+    """``UPDATE jobs ... WHERE id IN (cand FOR UPDATE SKIP LOCKED) RETURNING ...`` in one statement."""
+    if dialect == "postgresql":
+        locked = cand.with_for_update(of=J, skip_locked=True).cte("locked")
+        return update(J).where(J.c.id == locked.c.id).values(**values).returning(*returning)
+    # SQLite: BEGIN IMMEDIATE already serialises writers, so the plain subquery is atomic.
+    return update(J).where(J.c.id.in_(cand.scalar_subquery())).values(**values).returning(*returning)
+
+
+def _build_claim(dialect: str, shape: ClaimShape) -> Any:
+    base = and_(
+        J.c.state == QUEUED,
+        J.c.run_after <= _P_NOW,
+        J.c.content_type.in_(bindparam("ctypes", expanding=True)),
+    )
+    order = (J.c.priority.desc(), J.c.id)
+    if shape is ClaimShape.shared:
+        cond = and_(base, or_(J.c.lane == DEFAULT_LANE, J.c.shared_at <= _P_NOW))
+        # Fairness: the first job of every user before the second job of any user.
+        rank = func.row_number().over(partition_by=J.c.user_id, order_by=order)
+        ranked = select(J.c.id.label("id"), rank.label("rn")).where(cond).subquery("ranked")
+        top = select(ranked.c.id, ranked.c.rn).order_by(ranked.c.rn, ranked.c.id).limit(bindparam("top_n"))
+        top_sq = top.subquery("top")
+        cand = (
+            select(J.c.id)
+            .join(top_sq, top_sq.c.id == J.c.id)
+            .where(J.c.state == QUEUED)
+            .order_by(top_sq.c.rn, J.c.id)
+            .limit(bindparam("n"))
+        )
+    else:
+        # One lane list (lane = ANY(...)), so the planner walks ix_jobs_claim_lane.
+        cond = and_(base, J.c.lane.in_(bindparam("lanes", expanding=True)))
+        if shape is ClaimShape.cpu:
+            gpu = bindparam("gpu_lane", type_=J.c.lane.type)
+            cond = and_(cond, or_(J.c.lane != gpu, J.c.fallback_at <= _P_NOW))
+        cand = select(J.c.id).where(cond).order_by(*order).limit(bindparam("n"))
+    return lock_and_update(dialect, cand, _CLAIM_VALUES, RETURNED)
+
+
+def claim_statement(
+    dialect: str, who: Principal, lanes: list[LaneKind], content_types: list[str], max_jobs: int
+) -> tuple[Any, dict[str, Any]]:
+    """The one atomic claim for this worker's shape and the parameters that pick its lanes and
+    types; the caller adds now, token, expires and the ids."""
+    shape = claim_shape(who, lanes)
+    stmt = _claim_cache.get((dialect, shape))
+    if stmt is None:
+        stmt = _claim_cache[(dialect, shape)] = _build_claim(dialect, shape)
+    params: dict[str, Any] = {"ctypes": list(content_types), "n": max_jobs}
+    if shape is ClaimShape.shared:
+        params["top_n"] = max_jobs * 2 + 8
+    else:
+        own = [lane_name(k, who.user_id) for k in lanes if k is not LaneKind.default]
+        if shape is ClaimShape.cpu:
+            params["gpu_lane"] = lane_name(LaneKind.gpu, who.user_id)
+            own.append(params["gpu_lane"])
+        params["lanes"] = own
+    return stmt, params
+
+
+def _leased(rows: list[Row[Any]]) -> list[LeasedJob]:
+    jobs = [
+        LeasedJob(
+            id=r.id,
+            lease_token=r.lease_token,
+            lease_expires_at=r.lease_expires_at,
+            attempt=r.attempt,
+            content_type=r.content_type,
+            options=r.options or {},
+            file_id=r.file_id,
+            source_url=r.source_url,
+            user_id=r.user_id,
+            priority=r.priority,
+        )
+        for r in rows
+    ]
+    return sorted(jobs, key=lambda j: (-j.priority, j.id))
+
+
+class ClaimStore(StoreBase):
+    _presence: dict[tuple[str | None, str, tuple[Any, ...]], float]
+
+    def _presence_fresh(self, who: Principal, worker_id: str, shape: tuple[Any, ...]) -> bool:
+        """True when this worker's row was written recently with the same lanes and types."""
+        key = (who.key_id, worker_id, shape)
+        now = time.monotonic()
+        if now - self._presence.get(key, -PRESENCE_REFRESH_S) < PRESENCE_REFRESH_S:
+            return True
+        if len(self._presence) > 10_000:  # a bound, not a cache policy: workers come and go
+            self._presence.clear()
+        self._presence[key] = now
+        return False
+
+    async def _upsert_worker(
+        self,
+        conn: AsyncConnection,
+        who: Principal,
+        worker_id: str,
+        lanes: list[LaneKind],
+        content_types: list[str],
+        name: str | None,
+        version: str | None,
+        now: datetime,
+    ) -> None:
+        values: dict[str, Any] = dict(
+            key_id=who.key_id,
+            worker_id=worker_id,
+            user_id=who.user_id,
+            shared=who.scope is Scope.shared_worker,
+            serves_gpu=LaneKind.gpu in lanes,
+            serves_cpu=LaneKind.cpu in lanes,
+            content_types=",".join(content_types)[:500],
+            name=name,
+            version=version,
+            first_seen_at=now,
+            last_seen_at=now,
+        )
+        ins = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(W).values(**values)
+        keep = ("key_id", "worker_id", "first_seen_at")
+        changed = {k: ins.excluded[k] for k in values if k not in keep}
+        await conn.execute(
+            ins.on_conflict_do_update(index_elements=[W.c.key_id, W.c.worker_id], set_=changed)
+        )
+
+    async def replay_claim(self, who: Principal, claim_id: str) -> list[LeasedJob]:
+        """The jobs a previous claim with this idempotency id handed out and still holds."""
+        async with self.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(*RETURNED).where(
+                        J.c.claim_id == f"{who.key_id}:{claim_id}",
+                        J.c.state == RUNNING,
+                        J.c.stage == TaskStage.process.value,
+                    )
+                )
+            ).all()
+        return _leased(list(rows))
+
+    async def claim(
+        self,
+        who: Principal,
+        worker_id: str,
+        lanes: list[LaneKind],
+        content_types: list[str],
+        max_jobs: int,
+        claim_id: str | None,
+        name: str | None = None,
+        version: str | None = None,
+    ) -> list[LeasedJob]:
+        """Lease up to ``max_jobs`` eligible jobs to this worker in one atomic statement."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            shape = (tuple(lanes), tuple(content_types), name, version)
+            if not self._presence_fresh(who, worker_id, shape):
+                await self._upsert_worker(conn, who, worker_id, lanes, content_types, name, version, now)
+            stmt, params = claim_statement(conn.dialect.name, who, lanes, content_types, max_jobs)
+            params.update(
+                now=now,
+                token=new_token(),
+                expires=now + timedelta(seconds=self.settings.lease_s),
+                claim_id=f"{who.key_id}:{claim_id}" if claim_id else None,
+                worker_id=worker_id,
+                key_id=who.key_id,
+            )
+            rows = (await conn.execute(stmt, params)).all()
+        return _leased(list(rows))

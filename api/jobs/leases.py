@@ -1,0 +1,157 @@
+"""Changes a worker makes to the jobs it holds: heartbeat, complete, fail (or give back).
+
+Each goes through the one fence in :mod:`api.jobs.base`: the job id, its current lease token, the
+key that claimed it, ``running`` in the ``process`` stage.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, case, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from api.background import backoff_s
+from api.errors import JobCanceledError, StaleLease
+from api.ids import utcnow
+from api.jobs.base import QUEUED, RUNNING, StoreBase
+from api.jobs.records import FailOutcome, HeartbeatOutcome, JobEvent, JobKind, JobState, Lease, TaskStage
+from api.jobs.tables import JOBS as J
+from api.jobs.tables import WORKERS as W
+from protocol.errors import ErrorClass
+
+_EVENT_COLS = (J.c.state, J.c.stage, J.c.kind, J.c.webhook_url)
+
+
+def _event(job_id: str, row: Any) -> JobEvent:
+    return JobEvent(
+        job_id, JobState(row.state), TaskStage(row.stage), JobKind(row.kind), row.webhook_url is not None
+    )
+
+
+_INGEST = J.c.kind == JobKind.ingest.value
+_NOW = bindparam("now", type_=J.c.updated_at.type)
+_COMPLETE_VALUES: dict[str, Any] = dict(
+    state=case((_INGEST, literal(RUNNING)), else_=literal(JobState.succeeded.value)),
+    stage=case((_INGEST, literal(TaskStage.indexing.value)), else_=literal(TaskStage.done.value)),
+    result=bindparam("result", type_=J.c.result.type),
+    progress=case((_INGEST, literal(0.9)), else_=literal(1.0)),
+    progress_message=case((_INGEST, literal("indexing")), else_=literal("done")),
+    lease_expires_at=None,
+    index_next_at=_NOW,
+    finished_at=case((_INGEST, None), else_=_NOW),
+    updated_at=_NOW,
+    error=None,
+    error_class=None,
+)
+
+
+class LeaseStore(StoreBase):
+    async def heartbeat(self, lease: Lease, progress: float | None, message: str | None) -> HeartbeatOutcome:
+        """Extend the lease and record progress; says whether the job was canceled meanwhile."""
+        now = utcnow()
+        expires = now + timedelta(seconds=self.settings.lease_s)
+        values: dict[str, Any] = {"lease_expires_at": expires, "updated_at": now}
+        if progress is not None:
+            values["progress"] = progress
+        if message is not None:
+            values["progress_message"] = message
+        async with self.engine.begin() as conn:
+            row = await self._guarded_update(conn, lease, values, (J.c.worker_id,))
+            if row is not None:
+                await conn.execute(
+                    update(W)
+                    .where(W.c.key_id == lease.key_id, W.c.worker_id == row.worker_id)
+                    .values(last_seen_at=now)
+                )
+                return HeartbeatOutcome(expires, False)
+            refusal = await self._refusal(conn, lease)
+        if isinstance(refusal, JobCanceledError):
+            return HeartbeatOutcome(now, True)
+        raise refusal
+
+    async def lock_lease(self, conn: AsyncConnection, lease: Lease) -> None:
+        """Row-lock the running job ``lease`` holds in the caller's transaction (artifact uploads).
+
+        Refused like heartbeat and complete: canceled -> JobCanceledError, else StaleLease.
+        """
+        await self._guarded_row(conn, lease, J.c.id)
+
+    async def complete(self, lease: Lease, markdown: str, metadata: dict[str, Any]) -> JobEvent:
+        """Store the result and finish the job (ingest jobs move on to indexing) in one transaction.
+
+        The same completion again (same lease and key, result already in) gets the same answer.
+        """
+        params = {"result": {"markdown": markdown, "metadata": metadata}, "now": utcnow()}
+        async with self.engine.begin() as conn:
+            row = await self._guarded_update(conn, lease, _COMPLETE_VALUES, _EVENT_COLS, params)
+            if row is not None:
+                await self.notifier.publish(conn)
+        if row is not None:
+            self.notifier.wake()  # after the commit: a waiter woken now reads the result
+            return _event(lease.job_id, row)
+        async with self.engine.begin() as conn:
+            done = (
+                await conn.execute(
+                    select(*_EVENT_COLS).where(
+                        J.c.id == lease.job_id,
+                        J.c.lease_token == lease.token,
+                        J.c.worker_key_id == lease.key_id,
+                        J.c.stage != TaskStage.process.value,
+                        J.c.state.in_([RUNNING, JobState.succeeded.value]),
+                    )
+                )
+            ).first()
+            if done is not None:
+                return _event(lease.job_id, done)
+            raise await self._refusal(conn, lease)
+
+    async def fail(self, lease: Lease, error: str, error_class: ErrorClass, retryable: bool) -> FailOutcome:
+        """Record a failure: retry later, or end ``failed`` / ``dead``; a ``shutdown`` gives it back."""
+        settings = self.settings
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            try:
+                cur = await self._guarded_row(conn, lease, J.c.attempt, J.c.max_attempts)
+            except JobCanceledError:
+                return FailOutcome(JobState.canceled, None)
+            retry_at: datetime | None = None
+            values: dict[str, Any] = {
+                "error": error,
+                "error_class": error_class.value,
+                "updated_at": now,
+                "lease_token": None,
+                "lease_expires_at": None,
+            }
+            if error_class is ErrorClass.shutdown:
+                # The worker gave the job back while shutting down: not the job's fault, run it at once.
+                values.update(state=QUEUED, run_after=now, attempt=max(cur.attempt - 1, 0), worker_id=None)
+                retry_at = now
+            elif not retryable:
+                values.update(state=JobState.failed.value, finished_at=now)
+            elif cur.attempt >= cur.max_attempts:
+                values.update(
+                    state=JobState.dead.value,
+                    finished_at=now,
+                    error=f"{error} (gave up after {cur.attempt} attempts)",
+                )
+            else:
+                retry_at = now + timedelta(
+                    seconds=backoff_s(settings.retry_base_s, settings.retry_max_s, cur.attempt)
+                )
+                values.update(
+                    state=QUEUED,
+                    run_after=retry_at,
+                    worker_id=None,
+                    progress_message=f"retrying after: {error[:200]}",
+                )
+            row = await self._guarded_update(conn, lease, values, _EVENT_COLS)
+            if row is None:  # cannot happen: the row is locked and matched the fence
+                raise StaleLease()
+            state = JobState(row.state)
+            if state is JobState.queued:
+                await self.notifier.publish(conn)
+        if state is JobState.queued:
+            self.notifier.wake()
+        return FailOutcome(state, retry_at, _event(lease.job_id, row))

@@ -1,0 +1,183 @@
+"""What the job store takes and returns: typed records and the job vocabulary (kind, state, stage)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import RowMapping
+
+from protocol.states import FINAL_STATES, JobState, LaneKind, TaskStage
+
+__all__ = [
+    "FailOutcome",
+    "HeartbeatOutcome",
+    "JobEvent",
+    "JobKind",
+    "JobRecord",
+    "JobState",
+    "LaneCount",
+    "Lease",
+    "LeasedJob",
+    "NewJob",
+    "TaskStage",
+    "WorkerRecord",
+    "is_final",
+]
+
+
+class JobKind(StrEnum):
+    """``process``: the worker's result is the answer; ``ingest``: the server indexes it afterwards."""
+
+    process = "process"
+    ingest = "ingest"
+
+
+def is_final(state: str) -> bool:
+    """True for succeeded, failed, canceled and dead."""
+    return state in FINAL_STATES
+
+
+@dataclass
+class NewJob:
+    """A job to queue (the store adds its lane, fallback times and ids)."""
+
+    content_type: str
+    lane_kind: LaneKind
+    kind: JobKind = JobKind.process
+    file_id: str | None = None
+    source_url: str | None = None
+    options: dict[str, Any] | None = None
+    priority: int = 0
+    batch_id: str | None = None
+    document_id: str | None = None
+    webhook_url: str | None = None
+    index_options: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A worker's claim on a running job: the job, the lease token and the key presenting it."""
+
+    job_id: str
+    token: str
+    key_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LeasedJob:
+    """One job handed to a worker by a claim."""
+
+    id: str
+    lease_token: str
+    lease_expires_at: datetime
+    attempt: int
+    content_type: str
+    options: dict[str, Any]
+    file_id: str | None
+    source_url: str | None
+    user_id: int | None
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """One row of the jobs table."""
+
+    id: str
+    user_id: int | None
+    lane: str
+    content_type: str
+    kind: str
+    file_id: str | None
+    source_url: str | None
+    options: dict[str, Any]
+    state: str
+    stage: str
+    priority: int
+    attempt: int
+    max_attempts: int
+    run_after: datetime
+    fallback_at: datetime | None
+    shared_at: datetime | None
+    lease_token: str | None
+    lease_expires_at: datetime | None
+    claim_id: str | None
+    worker_id: str | None
+    worker_key_id: str | None
+    progress: float
+    progress_message: str | None
+    result: dict[str, Any] | None
+    error: str | None
+    error_class: str | None
+    batch_id: str | None
+    document_id: str | None
+    webhook_url: str | None
+    index_options: dict[str, Any] | None
+    index_attempts: int
+    index_next_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> JobRecord:
+        return cls(**{name: row[name] for name in _JOB_FIELDS})
+
+
+_JOB_FIELDS = tuple(f.name for f in fields(JobRecord))
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatOutcome:
+    lease_expires_at: datetime
+    canceled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """A job changed state through this process: what listeners need to decide whether they care."""
+
+    job_id: str
+    state: JobState
+    stage: TaskStage
+    kind: JobKind
+    has_webhook: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FailOutcome:
+    state: JobState
+    retry_at: datetime | None
+    event: JobEvent | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LaneCount:
+    lane: str
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    canceled: int
+    dead: int
+    oldest_queued_age_s: float | None
+    workers_online: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    worker_id: str
+    name: str | None
+    key_id: str
+    shared: bool
+    lanes: list[str]
+    content_types: list[str]
+    version: str | None
+    first_seen_at: datetime
+    last_seen_at: datetime
+    online: bool
+    current_jobs: list[str]

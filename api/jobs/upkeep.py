@@ -1,0 +1,138 @@
+"""The server's own upkeep statements: expired leases, lane fallback, file and artifact retention."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import and_, case, delete, exists, literal, or_, select, update
+
+from api.ids import utcnow
+from api.jobs.base import QUEUED, RUNNING, StoreBase
+from api.jobs.records import JobState, TaskStage
+from api.jobs.tables import ARTIFACTS as A
+from api.jobs.tables import FILES as F
+from api.jobs.tables import JOBS as J
+from api.jobs.tables import WORKERS as W
+from protocol.errors import ErrorClass
+from protocol.states import FINAL_STATES
+
+_FINAL = sorted(s.value for s in FINAL_STATES)
+
+
+class UpkeepStore(StoreBase):
+    async def release_expired(self) -> int:
+        """Return jobs with expired leases to the queue (``dead`` once out of attempts)."""
+        now = utcnow()
+        out_of_attempts = J.c.attempt >= J.c.max_attempts
+        async with self.engine.begin() as conn:
+            res = await conn.execute(
+                update(J)
+                .where(J.c.state == RUNNING, J.c.stage == TaskStage.process.value, J.c.lease_expires_at < now)
+                .values(
+                    state=case((out_of_attempts, literal(JobState.dead.value)), else_=literal(QUEUED)),
+                    error=case(
+                        (
+                            out_of_attempts,
+                            literal("the lease expired on every attempt (the worker died or hung)"),
+                        ),
+                        else_=literal("the lease expired (worker lost); retrying"),
+                    ),
+                    error_class=literal(ErrorClass.timeout.value),
+                    finished_at=case((out_of_attempts, now), else_=None),
+                    lease_token=None,
+                    lease_expires_at=None,
+                    worker_id=None,
+                    run_after=now,
+                    updated_at=now,
+                )
+            )
+            count = int(res.rowcount or 0)
+            if count:
+                await self.notifier.publish(conn)
+        if count:
+            self.notifier.wake()
+        return count
+
+    async def sweep_fallback(self) -> int:
+        """Make jobs of users whose lane has no live worker claimable by their fallback now."""
+        now = utcnow()
+        live = select(W.c.user_id).where(W.c.shared.is_(False), W.c.last_seen_at > self._live_since(now))
+        gpu_live = live.where(W.c.serves_gpu)
+        cpu_live = live.where(W.c.serves_cpu)
+        async with self.engine.begin() as conn:
+            a = await conn.execute(
+                update(J)
+                .where(J.c.state == QUEUED, J.c.fallback_at > now, J.c.user_id.not_in(gpu_live))
+                .values(fallback_at=now)
+            )
+            gpu_lane = J.c.lane.like("gpu-tasks-%")
+            b = await conn.execute(
+                update(J)
+                .where(
+                    J.c.state == QUEUED,
+                    J.c.shared_at > now,
+                    or_(
+                        and_(gpu_lane, J.c.user_id.not_in(gpu_live), J.c.user_id.not_in(cpu_live)),
+                        and_(~gpu_lane, J.c.user_id.not_in(cpu_live)),
+                    ),
+                )
+                .values(shared_at=now)
+            )
+            count = int((a.rowcount or 0) + (b.rowcount or 0))
+            if count:
+                await self.notifier.publish(conn)
+        if count:
+            self.notifier.wake()
+        return count
+
+    async def schedule_finished_files(self) -> int:
+        """Files whose jobs have all ended get a deletion time (after the retention period).
+
+        A file row no job refers to (the job insert failed after the upload) is due once it is older
+        than ``orphan_file_age_s``.
+        """
+        now = utcnow()
+        settings = self.settings
+        unfinished = select(J.c.file_id).where(J.c.file_id.is_not(None), J.c.state.not_in(_FINAL))
+        used = select(J.c.file_id).where(J.c.file_id.is_not(None))
+        orphan_before = now - timedelta(seconds=settings.orphan_file_age_s)
+        async with self.engine.begin() as conn:
+            res = await conn.execute(
+                update(F)
+                .where(F.c.delete_after.is_(None), F.c.id.in_(used), F.c.id.not_in(unfinished))
+                .values(delete_after=now + timedelta(seconds=settings.file_retention_s))
+            )
+            orphans = await conn.execute(
+                update(F)
+                .where(F.c.delete_after.is_(None), F.c.id.not_in(used), F.c.created_at < orphan_before)
+                .values(delete_after=now)
+            )
+        return int((res.rowcount or 0) + (orphans.rowcount or 0))
+
+    async def drop_unseen_artifacts(self) -> tuple[list[tuple[str, str]], set[tuple[str, str]]]:
+        """Delete the rows of artifacts no client will see; returns (dropped, still known) as (job, name).
+
+        An artifact stays while its lease is the job's lease and the job is running (processing or
+        indexing) or ended less than ``file_retention_s`` ago.
+        """
+        now = utcnow()
+        keep = exists().where(
+            J.c.id == A.c.job_id,
+            J.c.lease_token == A.c.lease_token,
+            or_(
+                J.c.state == RUNNING,
+                and_(
+                    J.c.finished_at.is_not(None),
+                    J.c.finished_at > now - timedelta(seconds=self.settings.file_retention_s),
+                ),
+            ),
+        )
+        async with self.engine.begin() as conn:
+            due = [
+                (str(d.job_id), str(d.name))
+                for d in (await conn.execute(select(A.c.job_id, A.c.name).where(~keep)))
+            ]
+            for job_id, name in due:
+                await conn.execute(delete(A).where(A.c.job_id == job_id, A.c.name == name))
+            known = {(str(r.job_id), str(r.name)) for r in (await conn.execute(select(A.c.job_id, A.c.name)))}
+        return due, known
