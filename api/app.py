@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 
-from api import db
+from api import db, logfilter
 from api.background import BackgroundService
 from api.cookies import CookieSource
 from api.errors import documented, install_handlers
@@ -32,6 +32,7 @@ log = logging.getLogger("morag.api")
 def create_app(settings: Settings | None = None, *, run_migrations: bool = True) -> FastAPI:
     """Build the server; the lifespan migrates the database and starts the upkeep loops."""
     settings = settings or Settings()
+    logfilter.install()  # no lease token or download signature in the access log
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -78,10 +78,6 @@ class LeaseLost(ServerRejected):
         return self.code == ErrorCode.job_canceled
 
 
-class _Truncated(Exception):
-    """The download stream ended early; resume with Range."""
-
-
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
     if not value:

@@ -1,0 +1,126 @@
+"""A lease belongs to the key that claimed it: a leaked token is worth nothing to another key."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api import keystore
+from tests.integration.api.conftest import Env, check_error, claim, make_settings, running_env
+
+
+@pytest.fixture
+async def env(tmp_path: Path, database_url: str) -> AsyncIterator[Env]:
+    """The app on SQLite and on PostgreSQL."""
+    async with running_env(make_settings(tmp_path, database_url=database_url)) as e:
+        yield e
+
+
+async def _running(env: Env) -> dict[str, Any]:
+    resp = await env.client.post(
+        "/process/file?wait_s=0",
+        headers=env.alice,
+        files={"file": ("n.txt", b"hello")},
+        data={"content_type": "echo"},
+    )
+    assert resp.status_code == 202, resp.text
+    (job,) = await claim(env, ["echo"])
+    return job
+
+
+async def _other_keys(env: Env) -> list[dict[str, str]]:
+    bob = (await keystore.create_key(env.state.engine, "bob", keystore.Scope.worker))[1]
+    alice2 = (await keystore.create_key(env.state.engine, "alice", keystore.Scope.worker))[1]
+    return [{"Authorization": f"Bearer {k}"} for k in (bob, alice2)]
+
+
+async def test_another_key_with_a_valid_lease_token_gets_the_stale_answer(env: Env) -> None:
+    job = await _running(env)
+    lease = {"job_id": job["job_id"], "lease_token": job["lease_token"]}
+    unknown = {"job_id": "no-such-job", "lease_token": job["lease_token"]}
+    for headers in await _other_keys(env):
+        for path, body in (
+            ("/worker/heartbeat", {**lease, "progress": 0.5, "message": "forged"}),
+            ("/worker/complete", {**lease, "markdown": "FORGED BY BOB", "metadata": {}}),
+            ("/worker/fail", {**lease, "error": "forged", "error_class": "bad_input", "retryable": False}),
+        ):
+            forged = await env.client.post(path, headers=headers, json=body)
+            check_error(forged, path, 409, "stale_lease")
+            # Byte for byte what an unknown job answers: the token's holder learns nothing.
+            probe = await env.client.post(path, headers=headers, json={**body, **unknown})
+            assert probe.status_code == forged.status_code and probe.json() == forged.json()
+    status = (await env.client.get(f"/api/v1/status/{job['job_id']}", headers=env.alice)).json()
+    assert status["status"] == "running" and status["progress"] == 0.0 and status["result"] is None
+    # The real worker still completes, and its result is the one stored.
+    done = await env.client.post(
+        "/worker/complete", headers=env.worker, json={**lease, "markdown": "# real", "metadata": {}}
+    )
+    assert done.status_code == 200 and done.json()["status"] == "succeeded"
+    status = (await env.client.get(f"/api/v1/status/{job['job_id']}", headers=env.alice)).json()
+    assert status["result"]["markdown"] == "# real"
+
+
+async def test_a_canceled_job_is_told_only_to_the_key_holding_its_lease(env: Env) -> None:
+    job = await _running(env)
+    assert (await env.client.delete(f"/api/v1/ingest/{job['job_id']}", headers=env.alice)).status_code == 200
+    lease = {"job_id": job["job_id"], "lease_token": job["lease_token"]}
+    body = {**lease, "markdown": "late", "metadata": {}}
+    for headers in await _other_keys(env):
+        check_error(
+            await env.client.post("/worker/complete", headers=headers, json=body),
+            "/worker/complete",
+            409,
+            "stale_lease",
+        )
+    own = await env.client.post("/worker/complete", headers=env.worker, json=body)
+    check_error(own, "/worker/complete", 409, "job_canceled")
+
+
+async def test_the_artifact_lease_token_travels_in_a_header_not_the_url(env: Env) -> None:
+    job = await _running(env)
+    upload = await env.client.post(
+        "/worker/artifact",
+        params={"job_id": job["job_id"], "name": "a.png"},
+        headers={
+            **env.worker,
+            "X-Lease-Token": job["lease_token"],
+            "Content-Type": "application/octet-stream",
+        },
+        content=b"\x89PNG\r\n\x1a\n" + b"\x00" * 64,
+    )
+    assert upload.status_code == 200, upload.text
+    assert job["lease_token"] not in str(upload.request.url)
+    # A query-string token (an old worker) is refused, not silently accepted from the URL.
+    old = await env.client.post(
+        "/worker/artifact",
+        params={"job_id": job["job_id"], "name": "b.png", "lease_token": job["lease_token"]},
+        headers={**env.worker, "Content-Type": "application/octet-stream"},
+        content=b"x",
+    )
+    assert old.status_code == 422
+
+
+def test_the_access_log_never_shows_a_download_signature_or_a_lease_token() -> None:
+    import logging
+
+    from api import logfilter
+
+    logfilter.install()
+    access = logging.getLogger("uvicorn.access")
+    path = "/files/F1?job=J1&exp=1700000000&sig=c2VjcmV0LXNpZw&lease_token=tok-123"
+    record = access.makeRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", path, "1.1", 200),
+        None,
+    )
+    assert all(f.filter(record) for f in access.filters)
+    line = record.getMessage()
+    assert "c2VjcmV0LXNpZw" not in line and "tok-123" not in line
+    assert "job=J1&exp=1700000000&sig=[redacted]" in line
