@@ -431,7 +431,9 @@ def test_two_servers_one_database_every_job_done_exactly_once(
     """Four worker processes claim over HTTP from two server processes sharing one PostgreSQL
     database: every job is done once (one attempt, one worker, its own result)."""
     database_url = pg_database
-    env = {"MORAG_SECRET_KEY": "shared-secret", "MORAG_LEASE_S": "30"}
+    # One deployment: the same database, secret (download links) and file store (uploads).
+    shared = tmp_path / "shared-data"
+    env = {"MORAG_SECRET_KEY": "shared-secret", "MORAG_LEASE_S": "30", "MORAG_DATA_DIR": str(shared)}
     a = live_server(env=env, database_url=database_url)
     b = live_server(env=env, database_url=database_url)
     for i, server in enumerate((a, b, a, b)):
@@ -440,7 +442,16 @@ def test_two_servers_one_database_every_job_done_exactly_once(
     for i in range(24):
         server = (a, b)[i % 2]
         text = f"document number {i}"
-        texts[submit_echo(server, text, sleep_s=0.2)] = text
+        # /process (no indexing: a local vector store is one process' alone).
+        resp = httpx.post(
+            f"{server.url}/process/file?wait_s=0",
+            headers={"Authorization": f"Bearer {server.client_key}"},
+            files={"file": ("note.txt", text.encode())},
+            data={"content_type": "echo", "options": json.dumps({"sleep_s": 0.2})},
+            timeout=10,
+        )
+        assert resp.status_code == 202, resp.text
+        texts[resp.json()["task_id"]] = text
     done = {}
     deadline = time.monotonic() + 90
     while len(done) < len(texts) and time.monotonic() < deadline:
