@@ -136,14 +136,19 @@ async def test_sweep_delivers_when_no_hook_fired_with_result_summary(env: Env) -
     assert body["result"] == {"content_length": 5, "metadata": {"title": "A"}, "chunks": 3}
 
 
-@pytest.mark.parametrize("settings_overrides", [{"webhook_retry_s": 0.4}])
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{"webhook_retry_s": 1.0, "webhook_backoff_base_s": 0.2, "webhook_sweep_interval_s": 60}],
+)
 async def test_retries_are_bounded(env: Env) -> None:
+    # Tries at ~0, 0.2 and 0.6 s; the next (1.4 s) is past the 1 s window: exactly 3.
     async with Receiver([500] * 100) as rx:
         task_id = await _submit(env, rx.url)
         await env.client.delete(f"/api/v1/ingest/{task_id}", headers=env.alice)
-        await asyncio.sleep(1.5)
+        rows = await _rows_until(env.state, task_id, 3)
+        await asyncio.sleep(1.5)  # a 4th try would come 0.8 s after the 3rd
     rows = await webhooks.list_deliveries(env.state, task_id)
-    assert 2 <= len(rows) <= 6 and not any(r["delivered"] for r in rows)
+    assert [r["attempt"] for r in rows] == [1, 2, 3] and not any(r["delivered"] for r in rows)
     assert len(rx.calls) == len(rows)
 
 
