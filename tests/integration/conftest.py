@@ -4,6 +4,11 @@ The factory gives each server a free port on 127.0.0.1 and its own data director
 a user ``alice`` with a worker and a client key through the CLI, and stops every server it started
 when the test ends. ``LiveServer.kill()`` + ``start()`` cut the server and bring it back on the same
 port and data directory (what an outage looks like to a worker).
+
+A test (or module, via ``pytest.mark.usefixtures("database_url")``) that uses the ``database_url``
+fixture runs its servers on that database: once on SQLite and once on a fresh PostgreSQL copy of
+the migrated template. ``live_server(database_url=...)`` points one server at a given database
+(two servers on one PostgreSQL database share the queue).
 """
 
 from __future__ import annotations
@@ -165,20 +170,29 @@ LiveServerFactory = Callable[..., LiveServer]
 
 
 @pytest.fixture
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServerFactory]:
+def live_server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[LiveServerFactory]:
     """Factory: ``live_server(env={...}, scopes=("worker", "client"))`` -> a started LiveServer."""
     started: list[LiveServer] = []
+    default_db = request.getfixturevalue("database_url") if "database_url" in request.fixturenames else None
 
     def factory(
-        env: dict[str, str] | None = None, scopes: tuple[str, ...] = ("worker", "client"), user: str = "alice"
+        env: dict[str, str] | None = None,
+        scopes: tuple[str, ...] = ("worker", "client"),
+        user: str = "alice",
+        database_url: str | None = None,
     ) -> LiveServer:
         data = tmp_path_factory.mktemp("server")
         full = {k: v for k, v in os.environ.items() if not k.startswith("MORAG_")}
         full.update(FAST_ENV)
         full.update({"MORAG_DATA_DIR": str(data), "PYTHONUNBUFFERED": "1"})
+        if database_url or default_db:
+            full["MORAG_DATABASE_URL"] = str(database_url or default_db)
         full.update(env or {})
         server = LiveServer(data_dir=data, port=free_port(), env=full)
-        server.cli("users", "create", user)  # migrates the database before the server opens it
+        if not (database_url and any(s.env.get("MORAG_DATABASE_URL") == database_url for s in started)):
+            server.cli("users", "create", user)  # migrates the database before the server opens it
         started.append(server)
         server.launch()  # boots while the keys are made (each CLI call is a process of its own)
         for scope in scopes:

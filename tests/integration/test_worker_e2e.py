@@ -18,7 +18,8 @@ import pytest
 
 from tests.integration.conftest import ROOT, LiveServer, LiveServerFactory
 
-pytestmark = pytest.mark.timeout(90)
+# Each test runs on SQLite and on a fresh PostgreSQL database (the server processes use it).
+pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("database_url")]
 
 
 class Workers:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from api.indexing.errors import EmbeddingError, VectorStoreUnavailable
 from tests.integration.api.conftest import check_error, check_openapi, claim, complete
+
+pytestmark = pytest.mark.slow  # indexes with the real MiniLM model
 
 DOC = """# Gardening handbook
 

@@ -137,14 +137,19 @@ async def test_sweep_delivers_when_no_hook_fired_with_result_summary(env: Env) -
     assert body["result"] == {"content_length": 5, "metadata": {"title": "A"}, "chunks": 3}
 
 
-@pytest.mark.parametrize("settings_overrides", [{"webhook_retry_s": 0.4}])
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{"webhook_retry_s": 1.0, "webhook_backoff_base_s": 0.2, "webhook_sweep_interval_s": 60}],
+)
 async def test_retries_are_bounded(env: Env) -> None:
+    # Tries at ~0, 0.2 and 0.6 s; the next (1.4 s) is past the 1 s window: exactly 3.
     async with Receiver([500] * 100) as rx:
         task_id = await _submit(env, rx.url)
         await env.client.delete(f"/api/v1/ingest/{task_id}", headers=env.alice)
-        await asyncio.sleep(1.5)
+        rows = await _rows_until(env.state, task_id, 3)
+        await asyncio.sleep(1.5)  # a 4th try would come 0.8 s after the 3rd
     rows = [asdict(r) for r in await env.state.jobs.list_deliveries(task_id)]
-    assert 2 <= len(rows) <= 6 and not any(r["delivered"] for r in rows)
+    assert [r["attempt"] for r in rows] == [1, 2, 3] and not any(r["delivered"] for r in rows)
     assert len(rx.calls) == len(rows)
 
 
@@ -158,14 +163,14 @@ async def test_unreachable_target_is_recorded(env: Env) -> None:
     assert rows and rows[0]["status_code"] is None and "Connect" in rows[0]["error"]
 
 
-async def _rows_until(state: Any, task_id: str, n: int) -> list[dict[str, Any]]:
+async def _rows_until(state: Any, task_id: str, n: int, timeout: float = 20.0) -> list[dict[str, Any]]:
     """The delivery rows once there are ``n`` (the receiver answers before the row is written)."""
-    for _ in range(100):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
         rows = [asdict(r) for r in await state.jobs.list_deliveries(task_id)]
-        if len(rows) >= n:
+        if len(rows) >= n or asyncio.get_running_loop().time() > deadline:
             return rows
         await asyncio.sleep(0.05)
-    return rows
 
 
 async def test_delivery_resumes_after_a_restart(tmp_path: Path) -> None:
@@ -183,10 +188,10 @@ async def test_delivery_resumes_after_a_restart(tmp_path: Path) -> None:
                     )
                 ).json()["task_id"]
                 await c.delete(f"/api/v1/ingest/{task_id}", headers=h)
-                for _ in range(50):
-                    if rx.calls:
-                        break
-                    await asyncio.sleep(0.05)
+                # Stop only once the failed first try is recorded (not after a fixed time: under load
+                # the try, or its row, may come late; a stop before the row would lose the attempt).
+                first = await _rows_until(app.state.morag, task_id, 1)
+                assert [(r["attempt"], r["status_code"]) for r in first] == [(1, 500)]
         assert len(rx.calls) == 1  # first try failed; the server stopped during the 30 s backoff
         rx.script = []
         app = create_app(make_settings(tmp_path))
@@ -210,3 +215,43 @@ async def test_webhook_after_processing_and_indexing(env: Env) -> None:
     assert body["completed_at"] == row["finished_at"].isoformat()
     assert body["result"]["content_length"] == len("# Title\n\nSome words worth indexing here.")
     assert body["result"]["metadata"] == {"title": "T"} and body["error"] is None
+
+
+@pytest.mark.parametrize("settings_overrides", [{"webhook_allow_private": False}])
+async def test_target_resolving_to_loopback_at_delivery_is_refused(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The address check ON (every other test app turns it off): a webhook host that resolved to a
+    public address at submission but resolves to 127.0.0.1 at delivery (DNS rebinding) gets nothing
+    sent to it; the attempt is recorded as refused."""
+    import socket
+
+    real = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def resolver(host: Any, port: Any, *args: Any, **kw: Any) -> Any:
+        if host != "hooks.rebind.test":
+            return real(host, port, *args, **kw)
+        lookups.append(host)
+        ip = "93.184.216.34" if len(lookups) == 1 else "127.0.0.1"  # public first, then loopback
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port or 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    async with Receiver([]) as rx:
+        port = rx.url.split(":")[2].split("/")[0]
+        hook = f"http://hooks.rebind.test:{port}/hook"
+        body = {"url": "https://example.org/a", "webhook_url": hook}
+        resp = await env.client.post("/api/v1/ingest/url", headers=env.alice, json=body)
+        assert resp.status_code == 202, resp.text  # public at submission: accepted
+        task_id = resp.json()["task_id"]
+        await env.client.delete(f"/api/v1/ingest/{task_id}", headers=env.alice)
+        rows = await _rows_until(env.state, task_id, 2)
+        await asyncio.sleep(0.3)
+        # Control: the same receiver by its loopback address is refused at submission already.
+        body = {"url": "https://example.org/b", "webhook_url": rx.url}
+        resp = await env.client.post("/api/v1/ingest/url", headers=env.alice, json=body)
+    assert len(lookups) >= 2  # looked up again at delivery
+    assert rx.calls == []  # nothing reached the loopback receiver
+    assert rows and all(r["status_code"] is None and not r["delivered"] for r in rows)
+    assert all("refused target" in r["error"] and "127.0.0.1" in r["error"] for r in rows), rows
+    assert resp.status_code == 400 and resp.json()["code"] == "webhook_private_address", resp.text

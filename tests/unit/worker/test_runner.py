@@ -244,11 +244,19 @@ async def test_shutdown_gives_the_lease_back_after_grace(server: FakeServer, tmp
 
 async def test_shutdown_lets_a_job_finish_within_grace(server: FakeServer, tmp_path: Path) -> None:
     server.add("J1", sleep_s=0.4)
+    server.add("J2")
     runner = make_runner(tmp_path, grace_s=5)
-    await run_until(runner, lambda: runner.jobs and runner.jobs["J1"].progress.phase == "processing")
+    at_stop: list[int] = []
+
+    def processing() -> bool:
+        if runner.jobs and "J1" in runner.jobs and runner.jobs["J1"].progress.phase == "processing":
+            at_stop.append(len(server.claims))  # run_until stops the runner right after this
+            return True
+        return False
+
+    await run_until(runner, processing)
     assert [c["job_id"] for c in server.completed] == ["J1"] and not server.failed
-    claims = len(server.claims)
-    assert claims == len(server.claims)  # nothing claimed after the stop
+    assert len(server.claims) == at_stop[0]  # nothing claimed after the stop (J2 stays queued)
 
 
 async def test_processing_error_is_reported_final(server: FakeServer, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ def _cos(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b, strict=True))
 
 
+@pytest.mark.slow  # the real MiniLM model
 async def test_local_minilm_gives_normalised_384d_vectors_that_rank_by_meaning() -> None:
     emb = LocalMiniLM()
     cat, kitten, revenue = await emb.embed(
@@ -37,6 +38,7 @@ async def test_local_minilm_gives_normalised_384d_vectors_that_rank_by_meaning()
     assert await emb.embed([]) == []
 
 
+@pytest.mark.slow  # the real MiniLM model
 async def test_local_minilm_loads_once_and_does_not_block_the_event_loop() -> None:
     await LocalMiniLM().embed(["warm up"])
     misses = _load_minilm.cache_info().misses

@@ -55,6 +55,7 @@ def _heard(result: ProcessResult) -> str:
     return " ".join(seg["text"] for seg in result.metadata["segments"])
 
 
+@pytest.mark.slow  # a real Whisper model
 def test_tiny_en_transcribes_known_sentence(tiny_result: tuple[ProcessResult, list]) -> None:
     result, progress = tiny_result
     wer = media.word_error_rate(media.SENTENCE, _heard(result))
