@@ -12,6 +12,7 @@ from fastapi import Depends, FastAPI
 from api import cookies, db, indexer, webhooks
 from api.errors import documented, install_handlers
 from api.guards import storable_url
+from api.logging_setup import RequestContextMiddleware
 from api.maintenance import Maintenance
 from api.notifier import Notifier
 from api.routes import files, search, tasks, worker
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     app.state.startup_hooks = [cookies.startup, webhooks.startup, indexer.start_indexing]
     app.state.shutdown_hooks = [webhooks.shutdown, indexer.stop_indexing]
     install_handlers(app)
+    app.add_middleware(RequestContextMiddleware)  # request id, task id, access log (api/logging_setup.py)
     # Every worker route may answer these (docs/protocol.md, "Status codes a worker can get").
     app.include_router(worker.router, responses=documented(401, 403, 404, 409, 422))
     app.include_router(files.router)
