@@ -14,8 +14,9 @@ from api.errors import documented, install_handlers
 from api.guards import storable_url
 from api.logging_setup import RequestContextMiddleware
 from api.maintenance import Maintenance
+from api.metrics import MetricsMiddleware
 from api.notifier import Notifier
-from api.routes import files, search, tasks, worker
+from api.routes import files, ops, search, tasks, worker
 from api.settings import Settings
 from api.state import AppState
 
@@ -57,18 +58,22 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         summary="Ingestion server for multimodal RAG with remote, user-owned workers.",
         lifespan=lifespan,
         dependencies=[Depends(storable_url)],
+        docs_url=None,  # served by api/routes/ops.py from local assets (works offline)
+        redoc_url=None,
     )
     # Client API: users' cookies for workers, webhooks on final states.
     # Indexing: ingest results -> chunks -> embeddings -> vector store (server side only).
     app.state.startup_hooks = [cookies.startup, webhooks.startup, indexer.start_indexing]
     app.state.shutdown_hooks = [webhooks.shutdown, indexer.stop_indexing]
     install_handlers(app)
+    app.add_middleware(MetricsMiddleware)  # request durations, upload bytes (api/metrics.py)
     app.add_middleware(RequestContextMiddleware)  # request id, task id, access log (api/logging_setup.py)
     # Every worker route may answer these (docs/protocol.md, "Status codes a worker can get").
     app.include_router(worker.router, responses=documented(401, 403, 404, 409, 422))
     app.include_router(files.router)
     app.include_router(tasks.router)
     app.include_router(search.router)
+    ops.install(app)  # /ready, /metrics, /docs (offline), / -> /docs
 
     @app.get("/health", tags=["meta"])
     async def health() -> dict[str, Any]:
