@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 
-from api import cookies, db, indexer, webhooks
+from api import cookies, db, indexer, openapi_doc, webhooks
 from api.errors import documented, install_handlers
 from api.guards import storable_url
 from api.logging_setup import RequestContextMiddleware
@@ -60,7 +60,9 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         dependencies=[Depends(storable_url)],
         docs_url=None,  # served by api/routes/ops.py from local assets (works offline)
         redoc_url=None,
+        generate_unique_id_function=openapi_doc.operation_id,
     )
+    openapi_doc.install(app)  # bearer security scheme, examples (api/openapi_doc.py)
     # Client API: users' cookies for workers, webhooks on final states.
     # Indexing: ingest results -> chunks -> embeddings -> vector store (server side only).
     app.state.startup_hooks = [cookies.startup, webhooks.startup, indexer.start_indexing]
@@ -75,7 +77,8 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     app.include_router(search.router)
     ops.install(app)  # /ready, /metrics, /docs (offline), / -> /docs
 
-    @app.get("/health", tags=["meta"])
+    @app.get("/health", tags=["meta"], responses={200: {"content": {"application/json": {
+        "example": {"status": "ok", "version": VERSION}}}}})
     async def health() -> dict[str, Any]:
         """Liveness: the server is up."""
         return {"status": "ok", "version": VERSION}

@@ -8,7 +8,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.inputs import CleanBody
-from protocol.states import ContentType
+from protocol.states import ContentType, JobState
+
+#: Where a task is: a worker processes it, the server indexes it (ingest only), or it is over.
+Stage = Literal["process", "index", "done"]
+#: A batch's state: a task state, or ``partial`` (some tasks succeeded, some did not).
+BatchState = Literal["queued", "running", "succeeded", "failed", "partial", "canceled"]
 
 
 class IngestFields(CleanBody):
@@ -53,21 +58,21 @@ class BatchRequest(CleanBody):
 
 class BatchCreated(BaseModel):
     batch_id: str
-    status: str
+    status: JobState
     task_ids: list[str]
 
 
 class BatchTask(BaseModel):
     task_id: str
-    status: str
-    stage: str
+    status: JobState
+    stage: Stage
     progress: float
     error: str | None
 
 
 class BatchStatus(BaseModel):
     batch_id: str
-    status: str = Field(description="queued, running, succeeded, failed, partial (some failed) or canceled.")
+    status: BatchState = Field(description="A task state, or partial (some tasks succeeded, some did not).")
     total: int
     counts: dict[str, int]
     progress: float
@@ -111,7 +116,7 @@ class CookieList(BaseModel):
 
 class TaskCreated(BaseModel):
     task_id: str
-    status: str
+    status: JobState
 
 
 class ArtifactInfo(BaseModel):
@@ -126,11 +131,11 @@ class ArtifactInfo(BaseModel):
 
 class TaskStatus(BaseModel):
     task_id: str
-    status: str
-    stage: str
+    status: JobState
+    stage: Stage
     progress: float
     message: str | None
-    content_type: str
+    content_type: ContentType
     lane: str
     attempts: int
     max_attempts: int
