@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -189,20 +190,25 @@ async def docs() -> HTMLResponse:
         title="morag-remote API",
         swagger_js_url="/docs/assets/swagger-ui-bundle.js",
         swagger_css_url="/docs/assets/swagger-ui.css",
-        swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        swagger_favicon_url="/docs/assets/favicon.png",
         swagger_ui_parameters={"persistAuthorization": True, "displayOperationId": True},
     )
 
 
 def install(app: FastAPI) -> None:
     """Routes, the Swagger UI assets, and a start-up check of the local vector store's size."""
-    import swagger_ui_bundle
-
     app.include_router(router)
-    assets = StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path))
+    assets = StaticFiles(directory=str(_swagger_assets()))
     app.mount("/docs/assets", assets, name="docs-assets")
     app.state.startup_hooks.append(_check_local_store_soon)
     app.state.shutdown_hooks.insert(0, _stop_local_store_check)
+
+
+def _swagger_assets() -> Path:
+    """Swagger UI 5 (reads OpenAPI 3.1) as shipped by the fastapi-offline package (MIT)."""
+    import fastapi_offline
+
+    return Path(fastapi_offline.__file__).resolve().parent / "static"
 
 
 async def _check_local_store_soon(app: FastAPI, state: AppState) -> None:
