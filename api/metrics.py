@@ -17,6 +17,7 @@ number of users.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -36,7 +37,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 _PROCESSING_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 # Routes whose request bodies are uploads (files in, artifacts in).
-_UPLOAD_ROUTES = ("/api/v1/ingest/file", "/api/v1/process/file", "/worker/artifact")
+_UPLOAD_ROUTES = ("/api/v1/ingest/file", "/process/file", "/worker/artifact")
+# A claim's lanes, read from the start of its small JSON body (no full parse on the hot path).
+_LANES_IN_BODY = re.compile(rb'"lanes"\s*:\s*\[([^\]]*)\]')
+_LANE_NAME = re.compile(rb'"(gpu|cpu|default)"')
 
 REQUESTS = Counter("morag_http_requests", "HTTP requests answered.", ["method", "route", "status"])
 REQUEST_SECONDS = Histogram(
@@ -114,11 +118,17 @@ class MetricsMiddleware:
         status = 500
         path: str = scope.get("path", "")
         upload = path if path.startswith(_UPLOAD_ROUTES) else None
+        claim = path == "/worker/claim"
+        lanes: list[bytes] = []
 
         async def counting_receive() -> Message:
             message = await receive()
-            if upload and message["type"] == "http.request":
-                UPLOAD_BYTES.labels(upload).inc(len(message.get("body", b"")))
+            if message["type"] == "http.request":
+                if upload:
+                    UPLOAD_BYTES.labels(upload).inc(len(message.get("body", b"")))
+                elif claim and not lanes:
+                    found = _LANES_IN_BODY.search(message.get("body", b"")[:4096])
+                    lanes.extend(_LANE_NAME.findall(found.group(1)) if found else [b"cpu"])
             return message
 
         async def send_status(message: Message) -> None:
@@ -128,8 +138,10 @@ class MetricsMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, counting_receive if upload else receive, send_status)
+            await self.app(scope, counting_receive if upload or claim else receive, send_status)
         finally:
+            if claim and status in (200, 204):  # a long-poll's wait, by the first lane it asked for
+                observe_claim_wait([x.decode() for x in lanes], time.perf_counter() - start)
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope.get("method", "-")
             REQUESTS.labels(method, route, str(status)).inc()
