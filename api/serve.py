@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,7 +19,7 @@ def serve(
     """Run the server; ``workers`` > 1 forks that many processes sharing the port (PostgreSQL only)."""
     import uvicorn
 
-    level = log_level or settings.log_level
+    level = (log_level or settings.log_level).lower()  # uvicorn knows lower-case names only
     configure_logging(level, json_lines=settings.log_json)
     common = {
         "host": host,
@@ -29,6 +28,8 @@ def serve(
         "log_level": level,
         "access_log": False,  # api.logging_setup writes the access log (request id, redaction)
     }
+    if workers > 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _prometheus_multiproc_dir()  # before prometheus_client is imported: it reads this once
     if workers <= 1:
         from api.app import create_app
 
@@ -43,7 +44,6 @@ def serve(
             workers,
             settings.data_dir / "qdrant",
         )
-    _prometheus_multiproc_dir()
     # Each process builds its own app from the same environment (Settings() in create_app).
     uvicorn.run("api.app:create_app", factory=True, workers=workers, **common)  # type: ignore[arg-type]
 
@@ -51,12 +51,12 @@ def serve(
 def _prometheus_multiproc_dir() -> None:
     """Several processes share /metrics through files (prometheus-client multi-process mode).
 
-    The directory must be empty at start (stale files from a previous run would add up).
+    Its metric files must be gone at start (a previous run's would add up); nothing else is touched.
     """
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     path = Path(given) if given else Path(tempfile.gettempdir()) / f"morag-metrics-{os.getpid()}"
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     log.info("metrics of all server processes are gathered in %s", path)
