@@ -16,6 +16,7 @@ number of users.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -32,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.ids import utcnow
 from api.models import DateTime
+from protocol.states import ContentType, lane_kind_for
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -49,7 +51,7 @@ REQUEST_SECONDS = Histogram(
 )
 UPLOAD_BYTES = Counter("morag_upload_bytes", "Bytes received in uploads (files and artifacts).", ["route"])
 DISPATCH_SECONDS = Histogram(
-    "morag_dispatch_latency_seconds", "From a job becoming claimable to a worker claiming it.", ["lane"],
+    "morag_dispatch_latency_seconds", "From a job's creation to its first claim (first attempts).", ["lane"],
     buckets=_LATENCY_BUCKETS,
 )
 CLAIM_WAIT_SECONDS = Histogram(
@@ -131,10 +133,14 @@ class MetricsMiddleware:
                     lanes.extend(_LANE_NAME.findall(found.group(1)) if found else [b"cpu"])
             return message
 
+        answer: list[bytes] = []
+
         async def send_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif claim and status == 200 and message["type"] == "http.response.body":
+                answer.append(message.get("body", b""))
             await send(message)
 
         try:
@@ -142,10 +148,34 @@ class MetricsMiddleware:
         finally:
             if claim and status in (200, 204):  # a long-poll's wait, by the first lane it asked for
                 observe_claim_wait([x.decode() for x in lanes], time.perf_counter() - start)
+            if answer:
+                _observe_first_claims(b"".join(answer))
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope.get("method", "-")
             REQUESTS.labels(method, route, str(status)).inc()
             REQUEST_SECONDS.labels(method, route).observe(time.perf_counter() - start)
+
+
+def _observe_first_claims(body: bytes) -> None:
+    """Dispatch latency of first attempts, read from a claim's answer.
+
+    A job id starts with its creation time in microseconds (api/ids.py), and a first attempt was
+    claimable from its creation on (retries wait for their retry time: they are not counted here).
+    """
+    try:
+        jobs = json.loads(body).get("jobs") or []
+    except (ValueError, AttributeError):
+        return
+    now_us = time.time() * 1e6
+    for job in jobs:
+        try:
+            if job.get("attempt") != 1:
+                continue
+            created_us = int(str(job["job_id"])[:14], 16)
+            kind = lane_kind_for(ContentType(job["content_type"])).value
+        except (KeyError, ValueError, TypeError):
+            continue
+        DISPATCH_SECONDS.labels(kind).observe(max(now_us - created_us, 0.0) / 1e6)
 
 
 # --- Scrape ---------------------------------------------------------------------------------------

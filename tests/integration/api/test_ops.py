@@ -104,6 +104,16 @@ async def test_metrics_count_requests_by_route_uploads_and_jobs_by_lane_and_stat
         before, "morag_upload_bytes_total", **up
     ) > len(payload)
     assert _sample(after, "morag_workers_online", lane="any") == 0.0
+
+    # A worker's claim: its long-poll wait by lane, and the job's dispatch latency (first attempt).
+    claim = {"worker_id": "w", "lanes": ["gpu", "cpu"], "content_types": ["document"], "wait_s": 0.2}
+    got = await env.client.post("/worker/claim", headers=env.worker, json=claim)
+    assert got.status_code == 200 and got.json()["jobs"][0]["job_id"] == task
+    claimed = (await env.client.get("/metrics")).text
+    counted = (("morag_claim_wait_seconds_count", "gpu"), ("morag_dispatch_latency_seconds_count", "cpu"))
+    for name, lane in counted:
+        assert _sample(claimed, name, lane=lane) == _sample(after, name, lane=lane) + 1, name
+    assert _sample(claimed, "morag_workers_online", lane="cpu") == 1.0
     for name in (
         "morag_dispatch_latency_seconds",
         "morag_lease_expiries",
