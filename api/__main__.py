@@ -20,7 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP server")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-level", default=None, help="default: MORAG_LOG_LEVEL (info)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="server processes on one port (PostgreSQL and a Qdrant server for more than 1)")
 
     sub.add_parser("migrate", help="alembic upgrade head")
 
@@ -97,11 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings()
     if args.cmd == "serve":
-        import uvicorn
+        from api.serve import serve
 
-        from api.app import create_app
-
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+        serve(settings, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
         return 0
     try:
         asyncio.run(_run(args, settings))

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 
-from api import db, logfilter
+from api import db, logfilter, openapi_doc
 from api.background import BackgroundService
 from api.cookies import CookieSource
 from api.errors import documented, install_handlers
@@ -18,9 +18,11 @@ from api.guards import storable_url
 from api.indexing.service import Indexer
 from api.indexing.stage import IndexingStage, index_config
 from api.jobs import JobStore
+from api.logging_setup import RequestContextMiddleware
 from api.maintenance import upkeep_services
+from api.metrics import MetricsMiddleware
 from api.notifier import Notifier
-from api.routes import files, search, tasks, worker
+from api.routes import files, ops, search, tasks, worker
 from api.settings import Settings
 from api.state import AppState
 from api.webhooks import WebhookSender
@@ -64,9 +66,11 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         app.state.indexer = indexer
         for service in services:
             service.start()
+        await ops.start_local_store_check(app, app.state.morag)
         try:
             yield
         finally:
+            await ops.stop_local_store_check(app)
             for service in reversed(services):
                 await service.stop()
             await indexer.close()
@@ -79,15 +83,23 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         summary="Ingestion server for multimodal RAG with remote, user-owned workers.",
         lifespan=lifespan,
         dependencies=[Depends(storable_url)],
+        docs_url=None,  # served by api/routes/ops.py from local assets (works offline)
+        redoc_url=None,
+        generate_unique_id_function=openapi_doc.operation_id,
     )
+    openapi_doc.install(app)  # bearer security scheme, examples (api/openapi_doc.py)
     install_handlers(app)
+    app.add_middleware(MetricsMiddleware)  # request durations, upload bytes (api/metrics.py)
+    app.add_middleware(RequestContextMiddleware)  # request id, task id, access log (api/logging_setup.py)
     # Every worker route may answer these (docs/protocol.md, "Status codes a worker can get").
     app.include_router(worker.router, responses=documented(401, 403, 404, 409, 422))
     app.include_router(files.router)
     app.include_router(tasks.router)
     app.include_router(search.router)
+    ops.install(app)  # /ready, /metrics, /docs (offline), / -> /docs
 
-    @app.get("/health", tags=["meta"])
+    @app.get("/health", tags=["meta"], responses={200: {"content": {"application/json": {
+        "example": {"status": "ok", "version": VERSION}}}}})
     async def health() -> dict[str, Any]:
         """Liveness: the server is up."""
         return {"status": "ok", "version": VERSION}

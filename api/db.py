@@ -11,6 +11,9 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 ROOT = Path(__file__).resolve().parent.parent
+#: PostgreSQL advisory lock held while migrating (alembic/env.py): any number of processes may start
+#: together on a fresh database. The number is arbitrary but fixed ("morag" in ASCII).
+MIGRATION_LOCK_KEY = 0x6D6F726167
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -57,6 +60,7 @@ def alembic_config(url: str) -> Any:
 
     ini = ROOT / "alembic.ini"
     cfg = Config(str(ini)) if ini.is_file() else Config()
+    cfg.attributes["configure_logger"] = False  # logging is api.logging_setup's, never alembic.ini's
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg

@@ -12,6 +12,9 @@ from protocol.errors import TaskErrorClass
 from protocol.inputs import CleanBody
 from protocol.states import ContentType, JobState, TaskStage
 
+#: A batch's state: a task state, or ``partial`` (some tasks succeeded, some did not).
+BatchState = Literal["queued", "running", "succeeded", "failed", "partial", "canceled"]
+
 
 class IngestFields(CleanBody):
     """What every ingest request may carry besides its input (file or URL)."""
@@ -55,7 +58,7 @@ class BatchRequest(CleanBody):
 
 class BatchCreated(BaseModel):
     batch_id: str
-    status: str
+    status: JobState
     task_ids: list[str]
 
 
@@ -69,7 +72,7 @@ class BatchTask(BaseModel):
 
 class BatchStatus(BaseModel):
     batch_id: str
-    status: str = Field(description="queued, running, succeeded, failed, partial (some failed) or canceled.")
+    status: BatchState = Field(description="A task state, or partial (some tasks succeeded, some did not).")
     total: int
     counts: dict[str, int]
     progress: float
@@ -136,7 +139,7 @@ class TaskStatus(BaseModel):
     stage: TaskStage
     progress: float
     message: str | None
-    content_type: str
+    content_type: ContentType
     lane: str
     attempts: int
     max_attempts: int

