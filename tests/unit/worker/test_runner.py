@@ -315,9 +315,9 @@ async def test_bad_key_exits_2(tmp_path: Path) -> None:
 @pytest.fixture
 def with_artifacts(monkeypatch: pytest.MonkeyPatch) -> None:
     """The echo job also returns the files named in its option ``artifacts`` (as video returns frames)."""
-    from worker import runner as runner_module
+    from worker import slots as slots_module
 
-    real = runner_module.execute
+    real = slots_module.execute
 
     def execute(inp: Any, config: Any, canceled: Any) -> Any:
         result = real(inp, config, canceled)
@@ -328,7 +328,13 @@ def with_artifacts(monkeypatch: pytest.MonkeyPatch) -> None:
         result.metadata["artifacts"] = [{"file": p.name} for p in result.artifacts]
         return result
 
-    monkeypatch.setattr(runner_module, "execute", execute)
+    monkeypatch.setattr(slots_module, "execute", execute)
+    # The patch reaches only this process: run these jobs in threads.
+    from worker import runner as runner_module
+
+    monkeypatch.setattr(
+        runner_module, "make_pool", lambda cfg, size, _isolation, **kw: slots_module.make_pool(cfg, size, "thread")
+    )
 
 
 def spool_files(runner: Runner) -> list[Path]:
