@@ -139,6 +139,7 @@ class Runner:
             log_format=self.config.log_format,
             kill_after_s=self.config.kill_after_s,
         )
+        self.pool.warm()
         code = 0
         try:
             await self.deliver_spooled()

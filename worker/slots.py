@@ -17,8 +17,11 @@ import asyncio
 import logging
 import multiprocessing
 import signal
+import sys
 import threading
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -79,6 +82,19 @@ def crash_error(exitcode: int | None) -> ProcessingError:
     return ProcessCrashed(f"the processing process exited unexpectedly (exit code {exitcode})")
 
 
+@contextmanager
+def _main_not_rerun() -> Iterator[None]:
+    """Start a spawned child without re-running the parent's ``__main__`` (a script, pytest, an
+    embedding program): the child needs only ``worker.child``, and a script without the
+    ``if __name__ == "__main__"`` guard would otherwise start itself again in every child."""
+    saved = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = saved
+
+
 class ProcessSlot:
     """One child process, started on first use and after each death, running one job at a time."""
 
@@ -108,7 +124,8 @@ class ProcessSlot:
         proc = self._ctx.Process(
             target=child_main, args=(child, self.config, self.log_format), name="morag-slot", daemon=True
         )
-        proc.start()
+        with _main_not_rerun():
+            proc.start()
         child.close()
         inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
@@ -128,6 +145,11 @@ class ProcessSlot:
         threading.Thread(target=read, name=f"slot-reader-{proc.pid}", daemon=True).start()
         self._proc, self._conn, self._inbox = proc, parent, inbox
         self.started += 1
+
+    def warm(self) -> None:
+        """Start the child now, so its imports overlap with the first claim."""
+        if self._proc is None:
+            self._start()
 
     async def run(self, inp: JobInput, progress: Progress) -> ProcessResult:
         if self._stopped or not self.alive():
@@ -172,10 +194,13 @@ class ProcessSlot:
         proc.terminate()
 
         def kill_later() -> None:
-            proc.join(self.kill_after_s)
-            if proc.is_alive():
-                log.warning("processing process %s ignored SIGTERM; killing it", proc.pid)
-                proc.kill()
+            try:
+                proc.join(self.kill_after_s)
+                if proc.is_alive():
+                    log.warning("processing process %s ignored SIGTERM; killing it", proc.pid)
+                    proc.kill()
+            except ValueError:  # reaped meanwhile: it is gone
+                pass
 
         threading.Thread(target=kill_later, name=f"slot-kill-{proc.pid}", daemon=True).start()
 
@@ -196,9 +221,7 @@ class ProcessSlot:
         if proc.is_alive():  # should not happen: it closed its pipe but lives on
             proc.kill()
             await asyncio.to_thread(proc.join, 5.0)
-        code = proc.exitcode
-        proc.close()
-        return code
+        return proc.exitcode
 
     async def close(self) -> None:
         if self._conn is not None and self.alive():
@@ -276,6 +299,11 @@ class SlotPool:
 
     def give_back(self, slot: Slot) -> None:
         self._free.append(slot)
+
+    def warm(self) -> None:
+        for slot in self.slots:
+            if isinstance(slot, ProcessSlot):
+                slot.warm()
 
     async def close(self) -> None:
         await asyncio.gather(*(slot.close() for slot in self.slots), return_exceptions=True)

@@ -333,7 +333,9 @@ def with_artifacts(monkeypatch: pytest.MonkeyPatch) -> None:
     from worker import runner as runner_module
 
     monkeypatch.setattr(
-        runner_module, "make_pool", lambda cfg, size, _isolation, **kw: slots_module.make_pool(cfg, size, "thread")
+        runner_module,
+        "make_pool",
+        lambda cfg, size, _isolation, **kw: slots_module.make_pool(cfg, size, "thread"),
     )
 
 
@@ -427,3 +429,67 @@ async def test_a_result_left_in_the_spool_is_sent_once_the_server_answers_again(
     await run_until(runner, lambda: server.completed)
     assert server.completed[0]["job_id"] == "LATE"
     assert not (runner.config.spool / "LATE.json").exists()
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    from tests.unit.worker.test_slots import cpu_seconds
+
+    return cpu_seconds(pid)
+
+
+@pytest.mark.parametrize("reason", ["canceled", "lease lost", "shutdown"])
+async def test_stopped_work_stops_using_cpu_within_2_s(
+    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reason: str
+) -> None:
+    """The job's processing (native-like: no progress reports) really ends, not only its bookkeeping."""
+    monkeypatch.setenv("MORAG_WORKER_TEST_HOOKS", "1")
+    server.add("J1", spin_s=120)
+    runner = make_runner(tmp_path, grace_s=0.2)
+    task = asyncio.ensure_future(runner.run(install_signals=False))
+    deadline = time.monotonic() + 30
+    while not (runner.jobs and "reading input" in runner.jobs["J1"].progress.message):
+        assert time.monotonic() < deadline and not task.done()
+        await asyncio.sleep(0.05)
+    slot = runner.jobs["J1"].slot
+    pid = slot.pid  # type: ignore[attr-defined]
+    before = _cpu_seconds(pid)
+    await asyncio.sleep(0.5)
+    during = _cpu_seconds(pid)
+    assert before is not None and during is not None and during - before > 0.1, "the work burns CPU"
+    start = time.monotonic()
+    if reason == "canceled":
+        server.heartbeat_answer = httpx.Response(
+            200, json={"lease_expires_at": "2030-01-01T00:00:00Z", "canceled": True}
+        )
+    elif reason == "lease lost":
+        server.heartbeat_answer = httpx.Response(409, json={"code": "stale_lease", "message": "gone"})
+    else:
+        runner.request_stop()
+    while (cpu := _cpu_seconds(pid)) is not None:
+        await asyncio.sleep(0.05)
+        if time.monotonic() - start > 5:
+            break
+    stopped_after = time.monotonic() - start
+    assert cpu is None and stopped_after < 2.0, f"the canceled work still ran after {stopped_after:.1f} s"
+    if reason != "shutdown":
+        await asyncio.sleep(0.3)
+        assert runner.finished and runner.finished[0].outcome == reason and not runner.jobs
+        runner.request_stop()
+    assert await asyncio.wait_for(task, 10) == 0
+    assert [f["error_class"] for f in server.failed] == (["shutdown"] if reason == "shutdown" else [])
+    assert leftovers(runner) == []
+
+
+async def test_a_segfaulting_processor_fails_its_job_and_the_worker_serves_the_next(
+    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MORAG_WORKER_TEST_HOOKS", "1")
+    server.add("J1", crash="segfault")
+    server.add("J2", b"next one")
+    runner = make_runner(tmp_path)
+    await run_until(runner, lambda: server.completed, timeout=30)
+    (fail,) = server.failed
+    assert fail["job_id"] == "J1" and fail["error_class"] == "internal" and fail["retryable"] is True
+    assert "crashed (SIGSEGV)" in fail["error"]
+    assert server.completed[0]["job_id"] == "J2" and "next one" in server.completed[0]["markdown"]
+    assert leftovers(runner) == []
