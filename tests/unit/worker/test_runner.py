@@ -40,6 +40,8 @@ class FakeServer:
         self.artifact_answer: Any = None  # an httpx.Response to send instead of storing
         self.artifact_down: set[str] = set()  # names whose upload meets a dead server
         self.artifact_delay_s = 0.0
+        self.complete_started: list[str] = []
+        self.complete_delays: dict[str, float] = {}  # job id -> seconds each complete call takes
         mock.get(f"{BASE}/worker/hello").mock(side_effect=self._hello)
         mock.post(f"{BASE}/worker/claim").mock(side_effect=self._claim)
         mock.post(f"{BASE}/worker/heartbeat").mock(side_effect=self._heartbeat)
@@ -96,7 +98,10 @@ class FakeServer:
             return self.heartbeat_answer  # type: ignore[no-any-return]
         return httpx.Response(200, json={"lease_expires_at": "2030-01-01T00:00:00Z", "canceled": False})
 
-    def _complete(self, request: httpx.Request) -> httpx.Response:
+    async def _complete(self, request: httpx.Request) -> httpx.Response:
+        job_id = json.loads(request.content)["job_id"]
+        self.complete_started.append(job_id)
+        await asyncio.sleep(self.complete_delays.get(job_id, 0.0))
         if self.on_complete:
             self.on_complete(request)
         if self.complete_outage > 0:
@@ -493,3 +498,38 @@ async def test_a_segfaulting_processor_fails_its_job_and_the_worker_serves_the_n
     assert "crashed (SIGSEGV)" in fail["error"]
     assert server.completed[0]["job_id"] == "J2" and "next one" in server.completed[0]["markdown"]
     assert leftovers(runner) == []
+
+
+async def test_shutdown_keeps_the_client_open_until_results_are_delivered(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    """A stop that comes while a result is on its way waits for it before closing the client
+    (the result's first send is slow and fails; its retry must not meet a closed client)."""
+    server.complete_delays = {"LATE": 1.0}
+    runner = make_runner(tmp_path)
+    entry = {
+        "job_id": "LATE",
+        "lease_token": "tok-LATE",
+        "saved_at": time.time(),
+        "deliver_until": time.time() + 30,
+        "markdown": "# sent in the background",
+        "metadata": {},
+    }
+
+    def spool_it(body: dict[str, Any]) -> None:
+        if len(server.claims) == 2:
+            (runner.config.spool / "LATE.json").write_text(json.dumps(entry))
+
+    late_calls: list[float] = []
+
+    def late_is_slow_then_fails_once(request: httpx.Request) -> None:
+        if json.loads(request.content)["job_id"] == "LATE" and not late_calls:
+            late_calls.append(time.monotonic())
+            raise httpx.ConnectError("slow, then down")  # after complete_delay_s: the retry comes late
+
+    runner.config.spool.mkdir(parents=True)
+    server.on_claim = spool_it
+    server.on_complete = late_is_slow_then_fails_once
+    await run_until(runner, lambda: "LATE" in server.complete_started)
+    assert [c["job_id"] for c in server.completed] == ["LATE"]
+    assert not list(runner.config.spool.glob("*.json"))
