@@ -151,10 +151,10 @@ def server() -> Any:
 
 
 def make_runner(tmp_path: Path, **kw: Any) -> Runner:
+    kw.setdefault("content_types", ["echo"])
     cfg = WorkerConfig(
         api_key="K",
         server=BASE,
-        content_types=["echo"],
         temp_dir=tmp_path / "tmp",
         claim_wait_s=0.05,
         retry_base_s=0.01,
@@ -533,3 +533,29 @@ async def test_shutdown_keeps_the_client_open_until_results_are_delivered(
     await run_until(runner, lambda: "LATE" in server.complete_started)
     assert [c["job_id"] for c in server.completed] == ["LATE"]
     assert not list(runner.config.spool.glob("*.json"))
+
+
+async def test_start_up_logs_the_types_offered_and_why_others_are_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from protocol.models import HelloResponse
+    from worker.processors import video
+
+    monkeypatch.setattr(video.shutil, "which", lambda name: None)
+    runner = make_runner(tmp_path, content_types=None)
+    hello = HelloResponse.model_validate(
+        {
+            "protocol_version": "1",
+            "server_version": "t",
+            "user": "u",
+            "scope": "worker",
+            "lanes": ["cpu"],
+            "lease_s": 60,
+            "max_claim_wait_s": 30,
+        }
+    )
+    with caplog.at_level("INFO", logger="morag.worker"):
+        await runner.setup(hello)
+    await runner.client.aclose()
+    assert "video" not in runner.content_types and "echo" in runner.content_types
+    assert "not offering video: ffmpeg is not installed" in caplog.text
