@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -136,6 +136,18 @@ class Settings(BaseSettings):
     index_max_attempts: int = Field(
         30, ge=1, description="Indexing tries (outages included) before the task fails for good."
     )
+
+    @model_validator(mode="after")
+    def _ttl_outlasts_heartbeats(self) -> Settings:
+        """A worker TTL shorter than the heartbeat interval makes busy workers look offline."""
+        heartbeat = self.lease_s / 3
+        if self.worker_ttl_s <= heartbeat:
+            raise ValueError(
+                f"MORAG_WORKER_TTL_S ({self.worker_ttl_s:g} s) must be longer than the workers' "
+                f"heartbeat interval (MORAG_LEASE_S / 3 = {heartbeat:g} s): a busy worker would look "
+                "offline between heartbeats and its user's jobs would go to shared workers early"
+            )
+        return self
 
     def resolved_database_url(self) -> str:
         if self.database_url:
