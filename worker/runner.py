@@ -87,7 +87,7 @@ class Runner:
         if hello.protocol_version.split(".")[0] != PROTOCOL_VERSION.split(".")[0]:
             raise FatalSetupError(
                 f"server speaks protocol {hello.protocol_version}, this worker {PROTOCOL_VERSION}: "
-                "upgrade the worker (pip install -U morag-remote[worker])"
+                "install the worker of the server's release (pip install -U '.[worker]')"
             )
         self.lease_s = hello.lease_s
         if hello.scope == "shared-worker":

@@ -43,7 +43,8 @@ def availability(content_type: str) -> tuple[bool, str]:
     if proc is None:
         return (
             False,
-            f"the processor for {content_type!r} cannot be imported: pip install '.[media,documents]'",
+            f"the processor for {content_type!r} cannot be imported: "
+            "pip install '.[worker,media,web,documents]' (see docs/worker-setup.md)",
         )
     return proc.available()
 

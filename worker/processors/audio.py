@@ -188,7 +188,7 @@ def transcribe_file(
 def media_available() -> tuple[bool, str]:
     """(True, "") when faster-whisper is installed, else how to install it."""
     if importlib.util.find_spec("faster_whisper") is None:
-        return False, "faster-whisper is not installed: pip install '.[media]'"
+        return False, "faster-whisper is not installed: pip install '.[worker,media]'"
     return True, ""
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 
-INSTALL_HINT = "pip install 'morag-remote[worker,media]' (it brings the deno and yt-dlp-ejs packages)"
+INSTALL_HINT = "pip install '.[worker,media]' (it brings the deno and yt-dlp-ejs packages)"
 
 
 def deno_path() -> str | None:

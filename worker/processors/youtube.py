@@ -153,7 +153,7 @@ class YoutubeProcessor:
 
     def available(self) -> tuple[bool, str]:
         if importlib.util.find_spec("yt_dlp") is None:
-            return False, "yt-dlp is not installed: pip install '.[media]'"
+            return False, "yt-dlp is not installed: pip install '.[worker,media]'"
         return media_available()
 
     def _options(
