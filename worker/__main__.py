@@ -39,6 +39,7 @@ OPTIONS: list[tuple[str, Any, str]] = [
     ("--fetch-timeout", float, "network timeout of URL jobs in seconds"),
     ("--ffmpeg-timeout", float, "the longest one ffmpeg/ffprobe call may run, in seconds"),
     ("--isolation", str, "process (jobs run in child processes the worker can stop) | thread"),
+    ("--kill-after", float, "seconds a stopped job's process gets after SIGTERM before SIGKILL"),
     ("--once", "bool", "process one job and exit (exit 0 when it succeeded)"),
     ("--log-format", str, "text | json"),
     ("--grace", float, "seconds running jobs get to finish on SIGINT/SIGTERM before being given back"),
@@ -54,6 +55,7 @@ _DEST = {
     "--retry-cap": "retry_cap_s",
     "--fetch-timeout": "fetch_timeout_s",
     "--ffmpeg-timeout": "ffmpeg_timeout_s",
+    "--kill-after": "kill_after_s",
 }
 _CHOICES = {
     "--log-format": ("text", "json"),
@@ -140,7 +142,7 @@ def parse_config(argv: list[str], env: Mapping[str, str] | None = None) -> tuple
         parser.error("--isolation must be process or thread")
     if args["concurrency"] < 1:
         parser.error("--concurrency must be at least 1")
-    for flag in ("--max-download-mb", "--fetch-timeout", "--ffmpeg-timeout"):
+    for flag in ("--max-download-mb", "--fetch-timeout", "--ffmpeg-timeout", "--kill-after"):
         if args[dest_of(flag)] <= 0:
             parser.error(f"{flag} must be more than 0")
     for key in ("name", "temp_dir"):

@@ -74,7 +74,7 @@ def crash_error(exitcode: int | None) -> ProcessingError:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = f"signal {-exitcode}"
-        if -exitcode == signal.SIGKILL:
+        if -exitcode == getattr(signal, "SIGKILL", 9):
             return OutOfMemory(
                 f"the processing process was killed ({name}), most likely by the out-of-memory killer"
             )
