@@ -80,7 +80,13 @@ class Runner:
             except AuthFailed as exc:
                 raise FatalSetupError(f"the server refused this key: {exc.message}") from exc
             except ServerUnreachable as exc:
-                log.warning("server not reachable (%s); retrying", exc.message)
+                from worker.check import unreachable_fix  # check imports this module
+
+                log.warning(
+                    "server not reachable (%s); retrying; %s",
+                    exc.message,
+                    unreachable_fix(self.config.server, exc.message),
+                )
                 if await self._sleep_or_stop(self._retry_delay(failures)):
                     raise FatalSetupError("stopped before the server was reachable") from exc
                 failures += 1
