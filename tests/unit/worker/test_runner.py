@@ -165,7 +165,7 @@ def make_runner(tmp_path: Path, **kw: Any) -> Runner:
     return Runner(cfg, client)
 
 
-async def run_until(runner: Runner, cond: Any, timeout: float = 5.0, stop: bool = True) -> int:
+async def run_until(runner: Runner, cond: Any, timeout: float = 20.0, stop: bool = True) -> int:
     task = asyncio.ensure_future(runner.run(install_signals=False))
     deadline = time.monotonic() + timeout
     while not cond():
@@ -217,9 +217,16 @@ async def test_cancel_via_heartbeat_stops_at_once(server: FakeServer, tmp_path: 
         200, json={"lease_expires_at": "2030-01-01T00:00:00Z", "canceled": True}
     )
     runner = make_runner(tmp_path)
+    task = asyncio.ensure_future(runner.run(install_signals=False))
+    while not server.heartbeats:  # the first heartbeat says "canceled"
+        assert not task.done()
+        await asyncio.sleep(0.01)
     start = time.monotonic()
-    await run_until(runner, lambda: runner.finished)
-    assert time.monotonic() - start < 3
+    while not runner.finished:
+        assert time.monotonic() - start < 3, "the canceled job did not stop"
+        await asyncio.sleep(0.02)
+    runner.request_stop()
+    assert await asyncio.wait_for(task, 10) == 0
     assert runner.finished[0].outcome == "canceled"
     assert not server.completed and not server.failed
     assert leftovers(runner) == []
@@ -237,9 +244,16 @@ async def test_stale_lease_409_stops_without_reporting(server: FakeServer, tmp_p
 async def test_shutdown_gives_the_lease_back_after_grace(server: FakeServer, tmp_path: Path) -> None:
     server.add("J1", sleep_s=30)
     runner = make_runner(tmp_path, grace_s=0.3)
-    start = time.monotonic()
-    await run_until(runner, lambda: runner.jobs and runner.jobs["J1"].progress.phase == "processing")
-    assert time.monotonic() - start < 3
+    stopped: list[float] = []
+
+    def processing() -> bool:
+        if runner.jobs and runner.jobs["J1"].progress.phase == "processing":
+            stopped.append(time.monotonic())  # run_until asks for the stop right after this
+            return True
+        return False
+
+    await run_until(runner, processing)
+    assert time.monotonic() - stopped[0] < 3  # grace 0.3 s, then the lease is given back
     assert [f["error_class"] for f in server.failed] == ["shutdown"]
     assert server.failed[0]["retryable"] is True and server.failed[0]["lease_token"] == "tok-J1"
     assert not server.completed and leftovers(runner) == []
@@ -458,9 +472,10 @@ async def test_stopped_work_stops_using_cpu_within_2_s(
     slot = runner.jobs["J1"].slot
     pid = slot.pid  # type: ignore[attr-defined]
     before = _cpu_seconds(pid)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.0)
     during = _cpu_seconds(pid)
-    assert before is not None and during is not None and during - before > 0.1, "the work burns CPU"
+    # On a loaded machine the child gets a small share of a core; it only has to be running.
+    assert before is not None and during is not None and during - before > 0.02, "the work burns CPU"
     start = time.monotonic()
     if reason == "canceled":
         server.heartbeat_answer = httpx.Response(

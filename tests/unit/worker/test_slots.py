@@ -101,9 +101,9 @@ async def test_stop_kills_the_work_at_once(
         pid = slot.pid
         assert pid is not None
         before = cpu_seconds(pid)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)
         after = cpu_seconds(pid)
-        assert before is not None and after is not None and after - before > 0.1  # it is burning CPU
+        assert before is not None and after is not None and after - before > 0.02  # it is burning CPU
         start = time.monotonic()
         slot.stop()
         with pytest.raises(JobCanceled):
