@@ -10,9 +10,8 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger("morag.settings")
@@ -159,12 +158,22 @@ class Settings(BaseSettings):
         "to a Qdrant server (docs/deployment.md).",
     )
 
-    def model_post_init(self, context: Any, /) -> None:
+    @model_validator(mode="after")
+    def _ttl_outlasts_heartbeats(self) -> Settings:
+        """A presence TTL shorter than the heartbeat interval makes busy workers look offline."""
         # MORAG_WORKER_TTL_S sat in the worker's namespace; read it for one more release.
         old = os.environ.get("MORAG_WORKER_TTL_S")
         if old and "presence_ttl_s" not in self.model_fields_set:
             log.warning("MORAG_WORKER_TTL_S is deprecated: set MORAG_PRESENCE_TTL_S instead")
             self.presence_ttl_s = float(old)
+        heartbeat = self.lease_s / 3
+        if self.presence_ttl_s <= heartbeat:
+            raise ValueError(
+                f"MORAG_PRESENCE_TTL_S ({self.presence_ttl_s:g} s) must be longer than the workers' "
+                f"heartbeat interval (MORAG_LEASE_S / 3 = {heartbeat:g} s): a busy worker would look "
+                "offline between heartbeats and its user's jobs would go to shared workers early"
+            )
+        return self
 
     def resolved_database_url(self) -> str:
         if self.database_url:

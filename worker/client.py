@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Generator
 from pathlib import Path
@@ -40,6 +39,7 @@ from protocol.models import (
     HelloResponse,
 )
 from worker import __version__
+from worker.config import backoff_delay
 from worker.errors import BadInput, ServerError, TransientError
 
 __all__ = ["AuthFailed", "LeaseLost", "ServerError", "ServerRejected", "ServerUnreachable", "WorkerClient"]
@@ -103,7 +103,7 @@ def _wait_gen(base: float, cap: float) -> Generator[float | None, Exception, Non
         if retry_after is not None:
             value = min(float(retry_after), 600.0)  # the caller's max_time still bounds the total
         else:
-            value = random.uniform(0, min(cap, base * 2**attempt))
+            value = backoff_delay(attempt, base, cap)
         attempt += 1
         exc = yield value
 
