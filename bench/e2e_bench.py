@@ -839,7 +839,7 @@ def run_one(system: System, jobs: int, samples: int, log: Any) -> RoundResult:
     x2 = system.xacts()
     xacts = idle_rate = None
     if x0 is not None and x1 is not None and x2 is not None:
-        own = system.pending_queries * (2 if system.name == "celery" else 1)  # our "is it empty" queries
+        own = getattr(system, "pending_queries", 0) * (2 if system.name == "celery" else 1)  # our queries
         idle_rate = (x2 - x1) / STATS_FLUSH_S
         xacts = x1 - x0 - own - (x2 - x1)
 
@@ -928,7 +928,8 @@ def docs_body(
     table = render_table(results, systems)
     return f"""## Queue end to end (`make bench`)
 
-`make bench` (`bench/e2e_bench.py`) runs the real server (`python -m api serve`) and 2 real worker
+`make bench` (`bench/e2e_bench.py`) runs the real server (`python -m api serve`, its defaults: uvicorn
+with uvloop/httptools, access log on) and 2 real worker
 processes (`python -m worker --concurrency 4`, `echo` jobs sent as `POST /process/url?wait_s=0`)
 over HTTP, and in the same run Celery 5 + Redis (threads pool), PgQueuer and procrastinate, each with
 2 worker processes x 4 slots and a no-op handler, on the same PostgreSQL 15 / Redis 7 (loopback,
