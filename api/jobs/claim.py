@@ -22,6 +22,7 @@ from api.ids import new_token, utcnow
 from api.jobs.base import QUEUED, RUNNING, StoreBase
 from api.jobs.records import LeasedJob, TaskStage
 from api.jobs.tables import JOBS as J
+from api.jobs.tables import USERS as U
 from api.jobs.tables import WORKERS as W
 from api.keystore import Principal, Scope
 from protocol.states import DEFAULT_LANE, LaneKind, lane_name
@@ -67,9 +68,10 @@ PRESENCE_REFRESH_S = 5.0
 
 
 def claim_shape(who: Principal, lanes: list[LaneKind]) -> ClaimShape:
+    """Decided per claim from the key's user as it is now: a fallback turned on frees queued jobs."""
     if who.scope is Scope.shared_worker:
         return ClaimShape.shared
-    if LaneKind.cpu in lanes and LaneKind.gpu not in lanes:
+    if LaneKind.cpu in lanes and LaneKind.gpu not in lanes and who.cpu_fallback:
         return ClaimShape.cpu
     return ClaimShape.own
 
@@ -91,7 +93,9 @@ def _build_claim(dialect: str, shape: ClaimShape) -> Any:
     )
     order = (J.c.priority.desc(), J.c.id)
     if shape is ClaimShape.shared:
-        cond = and_(base, or_(J.c.lane == DEFAULT_LANE, J.c.shared_at <= _P_NOW))
+        # Users' jobs only while their owner allows the shared fallback (read now, not at enqueue).
+        allowed = J.c.user_id.in_(select(U.c.id).where(U.c.shared_fallback.is_(True)))
+        cond = and_(base, or_(J.c.lane == DEFAULT_LANE, and_(J.c.shared_at <= _P_NOW, allowed)))
         # Fairness: the first job of every user before the second job of any user.
         rank = func.row_number().over(partition_by=J.c.user_id, order_by=order)
         ranked = select(J.c.id.label("id"), rank.label("rn")).where(cond).subquery("ranked")
