@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.ids import new_token, utcnow
+from api.jobs import claim_pg
 from api.jobs.base import QUEUED, RUNNING, StoreBase
 from api.jobs.records import LeasedJob, TaskStage
 from api.jobs.tables import JOBS as J
@@ -60,7 +61,7 @@ _CLAIM_VALUES: dict[str, Any] = dict(
     progress=0.0,
     progress_message="claimed",
 )
-_claim_cache: dict[tuple[str, ClaimShape], Any] = {}
+_claim_cache: dict[tuple[str, ClaimShape, int], Any] = {}
 
 # Presence is refreshed at most this often per worker and process (a long-polling claim re-runs
 # every second): the presence TTL is a minute, so this costs nothing in accuracy and saves a write.
@@ -85,7 +86,16 @@ def lock_and_update(dialect: str, cand: Any, values: dict[str, Any], returning: 
     return update(J).where(J.c.id.in_(cand.scalar_subquery())).values(**values).returning(*returning)
 
 
-def _build_claim(dialect: str, shape: ClaimShape) -> Any:
+def _build_claim(dialect: str, shape: ClaimShape, n_lanes: int) -> Any:
+    if dialect == "postgresql" and shape is ClaimShape.shared:
+        return claim_pg.shared_claim(_P_NOW, _CLAIM_VALUES, RETURNED)
+    if dialect == "postgresql" and n_lanes > 0:
+        return claim_pg.lanes_claim(n_lanes, shape is ClaimShape.cpu, _P_NOW, _CLAIM_VALUES, RETURNED)
+    return _build_claim_generic(dialect, shape)
+
+
+def _build_claim_generic(dialect: str, shape: ClaimShape) -> Any:
+    """SQLite (one writer at a time, small queues): one statement over the lane list."""
     base = and_(
         J.c.state == QUEUED,
         J.c.run_after <= _P_NOW,
@@ -124,18 +134,20 @@ def claim_statement(
     """The one atomic claim for this worker's shape and the parameters that pick its lanes and
     types; the caller adds now, token, expires and the ids."""
     shape = claim_shape(who, lanes)
-    stmt = _claim_cache.get((dialect, shape))
-    if stmt is None:
-        stmt = _claim_cache[(dialect, shape)] = _build_claim(dialect, shape)
     params: dict[str, Any] = {"ctypes": list(content_types), "n": max_jobs}
+    own: list[str] = []
     if shape is ClaimShape.shared:
         params["top_n"] = max_jobs * 2 + 8
     else:
-        own = [lane_name(k, who.user_id) for k in lanes if k is not LaneKind.default]
+        own = sorted({lane_name(k, who.user_id) for k in lanes if k is not LaneKind.default})
+        params.update({f"lane{i}": lane for i, lane in enumerate(own)})
         if shape is ClaimShape.cpu:
             params["gpu_lane"] = lane_name(LaneKind.gpu, who.user_id)
-            own.append(params["gpu_lane"])
-        params["lanes"] = own
+        params["lanes"] = [*own, params["gpu_lane"]] if shape is ClaimShape.cpu else own
+    key = (dialect, shape, len(own))
+    stmt = _claim_cache.get(key)
+    if stmt is None:
+        stmt = _claim_cache[key] = _build_claim(dialect, shape, len(own))
     return stmt, params
 
 
