@@ -9,7 +9,6 @@ parameters: building the expression costs more Python time than PostgreSQL needs
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -62,10 +61,6 @@ _CLAIM_VALUES: dict[str, Any] = dict(
     progress_message="claimed",
 )
 _claim_cache: dict[tuple[str, ClaimShape, int], Any] = {}
-
-# Presence is refreshed at most this often per worker and process (a long-polling claim re-runs
-# every second): the presence TTL is a minute, so this costs nothing in accuracy and saves a write.
-PRESENCE_REFRESH_S = 5.0
 
 
 def claim_shape(who: Principal, lanes: list[LaneKind]) -> ClaimShape:
@@ -171,19 +166,6 @@ def _leased(rows: list[Row[Any]]) -> list[LeasedJob]:
 
 
 class ClaimStore(StoreBase):
-    _presence: dict[tuple[str | None, str, tuple[Any, ...]], float]
-
-    def _presence_fresh(self, who: Principal, worker_id: str, shape: tuple[Any, ...]) -> bool:
-        """True when this worker's row was written recently with the same lanes and types."""
-        key = (who.key_id, worker_id, shape)
-        now = time.monotonic()
-        if now - self._presence.get(key, -PRESENCE_REFRESH_S) < PRESENCE_REFRESH_S:
-            return True
-        if len(self._presence) > 10_000:  # a bound, not a cache policy: workers come and go
-            self._presence.clear()
-        self._presence[key] = now
-        return False
-
     async def _upsert_worker(
         self,
         conn: AsyncConnection,

@@ -60,11 +60,14 @@ class LeaseStore(StoreBase):
         async with self.engine.begin() as conn:
             row = await self._guarded_update(conn, lease, values, (J.c.worker_id,))
             if row is not None:
-                await conn.execute(
-                    update(W)
-                    .where(W.c.key_id == lease.key_id, W.c.worker_id == row.worker_id)
-                    .values(last_seen_at=now)
-                )
+                # Presence, at most every PRESENCE_REFRESH_S per worker: a worker with 8 jobs
+                # heartbeats 8 times a lease third, and one write a few seconds is plenty for the TTL.
+                if not self._presence_fresh_beat(lease.key_id, str(row.worker_id)):
+                    await conn.execute(
+                        update(W)
+                        .where(W.c.key_id == lease.key_id, W.c.worker_id == row.worker_id)
+                        .values(last_seen_at=now)
+                    )
                 return HeartbeatOutcome(expires, False)
             refusal = await self._refusal(conn, lease)
         if isinstance(refusal, JobCanceledError):
