@@ -36,6 +36,13 @@ class Settings(BaseSettings):
 
     # Access
     allow_anonymous: bool = Field(False, description="Accept requests without a key (default lane).")
+    key_cache_ttl_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="A server process re-checks a key (revoked? its user's fallback choices) this often; "
+        "0 checks every request.",
+    )
 
     # Leases and claims
     lease_s: float = Field(60.0, gt=1, description="Lease length; workers heartbeat at a third of it.")

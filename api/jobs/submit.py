@@ -33,21 +33,22 @@ class SubmitStore(StoreBase):
     def _job_row(
         self, owner: Principal, job: NewJob, now: datetime, live: tuple[bool, bool]
     ) -> dict[str, Any]:
-        """The row of one queued job in its lane, with fallback times from the owner's live lanes."""
+        """The row of one queued job in its lane, with fallback times from the owner's live lanes.
+
+        The times are set whatever the owner's fallback choices: those are applied when a job is
+        claimed (``api.jobs.claim``), so turning a fallback on later also frees jobs already queued.
+        """
         settings = self.settings
         user_id = owner.user_id
         kind = LaneKind.default if user_id is None else job.lane_kind
         fallback_at = shared_at = None
         if user_id is not None and kind is not LaneKind.default:
             gpu_live, cpu_live = live
-            if kind is LaneKind.gpu and owner.cpu_fallback:
+            if kind is LaneKind.gpu:
                 fallback_at = now if not gpu_live else now + timedelta(seconds=settings.fallback_after_s)
-            if owner.shared_fallback:
-                own_live = (
-                    (gpu_live or (cpu_live and owner.cpu_fallback)) if kind is LaneKind.gpu else cpu_live
-                )
-                wait = timedelta(seconds=settings.shared_fallback_after_s)
-                shared_at = now if not own_live else now + wait
+            own_live = (gpu_live or (cpu_live and owner.cpu_fallback)) if kind is LaneKind.gpu else cpu_live
+            wait = timedelta(seconds=settings.shared_fallback_after_s)
+            shared_at = now if not own_live else now + wait
         return dict(
             id=new_id(),
             user_id=user_id,

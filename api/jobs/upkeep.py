@@ -12,6 +12,7 @@ from api.jobs.records import JobState, TaskStage
 from api.jobs.tables import ARTIFACTS as A
 from api.jobs.tables import FILES as F
 from api.jobs.tables import JOBS as J
+from api.jobs.tables import USERS as U
 from api.jobs.tables import WORKERS as W
 from protocol.errors import ErrorClass
 from protocol.states import FINAL_STATES
@@ -59,6 +60,8 @@ class UpkeepStore(StoreBase):
         live = select(W.c.user_id).where(W.c.shared.is_(False), W.c.last_seen_at > self._live_since(now))
         gpu_live = live.where(W.c.serves_gpu)
         cpu_live = live.where(W.c.serves_cpu)
+        # A live CPU worker keeps a GPU job from the shared lane only while its CPU fallback is on.
+        cpu_live_gpu = cpu_live.where(W.c.user_id.in_(select(U.c.id).where(U.c.cpu_fallback.is_(True))))
         async with self.engine.begin() as conn:
             a = await conn.execute(
                 update(J)
@@ -72,7 +75,7 @@ class UpkeepStore(StoreBase):
                     J.c.state == QUEUED,
                     J.c.shared_at > now,
                     or_(
-                        and_(gpu_lane, J.c.user_id.not_in(gpu_live), J.c.user_id.not_in(cpu_live)),
+                        and_(gpu_lane, J.c.user_id.not_in(gpu_live), J.c.user_id.not_in(cpu_live_gpu)),
                         and_(~gpu_lane, J.c.user_id.not_in(cpu_live)),
                     ),
                 )
