@@ -19,8 +19,8 @@ def test_the_old_worker_ttl_name_still_works_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="morag.settings"):
         assert Settings(data_dir=tmp_path).presence_ttl_s == 42
     assert "MORAG_WORKER_TTL_S is deprecated" in caplog.text
-    monkeypatch.setenv("MORAG_PRESENCE_TTL_S", "7")
-    assert Settings(data_dir=tmp_path).presence_ttl_s == 7  # the new name wins
+    monkeypatch.setenv("MORAG_PRESENCE_TTL_S", "70")
+    assert Settings(data_dir=tmp_path).presence_ttl_s == 70  # the new name wins
 
 
 def test_process_waits_follow_the_setting_past_600_seconds(tmp_path: Path) -> None:
