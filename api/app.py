@@ -21,7 +21,7 @@ from api.jobs import JobStore
 from api.keycache import KeyCache
 from api.logging_setup import RequestContextMiddleware
 from api.maintenance import upkeep_services
-from api.metrics import MetricsMiddleware
+from api.metrics import MetricsListener, MetricsMiddleware
 from api.notifier import Notifier
 from api.routes import files, ops, search, tasks, worker
 from api.settings import Settings
@@ -52,8 +52,8 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         indexer = Indexer(index_config(settings))  # models load lazily
         indexing = IndexingStage(jobs, settings, indexer, events)
         webhook_sender = WebhookSender(jobs, settings, secret)
-        # What a job's change triggers, all of it: indexing (ingest results) and webhooks (final jobs).
-        events.listen(indexing, webhook_sender)
+        # What a job's change triggers, all of it: indexing (ingest results), webhooks (final jobs), metrics.
+        events.listen(indexing, webhook_sender, MetricsListener())
         services: list[BackgroundService] = [*upkeep_services(jobs, settings), indexing, webhook_sender]
         app.state.morag = AppState(
             settings=settings,

@@ -6,7 +6,7 @@ key that claimed it, ``running`` in the ``process`` stage.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, case, literal, select, update
@@ -21,12 +21,22 @@ from api.jobs.tables import JOBS as J
 from api.jobs.tables import WORKERS as W
 from protocol.errors import ErrorClass
 
-_EVENT_COLS = (J.c.state, J.c.stage, J.c.kind, J.c.webhook_url)
+_EVENT_COLS = (J.c.state, J.c.stage, J.c.kind, J.c.webhook_url, J.c.lane, J.c.content_type, J.c.started_at)
 
 
 def _event(job_id: str, row: Any) -> JobEvent:
+    started = row.started_at
+    if started is not None and started.tzinfo is None:
+        started = started.replace(tzinfo=UTC)
     return JobEvent(
-        job_id, JobState(row.state), TaskStage(row.stage), JobKind(row.kind), row.webhook_url is not None
+        job_id,
+        JobState(row.state),
+        TaskStage(row.stage),
+        JobKind(row.kind),
+        row.webhook_url is not None,
+        lane=row.lane,
+        content_type=row.content_type,
+        seconds_since_claim=(utcnow() - started).total_seconds() if started is not None else None,
     )
 
 
