@@ -31,6 +31,7 @@ from api import jobstore
 from api.ids import utcnow
 from api.models import WebhookDelivery
 from api.state import AppState
+from protocol import netguard
 from protocol.signing import sign_body
 from protocol.urlguard import UnsafeURL, check_url
 
@@ -109,7 +110,11 @@ class WebhookSender:
 
     def __init__(self, state: AppState) -> None:
         self.state = state
-        self.client = httpx.AsyncClient(timeout=state.settings.webhook_timeout_s, follow_redirects=False)
+        # The guard is enforced where the socket connects (no second lookup: no DNS rebinding).
+        guarded = netguard.async_transport(allow_private=state.settings.webhook_allow_private)
+        self.client = httpx.AsyncClient(
+            timeout=state.settings.webhook_timeout_s, follow_redirects=False, transport=guarded
+        )
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.sweeper: asyncio.Task[None] | None = None
 
