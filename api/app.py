@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 from api import cookies, db, indexer, webhooks
+from api.bodylimit import JSONBodyLimit
 from api.errors import documented, install_handlers
 from api.guards import storable_url
 from api.maintenance import Maintenance
@@ -62,8 +63,9 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     app.state.startup_hooks = [cookies.startup, webhooks.startup, indexer.start_indexing]
     app.state.shutdown_hooks = [webhooks.shutdown, indexer.stop_indexing]
     install_handlers(app)
+    app.add_middleware(JSONBodyLimit, settings=settings)
     # Every worker route may answer these (docs/protocol.md, "Status codes a worker can get").
-    app.include_router(worker.router, responses=documented(401, 403, 404, 409, 422))
+    app.include_router(worker.router, responses=documented(401, 403, 404, 409, 413, 422))
     app.include_router(files.router)
     app.include_router(tasks.router)
     app.include_router(search.router)

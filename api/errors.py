@@ -132,6 +132,7 @@ _DOCUMENTED = {
     403: "The key's scope does not allow this (`wrong_scope`)",
     404: "Unknown object, or another user's",
     409: "Conflicts with the object's state (`stale_lease`, `job_canceled`, `task_finished`, ...)",
+    413: "The body or a stored field is over its limit (`body_too_large`, `field_too_large`, ...)",
     422: "Malformed JSON (`invalid_json`) or a field of the wrong type or value (`validation_error`)",
     503: "A service the server needs is unavailable; try again shortly",
 }
@@ -180,7 +181,7 @@ def install_handlers(app: FastAPI) -> None:
         # follow: for a client that is malformed JSON like any other, so the same 422 invalid_json.
         if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError | RecursionError):
             return error_response(422, "invalid_json", f"the body is not valid JSON: {exc.__cause__}")
-        code = _STATUS_CODES.get(exc.status_code, "http_error")
+        code = getattr(exc, "code", None) or _STATUS_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(DataError)

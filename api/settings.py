@@ -77,6 +77,23 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="Files on disk (or file rows) that no job uses are removed after this long."
     )
 
+    # Request size limits (413 past them)
+    max_json_bytes: int = Field(
+        1024 * 1024, gt=0, description="Largest JSON body on client routes; refused before it is read past."
+    )
+    max_batch_json_bytes: int = Field(
+        10 * 1024 * 1024, gt=0, description="Largest JSON body of POST /api/v1/ingest/batch."
+    )
+    max_worker_json_bytes: int = Field(
+        32 * 1024 * 1024,
+        gt=0,
+        description="Largest JSON body on worker routes (a completion carries the whole markdown result).",
+    )
+    max_options_bytes: int = Field(64 * 1024, gt=0, description="Largest `options` stored with a job.")
+    max_metadata_bytes: int = Field(
+        256 * 1024, gt=0, description="Largest `metadata` stored with a job (and with each of its chunks)."
+    )
+
     # Client API
     process_wait_default_s: float = Field(
         60.0, ge=0, le=600, description="How long /process/* waits for the result when wait_s is not given."

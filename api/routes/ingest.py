@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from api import filestore, jobstore
 from api.auth import client_access
+from api.bodylimit import check_job
 from api.contenttypes import content_type_for_url, resolve_upload_type
 from api.errors import BadRequest, MoragError, NotFound, PayloadTooLarge, Unprocessable, documented
 from api.ids import new_id
@@ -90,9 +91,8 @@ async def ingest_file(request: Request, who: Principal = Depends(client_access))
         content_type = resolve_upload_type(fields.content_type, row["mime_type"], head)
         await check_webhook(state.settings, fields.webhook_url)
         await filestore.insert_files(state.engine, state.settings, [row])
-        job_id = await jobstore.enqueue_job(
-            state.engine, state.notifier, state.settings, who, _file_job(fields, row["id"], content_type)
-        )
+        job = check_job(state.settings, _file_job(fields, row["id"], content_type))
+        job_id = await jobstore.enqueue_job(state.engine, state.notifier, state.settings, who, job)
     return TaskCreated(task_id=job_id, status=JobState.queued.value)
 
 
@@ -104,7 +104,8 @@ async def ingest_url(
     state = request.app.state.morag
     check_source_url(body.url)
     await check_webhook(state.settings, body.webhook_url)
-    job_id = await jobstore.enqueue_job(state.engine, state.notifier, state.settings, who, _url_job(body))
+    job = check_job(state.settings, _url_job(body))
+    job_id = await jobstore.enqueue_job(state.engine, state.notifier, state.settings, who, job)
     return TaskCreated(task_id=job_id, status=JobState.queued.value)
 
 
@@ -160,9 +161,8 @@ async def ingest_batch(request: Request, who: Principal = Depends(client_access)
         except BadRequest as exc:
             raise BadRequest(f"items[{n}]: {exc.message}", code=exc.code) from exc
     batch_id = new_id()
-    ids = await jobstore.enqueue_jobs(
-        state.engine, state.notifier, state.settings, who, [_url_job(i, batch_id) for i in body.items]
-    )
+    jobs = [check_job(state.settings, _url_job(i, batch_id)) for i in body.items]
+    ids = await jobstore.enqueue_jobs(state.engine, state.notifier, state.settings, who, jobs)
     return BatchCreated(batch_id=batch_id, status=JobState.queued.value, task_ids=ids)
 
 
@@ -183,7 +183,7 @@ async def _file_batch(request: Request, who: Principal) -> BatchCreated:
                 content_type = resolve_upload_type(fields.content_type, row["mime_type"], head)
             except MoragError as exc:
                 raise type(exc)(f"files[{n}] ({row['original_name']}): {exc.message}", code=exc.code) from exc
-            jobs.append(_file_job(fields, row["id"], content_type, batch_id))
+            jobs.append(check_job(state.settings, _file_job(fields, row["id"], content_type, batch_id)))
         await filestore.insert_files(state.engine, state.settings, [row for _, row, _ in form.files])
         ids = await jobstore.enqueue_jobs(state.engine, state.notifier, state.settings, who, jobs)
     return BatchCreated(batch_id=batch_id, status=JobState.queued.value, task_ids=ids)

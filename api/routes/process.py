@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from api import filestore, jobstore
 from api.auth import client_access
+from api.bodylimit import check_job
 from api.contenttypes import content_type_for_url, resolve_upload_type
 from api.errors import BadRequest
 from api.jobstore import NewJob
@@ -51,6 +52,7 @@ def _result(row: dict[str, Any]) -> ProcessResult:
 
 async def _enqueue(request: Request, who: Principal, job: NewJob) -> str:
     state = request.app.state.morag
+    check_job(state.settings, job)
     return await jobstore.enqueue_job(state.engine, state.notifier, state.settings, who, job)
 
 
