@@ -93,6 +93,16 @@ async def _keys(engine: Any, args: argparse.Namespace) -> None:
         print(f"revoked {args.key_id}")
 
 
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's connection limits and timeouts from the settings (idle and slow clients are closed)."""
+    return {
+        "timeout_keep_alive": settings.http_keep_alive_s,
+        "limit_concurrency": settings.http_limit_concurrency,
+        "h11_max_incomplete_event_size": settings.http_max_header_bytes,
+        "timeout_graceful_shutdown": settings.http_graceful_shutdown_s,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings()
@@ -101,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from api.app import create_app
 
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(create_app(settings), **server_options(settings), host=args.host, port=args.port,
+                    log_level=args.log_level)
         return 0
     try:
         asyncio.run(_run(args, settings))

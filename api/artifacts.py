@@ -22,7 +22,7 @@ from sqlalchemy import and_, delete, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api import jobstore
-from api.errors import Conflict, NotFound, PayloadTooLarge
+from api.errors import Conflict, NotFound, PayloadTooLarge, StaleLease
 from api.filestore import FileSink
 from api.ids import new_id, utcnow
 from api.keystore import Principal, Scope
@@ -52,8 +52,8 @@ async def _admit(
     """The lease is current, the key may act for the job, and one more artifact fits."""
     job = await jobstore.lock_lease(conn, job_id, token)
     mine = job.worker_key_id == who.key_id if who.scope is Scope.shared_worker else job.user_id == who.user_id
-    if not mine:
-        raise NotFound("unknown job", code="job_not_found")
+    if not mine:  # the same answer as an unknown job or a wrong token: existence is not told
+        raise StaleLease()
     count = (
         await conn.execute(
             select(func.count()).where(A.c.job_id == job_id, A.c.lease_token == token, A.c.name != name)

@@ -13,6 +13,9 @@
     ├── Unprocessable       422 validation_error
     └── InsufficientStorage 507 insufficient_storage
 
+Foreign exceptions: a database that cannot be reached (connection refused or dropped, pool
+exhausted, SQLite locked) is 503 ``database_unavailable`` with Retry-After, never a 500.
+
 Every answer body is ``protocol.errors.ErrorBody``: ``{"code", "message", "detail"}``.
 """
 
@@ -24,7 +27,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from protocol.errors import ErrorBody
@@ -126,6 +130,8 @@ _STATUS_CODES = {
 }
 
 
+DATABASE_RETRY_AFTER_S = 2
+
 _DOCUMENTED = {
     400: "Bad input (stable `code` says which)",
     401: "A valid API key is required (`unauthorized`)",
@@ -192,6 +198,23 @@ def install_handlers(app: FastAPI) -> None:
         return error_response(
             422, "invalid_data", "a value in the request cannot be stored (invalid characters or range)"
         )
+
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s: %s", type(exc).__name__, str(exc)[:300])
+        resp = error_response(
+            503, "database_unavailable", "the database is unavailable right now; try again shortly"
+        )
+        resp.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+        return resp
+
+    for kind in (OperationalError, InterfaceError, PoolTimeout, ConnectionError, TimeoutError):
+        app.add_exception_handler(kind, _database_down)
+
+    @app.exception_handler(DBAPIError)
+    async def _dbapi(request: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated:  # the connection dropped under the statement
+            return await _database_down(request, exc)
+        return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -365,11 +365,10 @@ async def heartbeat(
 
 
 async def _fenced_state(conn: AsyncConnection, job_id: str, token: str) -> str | None:
-    """The job's state when ``token`` was its lease, else raise NotFound/StaleLease."""
+    """The job's state when ``token`` was its lease, else raise StaleLease (an unknown id too:
+    a worker route never tells whether a job id exists)."""
     row = (await conn.execute(select(J.c.state, J.c.lease_token).where(J.c.id == job_id))).first()
-    if row is None:
-        raise NotFound("unknown job", code="job_not_found")
-    if row.lease_token != token:
+    if row is None or row.lease_token != token:
         raise StaleLease()
     return str(row.state)
 

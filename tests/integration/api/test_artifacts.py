@@ -129,10 +129,11 @@ async def test_upload_complete_list_and_download(env: Env) -> None:
 async def test_fencing_stale_canceled_unknown_and_other_users_key(env: Env) -> None:
     job = await running_job(env)
     check_error(await upload(env, job, "a.png", png(), token="not-the-lease"), UPLOAD, 409, "stale_lease")
-    check_error(await upload(env, {**job, "job_id": "nope"}, "a.png", png()), UPLOAD, 404, "job_not_found")
+    # Unknown and foreign jobs answer like a wrong token: a worker key learns nothing of other ids.
+    check_error(await upload(env, {**job, "job_id": "nope"}, "a.png", png()), UPLOAD, 409, "stale_lease")
     bob_worker = (await keystore.create_key(env.state.engine, "bob", keystore.Scope.worker))[1]
     resp = await upload(env, job, "a.png", png(), headers={"Authorization": f"Bearer {bob_worker}"})
-    check_error(resp, UPLOAD, 404, "job_not_found")
+    check_error(resp, UPLOAD, 409, "stale_lease")
     check_error(await upload(env, job, "a.png", png(), headers=env.alice), UPLOAD, 403, "wrong_scope")
     assert (await env.client.delete(f"/api/v1/ingest/{job['job_id']}", headers=env.alice)).status_code == 200
     check_error(await upload(env, job, "a.png", png()), UPLOAD, 409, "job_canceled")
