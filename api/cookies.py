@@ -173,3 +173,20 @@ async def startup(app: Any, state: Any) -> None:
         return await cookies_for_url(state.engine, fernet, user_id, url)
 
     state.cookie_lookup = lookup
+
+
+async def cookies_for_worker(state: Any, who: Any, user_id: int | None, url: str) -> str | None:
+    """The job owner's cookies for ``url`` as the claiming worker may see them, or None.
+
+    A user's own workers get them; a shared (operator) worker only when the user turned
+    ``share_with_shared_workers`` on (``PUT /api/v1/cookies/sharing``), off by default.
+    """
+    from api.keystore import Scope, get_cookie_sharing
+
+    if user_id is None or state.cookie_lookup is None:
+        return None
+    if who.scope is Scope.shared_worker and who.user_id != user_id:
+        if not await get_cookie_sharing(state.engine, user_id):
+            return None
+    result: str | None = await state.cookie_lookup(user_id, url)
+    return result

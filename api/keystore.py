@@ -131,6 +131,19 @@ async def revoke_key(engine: AsyncEngine, key_id: str) -> None:
         raise NotFound(f"no active key {key_id!r}", code="key_not_found")
 
 
+async def get_cookie_sharing(engine: AsyncEngine, user_id: int) -> bool:
+    """Whether the user lets shared (operator) workers receive their site cookies."""
+    async with engine.begin() as conn:
+        value = (await conn.execute(select(USERS.c.share_cookies).where(USERS.c.id == user_id))).scalar()
+    return bool(value)
+
+
+async def set_cookie_sharing(engine: AsyncEngine, user_id: int, share: bool) -> None:
+    """Turn sending the user's cookies to shared workers on or off."""
+    async with engine.begin() as conn:
+        await conn.execute(update(USERS).where(USERS.c.id == user_id).values(share_cookies=share))
+
+
 LAST_USED_RESOLUTION_S = 60.0  # `keys list` shows last use to the minute: one write a minute per key
 
 

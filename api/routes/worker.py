@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.requests import ClientDisconnect
 
-from api import artifacts, filestore, jobstore
+from api import artifacts, cookies, filestore, jobstore
 from api.auth import worker_access
 from api.errors import BadRequest
 from api.keystore import Principal, Scope
@@ -55,7 +55,7 @@ def _base_url(settings: Settings, request: Request) -> str:
     return (settings.public_url or str(request.base_url)).rstrip("/")
 
 
-async def _to_wire(request: Request, rows: list[Any]) -> list[ClaimedJob]:
+async def _to_wire(request: Request, rows: list[Any], who: Principal) -> list[ClaimedJob]:
     state = request.app.state.morag
     settings: Settings = state.settings
     files = await filestore.get_files(state.engine, [r.file_id for r in rows if r.file_id])
@@ -79,8 +79,7 @@ async def _to_wire(request: Request, rows: list[Any]) -> list[ClaimedJob]:
             item.file_name, item.file_size, item.file_sha256 = f["original_name"], f["size"], f["sha256"]
         if r.source_url:
             item.source_url = r.source_url
-            if r.user_id is not None and state.cookie_lookup is not None:
-                item.cookies = await state.cookie_lookup(r.user_id, r.source_url)
+            item.cookies = await cookies.cookies_for_worker(state, who, r.user_id, r.source_url)
         out.append(item)
     return out
 
@@ -109,7 +108,7 @@ async def claim(body: ClaimRequest, request: Request, who: Principal = Depends(w
     if body.claim_id:
         replay = await jobstore.replay_claim(state.engine, who, body.claim_id)
         if replay:
-            return ClaimResponse(jobs=await _to_wire(request, replay))
+            return ClaimResponse(jobs=await _to_wire(request, replay, who))
     content_types = [c.value for c in body.content_types]
     deadline = time.monotonic() + min(body.wait_s, settings.claim_wait_max_s)
     while True:
@@ -127,7 +126,7 @@ async def claim(body: ClaimRequest, request: Request, who: Principal = Depends(w
             body.version,
         )
         if rows:
-            return ClaimResponse(jobs=await _to_wire(request, rows))
+            return ClaimResponse(jobs=await _to_wire(request, rows, who))
         remaining = deadline - time.monotonic()
         if remaining <= 0 or await request.is_disconnected():
             return Response(status_code=204)
