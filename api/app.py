@@ -15,6 +15,7 @@ from api.errors import documented, install_handlers
 from api.guards import storable_url
 from api.maintenance import Maintenance
 from api.notifier import Notifier
+from api.ratelimit import RateLimit
 from api.routes import files, search, tasks, worker
 from api.settings import Settings
 from api.state import AppState
@@ -64,8 +65,9 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     app.state.shutdown_hooks = [webhooks.shutdown, indexer.stop_indexing]
     install_handlers(app)
     app.add_middleware(JSONBodyLimit, settings=settings)
+    app.add_middleware(RateLimit, settings=settings)  # outermost: refused before the body is read
     # Every worker route may answer these (docs/protocol.md, "Status codes a worker can get").
-    app.include_router(worker.router, responses=documented(401, 403, 404, 409, 413, 422))
+    app.include_router(worker.router, responses=documented(401, 403, 404, 409, 413, 422, 429))
     app.include_router(files.router)
     app.include_router(tasks.router)
     app.include_router(search.router)

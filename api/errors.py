@@ -140,6 +140,7 @@ _DOCUMENTED = {
     409: "Conflicts with the object's state (`stale_lease`, `job_canceled`, `task_finished`, ...)",
     413: "The body or a stored field is over its limit (`body_too_large`, `field_too_large`, ...)",
     422: "Malformed JSON (`invalid_json`) or a field of the wrong type or value (`validation_error`)",
+    429: "Too many requests for this key (`rate_limited`); Retry-After says when to try again",
     503: "A service the server needs is unavailable; try again shortly",
 }
 

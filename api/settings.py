@@ -96,6 +96,28 @@ class Settings(BaseSettings):
         35, ge=0, description="On shutdown, open requests (long-polls: up to 30 s) get this long to finish."
     )
 
+    # Per-key limits (429 rate_limited with Retry-After past them; in-process)
+    rate_submit_per_s: float = Field(
+        20.0, gt=0, description="Submissions (/process/*, /api/v1/ingest*) a key may make per second."
+    )
+    rate_submit_burst: float = Field(
+        200.0, ge=1, description="Submissions a key may make at once before the rate applies."
+    )
+    rate_claim_per_s: float = Field(
+        50.0, gt=0, description="Claims (POST /worker/claim) a key may make per second."
+    )
+    rate_claim_burst: float = Field(
+        200.0, ge=1, description="Claims a key may make at once before the rate applies."
+    )
+    max_uploads_per_key: int = Field(
+        8, ge=1, description="Multipart uploads one key may have in progress at once."
+    )
+    max_polls_per_key: int = Field(
+        32,
+        ge=1,
+        description="Claims (long-polls) one key may have open at once; run more workers with more keys.",
+    )
+
     # Request size limits (413 past them)
     max_json_bytes: int = Field(
         1024 * 1024, gt=0, description="Largest JSON body on client routes; refused before it is read past."
