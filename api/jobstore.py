@@ -875,3 +875,33 @@ async def fail_indexing(engine: AsyncEngine, job_id: str, reason: str) -> bool:
             "index_next_at": None,
         },
     )
+
+
+async def release_claimed(engine: AsyncEngine, notifier: Notifier, rows: list[Row[Any]]) -> int:
+    """Give back jobs just leased to a worker that left before it got the answer (not an attempt)."""
+    now = utcnow()
+    count = 0
+    async with engine.begin() as conn:
+        for r in rows:
+            res = await conn.execute(
+                update(J)
+                .where(J.c.id == r.id, J.c.lease_token == r.lease_token)
+                .where(J.c.state == RUNNING, J.c.stage == "process")
+                .values(
+                    state=QUEUED,
+                    attempt=J.c.attempt - 1,
+                    lease_token=None,
+                    lease_expires_at=None,
+                    worker_id=None,
+                    claim_id=None,
+                    run_after=now,
+                    updated_at=now,
+                    progress_message="released: the worker left before it got the job",
+                )
+            )
+            count += int(res.rowcount or 0)
+        if count:
+            await notifier.publish(conn)
+    if count:
+        notifier.wake()
+    return count

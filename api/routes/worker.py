@@ -126,6 +126,9 @@ async def claim(body: ClaimRequest, request: Request, who: Principal = Depends(w
             body.version,
         )
         if rows:
+            if await request.is_disconnected():  # the worker left during its long-poll: give them back
+                await jobstore.release_claimed(state.engine, state.notifier, rows)
+                return Response(status_code=204)
             return ClaimResponse(jobs=await _to_wire(request, rows, who))
         remaining = deadline - time.monotonic()
         if remaining <= 0 or await request.is_disconnected():
