@@ -21,11 +21,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import PayloadTooLarge, error_response
 from api.settings import Settings
+from protocol import paths
 
 if TYPE_CHECKING:
     from api.jobstore import NewJob
 
 _STREAMED = (b"multipart/", b"application/octet-stream", b"text/plain")
+_STREAMED_PATHS = frozenset({paths.ARTIFACT})  # streamed to disk under their own limit, any type
 _WORKER_PREFIX = "/worker/"
 _BATCH_SUFFIX = "/ingest/batch"
 
@@ -61,7 +63,7 @@ class JSONBodyLimit:
             return
         headers = dict(scope.get("headers") or [])
         ctype = headers.get(b"content-type", b"").lower()
-        if ctype.startswith(_STREAMED):
+        if ctype.startswith(_STREAMED) or scope.get("path") in _STREAMED_PATHS:
             await self.app(scope, receive, send)
             return
         limit = limit_for(self.settings, scope.get("path", ""))
