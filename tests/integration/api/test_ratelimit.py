@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -58,10 +59,15 @@ async def test_claim_rate_per_key(env: Env) -> None:
 
 
 async def test_open_long_polls_per_key(env: Env) -> None:
-    first = asyncio.create_task(
-        env.client.post("/worker/claim", headers=env.worker, json={**CLAIM, "wait_s": 1.5})
-    )
-    await asyncio.sleep(0.3)
+    inside = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:  # pulled by the app: the claim is admitted by then
+        inside.set()
+        yield json.dumps({**CLAIM, "wait_s": 3}).encode()
+
+    headers = {**env.worker, "content-type": "application/json"}
+    first = asyncio.create_task(env.client.post("/worker/claim", headers=headers, content=body()))
+    await asyncio.wait_for(inside.wait(), 10)
     _limited(await env.client.post("/worker/claim", headers=env.worker, json={**CLAIM, "wait_s": 0}))
     assert (await first).status_code == 204
     resp = await env.client.post("/worker/claim", headers=env.worker, json={**CLAIM, "wait_s": 0})
@@ -69,10 +75,11 @@ async def test_open_long_polls_per_key(env: Env) -> None:
 
 
 async def test_uploads_in_progress_per_key(env: Env) -> None:
-    release = asyncio.Event()
+    release, inside = asyncio.Event(), asyncio.Event()
     boundary = "b0undary"
 
     async def slow_body() -> AsyncIterator[bytes]:
+        inside.set()  # pulled by the app: the upload is admitted by then
         yield (
             f'--{boundary}\r\nContent-Disposition: form-data; name="content_type"\r\n\r\necho\r\n'
             f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\n'
@@ -82,7 +89,7 @@ async def test_uploads_in_progress_per_key(env: Env) -> None:
 
     headers = {**env.alice, "content-type": f"multipart/form-data; boundary={boundary}"}
     first = asyncio.create_task(env.client.post("/api/v1/ingest/file", headers=headers, content=slow_body()))
-    await asyncio.sleep(0.3)
+    await asyncio.wait_for(inside.wait(), 10)
     second = await env.client.post(
         "/api/v1/ingest/file",
         headers=env.alice,
