@@ -215,3 +215,15 @@ def test_webhook_transport_refuses_redirect_target_and_literal(internal: Listene
     with pytest.raises(urlguard.UnsafeURL):
         asyncio.run(post())
     assert internal.connections == 0
+
+
+def test_ffmpeg_downloads_refused_inside_a_guard() -> None:
+    """ffmpeg fetches from its own process, out of the socket hook's reach: refused while guarded."""
+    from yt_dlp.downloader import external
+    from yt_dlp.utils import DownloadError
+
+    netguard.refuse_external_downloads()
+    with netguard.guarded(allow_private=False) as guard:
+        with pytest.raises(DownloadError, match="ffmpeg"):
+            external.FFmpegFD.real_download(None, "out.mp4", {"url": "http://127.0.0.1/live.m3u8"})
+    assert guard.refused == ["ffmpeg download of http://127.0.0.1/live.m3u8"]
