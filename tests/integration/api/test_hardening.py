@@ -4,6 +4,7 @@ private files, secrets out of repr, last_used recorded, hostile upload names san
 
 from __future__ import annotations
 
+import inspect
 import json
 import stat
 from collections.abc import AsyncIterator
@@ -166,7 +167,13 @@ def test_serve_passes_connection_limits_to_uvicorn(monkeypatch: pytest.MonkeyPat
     assert opts["timeout_keep_alive"] == 7 and opts["limit_concurrency"] == 50
     assert opts["h11_max_incomplete_event_size"] == 8192
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
+    accepts = inspect.signature(uvicorn.run)
+
+    def run(app: Any, **kw: Any) -> None:
+        accepts.bind(app, **kw)  # every option is one this uvicorn takes
+        seen.update(kw)
+
+    monkeypatch.setattr(uvicorn, "run", run)
     monkeypatch.setattr(api.serve, "configure_logging", lambda *a, **kw: None)  # keep pytest's logging
     serve(settings, host="127.0.0.1", port=0)  # what `python -m api serve` runs
     assert {k: seen[k] for k in opts} == opts
