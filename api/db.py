@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,10 @@ def upgrade_sync(url: str) -> None:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            db_file = Path(path)
+            db_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not db_file.exists():  # created private: keys' hashes, cookies, results live in it
+                os.close(os.open(db_file, os.O_CREAT | os.O_WRONLY, 0o600))
     command.upgrade(alembic_config(url), "head")
 
 
