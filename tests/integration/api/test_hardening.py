@@ -82,7 +82,10 @@ async def test_download_link_refused_once_processing_ended(db_env: Env) -> None:
 async def test_database_outage_is_503_with_retry_after(db_env: Env) -> None:
     state = db_env.state
     live = state.engine
-    state.engine = db.make_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none")  # nothing listens
+    dead = db.make_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none")  # nothing listens
+    # Every holder of the engine loses it (the job store, the key cache: cold, so auth asks too).
+    state.engine = state.jobs.engine = state.keys.engine = dead
+    state.keys._entries.clear()
     try:
         for method, path, headers in (
             ("GET", "/api/v1/status/", db_env.alice),
@@ -98,7 +101,7 @@ async def test_database_outage_is_503_with_retry_after(db_env: Env) -> None:
             assert int(resp.headers["retry-after"]) >= 1
     finally:
         await state.engine.dispose()
-        state.engine = live
+        state.engine = state.jobs.engine = state.keys.engine = live
     assert (await db_env.client.get("/api/v1/status/", headers=db_env.alice)).status_code == 200
 
 
