@@ -474,7 +474,7 @@ def test_two_servers_one_database_every_job_done_exactly_once(
         )
         assert resp.status_code == 202, resp.text
         texts[resp.json()["task_id"]] = text
-    done = {}
+    done: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + 90
     while len(done) < len(texts) and time.monotonic() < deadline:
         for task in set(texts) - set(done):
