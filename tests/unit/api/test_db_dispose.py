@@ -50,3 +50,34 @@ def test_no_connection_thread_outlives_the_loop(tmp_path: Path) -> None:
     finally:
         threading.excepthook = previous
     assert errors == []
+
+
+def test_app_shutdown_leaves_no_connection_thread_behind(tmp_path: Path) -> None:
+    """The server's lifespan stops its background loops mid-query and disposes with ``db.dispose``."""
+    from api.app import create_app
+    from api.settings import Settings
+
+    settings = Settings(
+        data_dir=tmp_path, secret_key="s", reaper_interval_s=0.001, webhook_sweep_interval_s=0.001
+    )
+    db.upgrade_sync(settings.resolved_database_url())
+    errors: list[BaseException | None] = []
+
+    async def start_and_stop(pause: float) -> None:
+        app = create_app(settings, run_migrations=False)
+        async with app.router.lifespan_context(app):
+            await asyncio.sleep(pause)  # the background loops are at work
+
+    previous = threading.excepthook
+
+    def hook(args: Any) -> None:
+        errors.append(args.exc_value)
+
+    threading.excepthook = hook
+    try:
+        for i in range(20):
+            asyncio.run(start_and_stop(0.002 * (i % 5)))
+        time.sleep(0.3)
+    finally:
+        threading.excepthook = previous
+    assert errors == []
