@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
                 await service.stop()
             await indexer.close()
             await notifier.stop()
-            await engine.dispose()
+            await db.dispose(engine)
 
     app = FastAPI(
         title="morag-remote",

@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 #: PostgreSQL advisory lock held while migrating (alembic/env.py): any number of processes may start
 #: together on a fresh database. The number is arbitrary but fixed ("morag" in ASCII).
 MIGRATION_LOCK_KEY = 0x6D6F726167
+# The worker thread of every aiosqlite connection an engine opened (see ``dispose``).
+_SQLITE_THREADS: weakref.WeakKeyDictionary[Engine, list[threading.Thread]] = weakref.WeakKeyDictionary()
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -22,6 +27,22 @@ def make_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         # One connection: transactions queue in-process instead of spinning on SQLite's lock.
         engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=60)
+        threads = _SQLITE_THREADS.setdefault(engine.sync_engine, [])
+
+        def _open(*args: Any, **kw: Any) -> Any:
+            import aiosqlite
+
+            conn = aiosqlite.connect(*args, **kw)
+            thread = getattr(conn, "_thread", None)
+            if isinstance(thread, threading.Thread):
+                thread.daemon = True
+                threads[:] = [t for t in threads if t.is_alive()] + [thread]
+            return conn
+
+        @event.listens_for(engine.sync_engine, "do_connect")
+        def _on_do_connect(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+            # Every connection's thread, also one whose opening a cancellation cut short.
+            cparams["async_creator_fn"] = _open
 
         @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -46,6 +67,22 @@ def make_engine(url: str) -> AsyncEngine:
         pool_recycle=1800,  # no pre-ping: it costs a round trip on every checkout of the queue's hot path
         connect_args={"server_settings": {"idle_in_transaction_session_timeout": "30000"}},
     )
+
+
+async def dispose(engine: AsyncEngine, timeout: float = 5.0) -> None:
+    """``engine.dispose()``, then (SQLite) wait until its connections' threads have ended.
+
+    A task cancelled while its connection opens or queries (a background loop stopped at shutdown)
+    leaves that aiosqlite connection's thread running after ``dispose`` returns; the thread then
+    reports to the event loop. Were the loop closed by then (``asyncio.run`` returning, a test
+    ending), the thread dies with "Event loop is closed". Waiting here, loop still running, prevents it.
+    """
+    await engine.dispose()
+    threads = _SQLITE_THREADS.get(engine.sync_engine, [])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while any(t.is_alive() for t in threads) and loop.time() < deadline:
+        await asyncio.sleep(0.005)
 
 
 def migrations_dir() -> Path:
