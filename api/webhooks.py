@@ -128,22 +128,36 @@ class WebhookSender(BackgroundService):
         job = await self.jobs.get_any(job_id)
         if job is None or not job.webhook_url or not is_final(job.state):
             return
-        attempts, delivered = await self.jobs.delivery_attempts(job_id)
+        attempts, delivered, last_at = await self.jobs.delivery_attempts(job_id)
         if delivered:
             return
         give_up = (job.finished_at or utcnow()) + timedelta(seconds=s.webhook_retry_s)
         body = json.dumps(payload(job), separators=(",", ":")).encode()
+        if attempts and last_at is not None:
+            # Tried before (this process before a restart, or another process): keep to the backoff,
+            # and a delivery that was given up stays given up (the sweep must not restart it).
+            next_at = last_at + timedelta(seconds=self._delay(attempts))
+            if next_at > give_up:
+                return
+            wait = (next_at - utcnow()).total_seconds()
+            if wait > 0:
+                await asyncio.sleep(wait)
         while True:
             attempts += 1
             status, error = await self._post(job.webhook_url, body, job.user_id)
             await self.jobs.record_delivery(job_id, attempts, status, error)
             if status is not None and 200 <= status < 300:
                 return
-            delay = min(s.webhook_backoff_max_s, s.webhook_backoff_base_s * 2 ** (attempts - 1))
+            delay = self._delay(attempts)
             if utcnow() + timedelta(seconds=delay) > give_up:
                 log.warning("webhook for %s given up after %d attempts", job_id, attempts)
                 return
             await asyncio.sleep(delay)
+
+    def _delay(self, attempts: int) -> float:
+        """The wait after the ``attempts``-th failed try."""
+        s = self.settings
+        return float(min(s.webhook_backoff_max_s, s.webhook_backoff_base_s * 2 ** (attempts - 1)))
 
     async def _post(self, url: str, body: bytes, user_id: int | None) -> tuple[int | None, str | None]:
         try:

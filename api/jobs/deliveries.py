@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import Integer, cast, func, select
 
@@ -43,12 +43,17 @@ class DeliveryStore(StoreBase):
         async with self.engine.begin() as conn:
             return [str(r.id) for r in (await conn.execute(q)).all()]
 
-    async def delivery_attempts(self, job_id: str) -> tuple[int, bool]:
-        """(attempts made, one of them delivered)."""
-        q = select(func.count(), func.max(cast(D.c.delivered, Integer))).where(D.c.job_id == job_id)
+    async def delivery_attempts(self, job_id: str) -> tuple[int, bool, datetime | None]:
+        """(attempts made, one of them delivered, when the last one was made)."""
+        q = select(func.count(), func.max(cast(D.c.delivered, Integer)), func.max(D.c.at)).where(
+            D.c.job_id == job_id
+        )
         async with self.engine.begin() as conn:
             row = (await conn.execute(q)).one()
-        return int(row[0]), bool(row[1])
+        last = row[2]
+        if last is not None and last.tzinfo is None:
+            last = last.replace(tzinfo=UTC)
+        return int(row[0]), bool(row[1]), last
 
     async def record_delivery(self, job_id: str, attempt: int, status: int | None, error: str | None) -> None:
         ok = status is not None and 200 <= status < 300

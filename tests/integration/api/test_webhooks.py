@@ -153,6 +153,26 @@ async def test_retries_are_bounded(env: Env) -> None:
     assert len(rx.calls) == len(rows)
 
 
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{"webhook_retry_s": 2.0, "webhook_backoff_base_s": 0.2, "webhook_sweep_interval_s": 0.1}],
+)
+async def test_the_sweep_neither_restarts_a_given_up_delivery_nor_skips_the_backoff(env: Env) -> None:
+    # Tries at ~0, 0.2, 0.6 and 1.4 s, then given up (the next, at 3.0 s, is past the 2 s window).
+    # The sweep runs every 0.1 s and still sees the job as "ended recently, not delivered" until
+    # 2 s: it must not start it again (it did, once per sweep, ignoring the backoff).
+    async with Receiver([500] * 100) as rx:
+        task_id = await _submit(env, rx.url)
+        await env.client.delete(f"/api/v1/ingest/{task_id}", headers=env.alice)
+        await _rows_until(env.state, task_id, 4)
+        await asyncio.sleep(1.2)  # past the window: every sweep in it has run
+        rows = [asdict(r) for r in await env.state.jobs.list_deliveries(task_id)]
+    assert [r["attempt"] for r in rows] == [1, 2, 3, 4], rows
+    gaps = [(b["at"] - a["at"]).total_seconds() for a, b in zip(rows, rows[1:], strict=False)]
+    assert all(g >= 0.15 for g in gaps), gaps  # never sooner than the backoff
+    assert len(rx.calls) == 4
+
+
 async def test_unreachable_target_is_recorded(env: Env) -> None:
     async with Receiver([]) as rx:
         url = rx.url
