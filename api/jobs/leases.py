@@ -19,6 +19,7 @@ from api.jobs.base import QUEUED, RUNNING, StoreBase
 from api.jobs.records import FailOutcome, HeartbeatOutcome, JobEvent, JobKind, JobState, Lease, TaskStage
 from api.jobs.tables import JOBS as J
 from api.jobs.tables import WORKERS as W
+from api.notifier import UNKNOWN
 from protocol.errors import ErrorClass
 
 _EVENT_COLS = (J.c.state, J.c.stage, J.c.kind, J.c.webhook_url)
@@ -175,7 +176,7 @@ class LeaseStore(StoreBase):
                 raise StaleLease()
             state = JobState(row.state)
             if state is JobState.queued:
-                await self.notifier.publish(conn)
+                await self.notifier.publish(conn, UNKNOWN)
         if state is JobState.queued:
-            self.notifier.wake()
+            self.notifier.wake(UNKNOWN)  # waiting claims look once (the retry may not be due yet)
         return FailOutcome(state, retry_at, _event(lease.job_id, row))

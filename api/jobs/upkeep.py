@@ -14,6 +14,7 @@ from api.jobs.tables import FILES as F
 from api.jobs.tables import JOBS as J
 from api.jobs.tables import USERS as U
 from api.jobs.tables import WORKERS as W
+from api.notifier import UNKNOWN
 from protocol.errors import ErrorClass
 from protocol.states import FINAL_STATES
 
@@ -49,9 +50,9 @@ class UpkeepStore(StoreBase):
             )
             count = int(res.rowcount or 0)
             if count:
-                await self.notifier.publish(conn)
+                await self.notifier.publish(conn, UNKNOWN)
         if count:
-            self.notifier.wake()
+            self.notifier.wake(UNKNOWN)
         return count
 
     async def sweep_fallback(self) -> int:
@@ -83,9 +84,9 @@ class UpkeepStore(StoreBase):
             )
             count = int((a.rowcount or 0) + (b.rowcount or 0))
             if count:
-                await self.notifier.publish(conn)
+                await self.notifier.publish(conn, UNKNOWN)
         if count:
-            self.notifier.wake()
+            self.notifier.wake(UNKNOWN)
         return count
 
     async def schedule_finished_files(self) -> int:
