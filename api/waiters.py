@@ -11,7 +11,7 @@ its claim query. A ticket is never lost:
   (waiters of one group run the same query: when one finds nothing, so would the others);
 - a waiter that leaves with a ticket in hand (its poll ended, its client hung up) hands it on;
 - a ticket that arrives while its waiter is running its query makes it query once more;
-- a claim that filled ``max_jobs`` hands a ticket on (there may be more).
+- a re-check claim (below) that filled ``max_jobs`` has the next waiter of its group look too.
 
 Jobs that become claimable by time (a fallback falls due, a retry backoff ends) or that were
 announced without their lane (re-queued by the reaper, fallback sweeps) are found by one shared,
@@ -166,8 +166,8 @@ class Waiters:
                     spare = [t for t in held + w.tickets if not t.recheck][len(leased) :]
                     w.tickets = []
                     self._pass_on(spare)
-                    if len(leased) >= max_jobs and not spare:
-                        self._look_again(key)
+                    if len(leased) >= max_jobs and any(t.recheck for t in held):
+                        self._look_again(key)  # a re-check (lanes unknown) may have found more than one
                     return leased
                 # Nothing for them here, nor for any waiter of this group (same query, and the
                 # jobs were committed before it ran): a waiter of another group looks.
