@@ -59,6 +59,7 @@ class Notifier:
         self._listen_task: asyncio.Task[None] | None = None
         self.waiters = Waiters(recheck_s)
         self.origin = uuid.uuid4().hex[:12]  # our own NOTIFYs come back to us: skip them
+        self.listening = False  # LISTEN is set up (PostgreSQL)
 
     @property
     def generation(self) -> asyncio.Event:
@@ -107,11 +108,13 @@ class Notifier:
             try:
                 self._pg_conn = await asyncpg.connect(dsn)
                 await self._pg_conn.add_listener(CHANNEL, lambda *a: self._on_notify(a[-1]))
+                self.listening = True
                 # Jobs queued while we were not listening: the waiting claims look once.
                 self.wake(UNKNOWN)
                 # Block until the connection drops; then reconnect.
                 while not self._pg_conn.is_closed():
                     await asyncio.sleep(5)
+                self.listening = False
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # connection trouble: retry, never kill the server

@@ -55,15 +55,20 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def _cpu_s(pids: list[int]) -> float:
-    total = 0.0
+def _cpu(pids: list[int]) -> dict[int, float]:
+    out = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
-    return total
+        out[pid] = (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+    return out
+
+
+def _delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two readings by the processes alive at the second one."""
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
 
 
 def _rss_mb(pids: list[int]) -> float:
@@ -85,11 +90,15 @@ def _cli(code: Path, env: dict[str, str], *args: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-async def _poller(
-    c: httpx.AsyncClient, key: str, n: int, got: dict[str, float], stop: asyncio.Event
-) -> None:
+async def _poller(c: httpx.AsyncClient, key: str, n: int, got: dict[str, float], stop: asyncio.Event) -> None:
     h = {"Authorization": f"Bearer {key}"}
-    body = {"worker_id": f"w{n}", "lanes": ["gpu", "cpu"], "content_types": ["echo"], "wait_s": 30, "max_jobs": 1}
+    body = {
+        "worker_id": f"w{n}",
+        "lanes": ["gpu", "cpu"],
+        "content_types": ["echo"],
+        "wait_s": 30,
+        "max_jobs": 1,
+    }
     while not stop.is_set():
         try:
             r = await c.post("/worker/claim", headers=h, json=body)
@@ -163,26 +172,27 @@ async def main(a: argparse.Namespace) -> None:
             ]
             await asyncio.sleep(a.warmup_s)
             pids = _tree(server.pid)
-            db = None
-            pg_pids: list[int] = []
-            if admin is not None:
-                db = await asyncpg.connect(f"{PG}/{dbname}")
+
+            async def pg_pids() -> list[int]:
+                if admin is None:
+                    return []
                 rows = await admin.fetch(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> $2",
-                    dbname,
-                    await db.fetchval("SELECT pg_backend_pid()"),
+                    "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", dbname
                 )
-                pg_pids = [r["pid"] for r in rows]
+                return [r["pid"] for r in rows]
+
+            if admin is not None:
                 x0 = await admin.fetchval(
                     "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1", dbname
                 )
-            c0, p0, t0 = _cpu_s(pids), _cpu_s(pg_pids), time.perf_counter()
+            c0, p0, t0 = _cpu(pids), _cpu(await pg_pids()), time.perf_counter()
             await asyncio.sleep(a.measure_s)
-            c1, p1, t1 = _cpu_s(pids), _cpu_s(pg_pids), time.perf_counter()
+            backends = await pg_pids()
+            c1, p1, t1 = _cpu(pids), _cpu(backends), time.perf_counter()
             rss = _rss_mb(pids)
             dt = t1 - t0
             line = (
-                f"{a.backend} polls={a.polls}: server CPU {100 * (c1 - c0) / dt:.1f}% of a core, "
+                f"{a.backend} polls={a.polls}: server CPU {100 * _delta(c0, c1) / dt:.1f}% of a core, "
                 f"RSS {rss:.0f} MB"
             )
             if admin is not None:
@@ -190,7 +200,7 @@ async def main(a: argparse.Namespace) -> None:
                     "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1", dbname
                 )
                 line += (
-                    f"; PostgreSQL backends CPU {100 * (p1 - p0) / dt:.1f}% ({len(pg_pids)} backends), "
+                    f"; PostgreSQL backends CPU {100 * _delta(p0, p1) / dt:.1f}% ({len(backends)} backends), "
                     f"{(x1 - x0) / dt:.0f} transactions/s"
                 )
             print(line, flush=True)
@@ -228,8 +238,6 @@ async def main(a: argparse.Namespace) -> None:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if db is not None:
-                await db.close()
     finally:
         if server is not None and server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)

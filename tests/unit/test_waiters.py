@@ -47,7 +47,12 @@ async def _settle(w: Waiters, n: int) -> None:
 
 
 def _wait(
-    w: Waiters, q: Queue, name: str, key: ClaimKey, timeout: float = 5.0, gone: Callable[[], Awaitable[bool]] = _never
+    w: Waiters,
+    q: Queue,
+    name: str,
+    key: ClaimKey,
+    timeout: float = 5.0,
+    gone: Callable[[], Awaitable[bool]] = _never,
 ) -> asyncio.Task[list[str]]:
     deadline = time.monotonic() + timeout
     return asyncio.create_task(w.claim_or_wait(key, q.claimer(name, key), 1, deadline, gone))
@@ -178,7 +183,9 @@ async def test_a_shared_worker_is_offered_user_jobs_after_the_owners_workers() -
 
 async def test_the_shared_recheck_is_one_query_per_group_not_per_waiter() -> None:
     w, q = Waiters(recheck_s=0.1), Queue()
-    tasks = [_wait(w, q, f"a{i}", CPU_A) for i in range(20)] + [_wait(w, q, f"b{i}", CPU_B) for i in range(20)]
+    tasks = [_wait(w, q, f"a{i}", CPU_A) for i in range(20)] + [
+        _wait(w, q, f"b{i}", CPU_B) for i in range(20)
+    ]
     await _settle(w, 40)
     q.calls.clear()
     await asyncio.sleep(0.55)
