@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         if run_migrations:
             await db.upgrade(url)
         engine = db.make_engine(url)
-        notifier = Notifier()
+        notifier = Notifier(settings.claim_recheck_s)
         await notifier.start(url)
         secret = settings.secret_bytes()
         jobs = JobStore(engine, settings, notifier)

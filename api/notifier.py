@@ -1,39 +1,84 @@
-"""Wake-ups for long-polling claims.
+"""Wake-ups for long-polling claims and for waits on a job's end.
 
-A new or re-queued job wakes every waiting claim at once: in-process through an asyncio event
-(enough for SQLite, one server process), and across server processes through PostgreSQL
-LISTEN/NOTIFY. Waiters re-run their claim; only one of them wins each job.
+A queued job is offered to ONE waiting claim of its lane (:mod:`api.waiters`), in this process
+directly and in other server processes through PostgreSQL LISTEN/NOTIFY (the payload names the
+jobs' lanes and content types). Any change (a job ended) also sets the generation event that
+``wait_for_final`` waits on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import uuid
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from api.waiters import Waiters
+
 log = logging.getLogger("morag.notifier")
 CHANNEL = "morag_jobs"
+_MAX_PAYLOAD = 7000  # PostgreSQL refuses NOTIFY payloads of 8000 bytes and more
+
+Queued = Iterable[tuple[str | None, str | None]]  # (lane, content type) per queued job; None: unknown
+UNKNOWN: list[tuple[str | None, str | None]] = [(None, None)]
+
+
+def _encode(origin: str, queued: Queued | None) -> str:
+    body: dict[str, Any] = {"o": origin}
+    if queued is not None:
+        counts = Counter(queued)
+        body["q"] = [[lane, ctype, n] for (lane, ctype), n in counts.items()]
+    text_ = json.dumps(body, separators=(",", ":"))
+    if len(text_.encode()) > _MAX_PAYLOAD:  # too many lanes to name: "something was queued"
+        text_ = json.dumps({"o": origin, "q": [[None, None, 1]]}, separators=(",", ":"))
+    return text_
+
+
+def _decode(payload: str) -> tuple[str | None, list[tuple[str | None, str | None]] | None]:
+    """(origin, queued jobs or None when only something ended); unreadable: unknown queued."""
+    try:
+        body = json.loads(payload)
+        queued = body.get("q")
+        jobs = None if queued is None else [(lane, ctype) for lane, ctype, n in queued for _ in range(n)]
+        return body.get("o"), jobs
+    except (ValueError, TypeError, AttributeError):
+        return None, UNKNOWN
 
 
 class Notifier:
-    def __init__(self) -> None:
+    def __init__(self, recheck_s: float = 1.0) -> None:
         self._event = asyncio.Event()
         self._pg_conn: Any = None
         self._listen_task: asyncio.Task[None] | None = None
+        self.waiters = Waiters(recheck_s)
+        self.origin = uuid.uuid4().hex[:12]  # our own NOTIFYs come back to us: skip them
+        self.listening = False  # LISTEN is set up (PostgreSQL)
 
     @property
     def generation(self) -> asyncio.Event:
         """The event the next wake-up will set; grab it before checking for work."""
         return self._event
 
-    def wake(self) -> None:
-        """Wake every waiter in this process."""
+    def wake(self, queued: Queued | None = None) -> None:
+        """After a commit: wake ``wait_for_final`` waiters, and offer each queued job (lane,
+        content type; ``UNKNOWN`` when not known) to one waiting claim of this process."""
         event, self._event = self._event, asyncio.Event()
         event.set()
+        if queued is not None:
+            self.waiters.offer(queued)
+
+    def _on_notify(self, payload: str) -> None:
+        origin, queued = _decode(payload)
+        if origin == self.origin:
+            return  # woken in-process already
+        self.wake(queued)
 
     async def wait(self, event: asyncio.Event, timeout: float) -> bool:
         """Wait until ``event`` (from ``generation``) is set or ``timeout`` passes."""
@@ -43,10 +88,11 @@ class Notifier:
         except TimeoutError:
             return False
 
-    async def publish(self, conn: AsyncConnection) -> None:
+    async def publish(self, conn: AsyncConnection, queued: Queued | None = None) -> None:
         """Inside a write transaction: tell other server processes (PostgreSQL) at commit."""
         if conn.dialect.name == "postgresql":
-            await conn.execute(text("SELECT pg_notify(:c, '')"), {"c": CHANNEL})
+            payload = _encode(self.origin, queued)
+            await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": payload})
 
     async def start(self, database_url: str) -> None:
         """Listen for other processes' notifications (PostgreSQL only)."""
@@ -61,10 +107,14 @@ class Notifier:
         while True:
             try:
                 self._pg_conn = await asyncpg.connect(dsn)
-                await self._pg_conn.add_listener(CHANNEL, lambda *_: self.wake())
+                await self._pg_conn.add_listener(CHANNEL, lambda *a: self._on_notify(a[-1]))
+                self.listening = True
+                # Jobs queued while we were not listening: the waiting claims look once.
+                self.wake(UNKNOWN)
                 # Block until the connection drops; then reconnect.
                 while not self._pg_conn.is_closed():
                     await asyncio.sleep(5)
+                self.listening = False
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # connection trouble: retry, never kill the server
@@ -72,6 +122,7 @@ class Notifier:
                 await asyncio.sleep(2)
 
     async def stop(self) -> None:
+        await self.waiters.stop()
         if self._listen_task is not None:
             self._listen_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -50,7 +50,11 @@ class Settings(BaseSettings):
     lease_s: float = Field(60.0, gt=1, description="Lease length; workers heartbeat at a third of it.")
     claim_wait_max_s: float = Field(30.0, ge=0, le=30, description="Longest long-poll a claim may ask for.")
     claim_recheck_s: float = Field(
-        1.0, gt=0, description="A waiting claim re-checks at least this often (timers, fallback)."
+        1.0,
+        gt=0,
+        description="While claims wait, one shared re-check per server process runs this often: one "
+        "claim per distinct waiting claim (key, lanes, content types) finds jobs that became claimable "
+        "by time (fallback due, retry backoff over). New jobs wake one waiter at once, without it.",
     )
     max_attempts: int = Field(3, ge=1, description="Attempts before a job ends `dead`.")
     retry_base_s: float = Field(5.0, ge=0, description="First retry delay; doubles per attempt, jittered.")

@@ -25,6 +25,7 @@ from api.jobs.tables import JOBS as J
 from api.jobs.tables import USERS as U
 from api.jobs.tables import WORKERS as W
 from api.keystore import Principal, Scope
+from api.waiters import ANY_USER_LANE, ClaimKey
 from protocol.states import DEFAULT_LANE, LaneKind, lane_name
 
 
@@ -70,6 +71,17 @@ def claim_shape(who: Principal, lanes: list[LaneKind]) -> ClaimShape:
     if LaneKind.cpu in lanes and LaneKind.gpu not in lanes and who.cpu_fallback:
         return ClaimShape.cpu
     return ClaimShape.own
+
+
+def claim_key(who: Principal, lanes: list[LaneKind], content_types: list[str]) -> ClaimKey:
+    """Which queued jobs this claim could take, for the waiter registry (api.waiters)."""
+    shape = claim_shape(who, lanes)
+    ctypes = frozenset(content_types)
+    if shape is ClaimShape.shared:
+        return ClaimKey(who.key_id, frozenset({DEFAULT_LANE}), frozenset({ANY_USER_LANE}), ctypes)
+    own = frozenset(lane_name(k, who.user_id) for k in lanes if k is not LaneKind.default)
+    fallback = frozenset({lane_name(LaneKind.gpu, who.user_id)}) if shape is ClaimShape.cpu else frozenset()
+    return ClaimKey(who.key_id, own, fallback, ctypes)
 
 
 def lock_and_update(dialect: str, cand: Any, values: dict[str, Any], returning: tuple[Any, ...]) -> Any:

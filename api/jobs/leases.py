@@ -30,6 +30,7 @@ from api.jobs.records import (
 from api.jobs.tables import JOBS as J
 from api.jobs.tables import WORKERS as W
 from api.keystore import Principal
+from api.notifier import UNKNOWN
 from protocol.errors import ErrorClass
 
 _EVENT_COLS = (J.c.state, J.c.stage, J.c.kind, J.c.webhook_url, J.c.lane, J.c.content_type, J.c.started_at)
@@ -196,9 +197,9 @@ class LeaseStore(StoreBase):
                 raise StaleLease()
             state = JobState(row.state)
             if state is JobState.queued:
-                await self.notifier.publish(conn)
+                await self.notifier.publish(conn, UNKNOWN)
         if state is JobState.queued:
-            self.notifier.wake()
+            self.notifier.wake(UNKNOWN)  # waiting claims look once (the retry may not be due yet)
         return FailOutcome(state, retry_at, _event(lease.job_id, row))
 
     async def release_claimed(self, who: Principal, leased: list[LeasedJob]) -> int:
@@ -223,7 +224,7 @@ class LeaseStore(StoreBase):
                 if await self._guarded_update(conn, lease, values) is not None:
                     count += 1
             if count:
-                await self.notifier.publish(conn)
+                await self.notifier.publish(conn, UNKNOWN)
         if count:
-            self.notifier.wake()
+            self.notifier.wake(UNKNOWN)
         return count

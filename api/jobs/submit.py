@@ -89,8 +89,9 @@ class SubmitStore(StoreBase):
                 live = await self._live_lanes(conn, owner.user_id, self._live_since(now))
             rows = [self._job_row(owner, job, now, live) for job in jobs]
             await conn.execute(J.insert(), rows)  # one executemany for the whole batch
-            await self.notifier.publish(conn)
-        self.notifier.wake()
+            queued = [(str(row["lane"]), str(row["content_type"])) for row in rows]
+            await self.notifier.publish(conn, queued)
+        self.notifier.wake(queued)  # each job to one waiting claim of its lane
         return [str(row["id"]) for row in rows]
 
     async def cancel(self, user_id: int | None, job_id: str) -> JobEvent:

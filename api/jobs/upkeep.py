@@ -15,6 +15,7 @@ from api.jobs.tables import FILES as F
 from api.jobs.tables import JOBS as J
 from api.jobs.tables import USERS as U
 from api.jobs.tables import WORKERS as W
+from api.notifier import UNKNOWN
 from protocol.errors import ErrorClass
 from protocol.states import FINAL_STATES
 
@@ -52,9 +53,9 @@ class UpkeepStore(StoreBase):
             expired = res.all()
             count = len(expired)
             if count:
-                await self.notifier.publish(conn)
+                await self.notifier.publish(conn, UNKNOWN)
         if count:
-            self.notifier.wake()
+            self.notifier.wake(UNKNOWN)
         for row in expired:
             metrics.count_lease_expiries(row.lane)
             (metrics.count_dead if row.state == JobState.dead.value else metrics.count_retry)(row.lane)
@@ -89,9 +90,9 @@ class UpkeepStore(StoreBase):
             )
             count = int((a.rowcount or 0) + (b.rowcount or 0))
             if count:
-                await self.notifier.publish(conn)
+                await self.notifier.publish(conn, UNKNOWN)
         if count:
-            self.notifier.wake()
+            self.notifier.wake(UNKNOWN)
         return count
 
     async def schedule_finished_files(self) -> int:

@@ -12,7 +12,8 @@ from api import artifacts
 from api.auth import worker_access
 from api.claims import claim_answer
 from api.errors import BadRequest, MoragError
-from api.jobs import Lease
+from api.jobs import Lease, LeasedJob
+from api.jobs.claim import claim_key
 from api.keystore import Principal, Scope
 from api.state import AppState, get_state
 from protocol import PROTOCOL_VERSION, paths
@@ -94,9 +95,9 @@ async def claim(
             return ClaimResponse(jobs=await claim_answer(state, who, _base_url(state, request), replay))
     content_types = [c.value for c in body.content_types]
     deadline = time.monotonic() + min(body.wait_s, settings.claim_wait_max_s)
-    while True:
-        wake = state.notifier.generation
-        leased = await state.jobs.claim(
+
+    async def run_claim() -> list[LeasedJob]:
+        return await state.jobs.claim(
             who,
             body.worker_id,
             body.lanes,
@@ -106,15 +107,17 @@ async def claim(
             body.name,
             body.version,
         )
-        if leased:
-            if await request.is_disconnected():  # the worker left during its long-poll: give them back
-                await state.jobs.release_claimed(who, leased)
-                return Response(status_code=204)
-            return ClaimResponse(jobs=await claim_answer(state, who, _base_url(state, request), leased))
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or await request.is_disconnected():
-            return Response(status_code=204)
-        await state.notifier.wait(wake, min(remaining, settings.claim_recheck_s))
+
+    # Waiting costs no query: a queued job wakes one suitable waiter (api.waiters).
+    leased = await state.notifier.waiters.claim_or_wait(
+        claim_key(who, body.lanes, content_types), run_claim, body.max_jobs, deadline, request.is_disconnected
+    )
+    if not leased:
+        return Response(status_code=204)
+    if await request.is_disconnected():  # the worker left during its long-poll: give them back
+        await state.jobs.release_claimed(who, leased)
+        return Response(status_code=204)
+    return ClaimResponse(jobs=await claim_answer(state, who, _base_url(state, request), leased))
 
 
 @router.post(paths.HEARTBEAT, response_model=HeartbeatResponse)

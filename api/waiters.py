@@ -1,0 +1,218 @@
+"""Waiting claims, kept off the database: a new job wakes ONE suitable waiter, not all.
+
+Every long-polling claim of this server process registers a :class:`Waiter` for as long as its
+request lasts. A queued job is announced with its lane and content type (:meth:`Waiters.offer`);
+the registry hands one *ticket* per job to one idle waiter whose claim could take it (its own lane
+first, then a waiter that could take it by a fallback), oldest waiter first. Only that waiter runs
+its claim query. A ticket is never lost:
+
+- a waiter whose claim finds nothing (another process or a busy worker took the job, or the job is
+  not claimable yet) hands the ticket to a suitable waiter of a group that has not tried it
+  (waiters of one group run the same query: when one finds nothing, so would the others);
+- a waiter that leaves with a ticket in hand (its poll ended, its client hung up) hands it on;
+- a ticket that arrives while its waiter is running its query makes it query once more;
+- a re-check claim (below) that filled ``max_jobs`` has the next waiter of its group look too.
+
+Jobs that become claimable by time (a fallback falls due, a retry backoff ends) or that were
+announced without their lane (re-queued by the reaper, fallback sweeps) are found by one shared,
+process-wide re-check: every ``claim_recheck_s`` while anyone waits, the oldest idle waiter of each
+distinct claim (same key, lanes and content types) runs its claim once. Waiting costs no query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
+
+ANY_USER_LANE = "*"  # a shared worker may take any user's job once its shared fallback is due
+
+
+@dataclass(frozen=True)
+class ClaimKey:
+    """What decides which jobs a waiting claim could take; waiters with equal keys are one group."""
+
+    key_id: str | None
+    own_lanes: frozenset[str]  # taken as soon as queued
+    fallback_lanes: frozenset[str]  # taken once a fallback is due (may be ANY_USER_LANE)
+    content_types: frozenset[str]
+
+    def direct(self, lane: str | None, ctype: str | None) -> bool:
+        return (ctype is None or ctype in self.content_types) and lane in self.own_lanes
+
+    def fallback(self, lane: str | None, ctype: str | None) -> bool:
+        if ctype is not None and ctype not in self.content_types:
+            return False
+        return lane is None or lane in self.fallback_lanes or ANY_USER_LANE in self.fallback_lanes
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One announced job looking for a claim: ``lane``/``ctype`` None when not known."""
+
+    lane: str | None
+    ctype: str | None
+    tried: set[ClaimKey] = field(default_factory=set)  # groups whose claim ran and found nothing
+    recheck: bool = False  # only a look (safety re-check, "maybe more"): dropped when nothing found
+
+
+@dataclass(eq=False)
+class Waiter:
+    id: int
+    key: ClaimKey
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    tickets: list[Ticket] = field(default_factory=list)
+    busy: bool = True  # running its claim query (not waiting)
+
+
+class Waiters:
+    """The waiting claims of one server process."""
+
+    def __init__(self, recheck_s: float) -> None:
+        self.recheck_s = recheck_s
+        self._ids = itertools.count(1)
+        self._waiters: dict[int, Waiter] = {}  # insertion order = oldest first
+        self._timer: asyncio.Task[None] | None = None
+        self.claims_run = 0  # claim queries run by waiters (tests and metrics)
+
+    def __len__(self) -> int:
+        return len(self._waiters)
+
+    # -- announcing work ---------------------------------------------------------------------
+    def offer(self, jobs: Iterable[tuple[str | None, str | None]]) -> None:
+        """One ticket per queued job ``(lane, content_type)``; ``(None, None)``: lane unknown."""
+        unknown = False
+        for lane, ctype in jobs:
+            if lane is None and ctype is None:
+                unknown = True
+                continue
+            self._place(Ticket(lane, ctype))
+        if unknown:
+            self.recheck()
+
+    def recheck(self) -> None:
+        """One claim per distinct waiting claim: the oldest idle waiter of each group looks."""
+        seen: set[ClaimKey] = set()
+        for w in list(self._waiters.values()):
+            if w.key in seen:
+                continue
+            seen.add(w.key)
+            if not w.busy and not w.tickets:
+                self._give(w, Ticket(None, None, recheck=True))
+            # a busy waiter of this group is querying right now: that is the group's look
+
+    def _place(self, ticket: Ticket) -> bool:
+        """Give the ticket to the best idle untried waiter (then a busy one); False if none fits."""
+        best: Waiter | None = None
+        rank = 99
+        for w in self._waiters.values():
+            if w.tickets or w.key in ticket.tried:
+                continue
+            if w.key.direct(ticket.lane, ticket.ctype):
+                r = 0
+            elif w.key.fallback(ticket.lane, ticket.ctype):
+                r = 2
+            else:
+                continue
+            if w.busy:
+                r += 1
+            if r < rank:
+                best, rank = w, r
+                if r == 0:
+                    break
+        if best is None:
+            return False
+        self._give(best, ticket)
+        return True
+
+    def _give(self, w: Waiter, ticket: Ticket) -> None:
+        w.tickets.append(ticket)
+        w.event.set()
+
+    def _pass_on(self, tickets: Iterable[Ticket]) -> None:
+        for t in tickets:
+            if not t.recheck:
+                self._place(t)
+
+    # -- waiting ---------------------------------------------------------------------------
+    async def claim_or_wait(
+        self,
+        key: ClaimKey,
+        claim: Callable[[], Awaitable[list[T]]],
+        max_jobs: int,
+        deadline: float,
+        disconnected: Callable[[], Awaitable[bool]],
+    ) -> list[T]:
+        """Run ``claim`` now and again whenever a ticket arrives, until it leases jobs, the
+        ``deadline`` (``time.monotonic()``) passes or the client hangs up; [] when none came."""
+        w = Waiter(next(self._ids), key)
+        self._waiters[w.id] = w  # registered before the first query: nothing queued meanwhile is missed
+        self._ensure_timer()
+        try:
+            while True:
+                w.busy = True
+                w.event.clear()
+                held, w.tickets = w.tickets, []
+                self.claims_run += 1
+                leased = await claim()
+                if leased:
+                    # Tickets beyond the jobs taken go on; a full claim may have left more work.
+                    spare = [t for t in held + w.tickets if not t.recheck][len(leased) :]
+                    w.tickets = []
+                    self._pass_on(spare)
+                    if len(leased) >= max_jobs and any(t.recheck for t in held):
+                        self._look_again(key)  # a re-check (lanes unknown) may have found more than one
+                    return leased
+                # Nothing for them here, nor for any waiter of this group (same query, and the
+                # jobs were committed before it ran): a waiter of another group looks.
+                for t in held:
+                    t.tried.add(key)
+                self._pass_on(held)
+                w.busy = False
+                if w.tickets:  # arrived during the query: look again at once
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or await disconnected():
+                    return []
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(w.event.wait(), remaining)
+                if not w.tickets:
+                    return []  # the deadline passed
+                if await disconnected():
+                    return []
+        finally:
+            del self._waiters[w.id]
+            w.busy = True
+            self._pass_on(w.tickets)
+            w.tickets = []
+
+    def _look_again(self, key: ClaimKey) -> None:
+        """Maybe more for this claim: the oldest idle waiter of the same group looks once."""
+        for other in self._waiters.values():
+            if other.key == key and not other.busy and not other.tickets:
+                self._give(other, Ticket(None, None, recheck=True))
+                return
+
+    # -- the shared safety re-check ------------------------------------------------------------
+    def _ensure_timer(self) -> None:
+        if self._timer is None or self._timer.done():
+            self._timer = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while self._waiters:
+            await asyncio.sleep(self.recheck_s)
+            self.recheck()
+        self._timer = None
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+            self._timer = None

@@ -1,0 +1,181 @@
+"""Long-polling claims over HTTP on both backends: a new job wakes one waiter, none is lost, and
+jobs that become claimable by time are still found (the one shared re-check)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api import keystore
+from api.app import create_app
+from api.keystore import Scope
+from protocol.states import LaneKind
+from tests.factories import make_user, submit
+from tests.integration.api.conftest import Env, make_settings, running_env
+
+
+def _body(
+    worker_id: str, wait_s: float, lanes: list[str] | None = None, ctypes: list[str] | None = None
+) -> Any:
+    return {
+        "worker_id": worker_id,
+        "lanes": lanes or ["gpu", "cpu"],
+        "content_types": ctypes or ["echo"],
+        "wait_s": wait_s,
+        "max_jobs": 1,
+    }
+
+
+async def _poll(env: Env, body: Any, headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    resp = await env.client.post("/worker/claim", headers=headers or env.worker, json=body)
+    if resp.status_code == 204:
+        return []
+    assert resp.status_code == 200, resp.text
+    return list(resp.json()["jobs"])
+
+
+def _count_claims(env: Env) -> list[float]:
+    """Record the time of every claim query the store runs."""
+    calls: list[float] = []
+    real = env.state.jobs.claim
+
+    async def counted(*a: Any, **kw: Any) -> Any:
+        calls.append(time.monotonic())
+        return await real(*a, **kw)
+
+    env.state.jobs.claim = counted
+    return calls
+
+
+async def _until(cond: Any, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_one_new_job_costs_one_claim_query_not_one_per_waiter(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, database_url=database_url, claim_recheck_s=30.0)
+    async with running_env(settings) as env:
+        calls = _count_claims(env)
+        n = 20
+        polls = [asyncio.create_task(_poll(env, _body(f"w{i}", 20))) for i in range(n)]
+        await _until(lambda: len(calls) == n)  # every poll looked once and now waits
+        await asyncio.sleep(0.3)
+        assert len(calls) == n
+        alice, _ = await make_user(env.state.engine, "alice", Scope.client)
+        t0 = time.monotonic()
+        job = await submit(env.state, alice)
+        done, _ = await asyncio.wait(polls, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        elapsed = time.monotonic() - t0
+        assert [[j["job_id"] for j in t.result()] for t in done] == [[job]]
+        assert elapsed < 2.0  # woken, not found by a timer (the re-check runs every 30 s here)
+        await asyncio.sleep(0.3)
+        assert len(calls) == n + 1, "a new job must wake one waiting claim, not all of them"
+        for t in polls:
+            t.cancel()
+        await asyncio.gather(*polls, return_exceptions=True)
+        assert len(env.state.notifier.waiters) == 0
+
+
+async def test_a_job_queued_while_the_only_waiter_runs_its_query_is_not_lost(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, database_url=database_url, claim_recheck_s=30.0)
+    async with running_env(settings) as env:
+        real = env.state.jobs.claim
+        looked, go_on = asyncio.Event(), asyncio.Event()
+
+        async def slow(*a: Any, **kw: Any) -> Any:
+            rows = await real(*a, **kw)
+            if not looked.is_set():
+                looked.set()
+                await go_on.wait()  # the query found nothing; its answer is still on the way
+            return rows
+
+        env.state.jobs.claim = slow
+        poll = asyncio.create_task(_poll(env, _body("w1", 20)))
+        await asyncio.wait_for(looked.wait(), 5)
+        alice, _ = await make_user(env.state.engine, "alice", Scope.client)
+        job = await submit(env.state, alice)  # queued between the waiter's query and its wait
+        go_on.set()
+        got = await asyncio.wait_for(poll, 3)  # not after the 20 s poll, nor the 30 s re-check
+        assert [j["job_id"] for j in got] == [job]
+
+
+async def test_a_gpu_job_whose_cpu_fallback_falls_due_reaches_a_waiting_cpu_worker(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        tmp_path, database_url=database_url, claim_recheck_s=0.2, fallback_after_s=1.5, key_cache_ttl_s=0
+    )
+    async with running_env(settings) as env:
+        engine = env.state.engine
+        await keystore.set_user_fallback(engine, "alice", cpu=True)
+        # alice's GPU worker is live, so her GPU job waits fallback_after_s before a CPU worker may take it
+        assert await _poll(env, _body("gpu-box", 0, ["gpu"], ["audio"])) == []
+        calls = _count_claims(env)
+        cpu = asyncio.create_task(_poll(env, _body("cpu-box", 15, ["cpu"], ["audio"])))
+        await _until(lambda: len(calls) == 1)
+        alice, _ = await make_user(engine, "alice", Scope.client)
+        t0 = time.monotonic()
+        job = await submit(env.state, alice, "audio", LaneKind.gpu)
+        got = await asyncio.wait_for(cpu, 10)
+        elapsed = time.monotonic() - t0
+        assert [j["job_id"] for j in got] == [job]
+        assert 1.3 <= elapsed < 4.0, elapsed  # not before the fallback is due, and soon after it
+        # one waiter, one shared re-check every 0.2 s: a handful of queries, not a storm
+        assert len(calls) <= 4 + elapsed / 0.2, len(calls)
+
+
+async def test_a_retry_whose_backoff_ends_reaches_a_waiting_worker(database_url: str, tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, database_url=database_url, claim_recheck_s=0.2, retry_base_s=1.0, retry_max_s=1.0
+    )
+    async with running_env(settings) as env:
+        alice, _ = await make_user(env.state.engine, "alice", Scope.client)
+        job = await submit(env.state, alice)
+        [leased] = await _poll(env, _body("w1", 5))
+        resp = await env.client.post(
+            "/worker/fail",
+            headers=env.worker,
+            json={"job_id": job, "lease_token": leased["lease_token"], "error": "flaky", "retryable": True},
+        )
+        assert resp.status_code == 200, resp.text
+        t0 = time.monotonic()
+        got = await _poll(env, _body("w1", 15))
+        elapsed = time.monotonic() - t0
+        assert [j["job_id"] for j in got] == [job]
+        assert elapsed < 4.0, elapsed  # backoff (jittered, <= 1 s) + a re-check period, not the poll's 15 s
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # processes share PostgreSQL only
+async def test_a_job_queued_by_another_server_process_wakes_a_waiter_here(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, database_url=database_url, claim_recheck_s=30.0)
+    async with running_env(settings) as env:
+        await _until(lambda: env.state.notifier.listening)
+        calls = _count_claims(env)
+        polls = [asyncio.create_task(_poll(env, _body(f"w{i}", 20))) for i in range(5)]
+        await _until(lambda: len(calls) == 5)
+        other = create_app(make_settings(tmp_path / "other", database_url=database_url, claim_recheck_s=30.0))
+        async with other.router.lifespan_context(other):
+            alice, _ = await make_user(other.state.morag.engine, "alice", Scope.client)
+            t0 = time.monotonic()
+            job = await submit(other.state.morag, alice)
+            done, _ = await asyncio.wait(polls, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+            assert time.monotonic() - t0 < 2.0
+        assert [[j["job_id"] for j in t.result()] for t in done] == [[job]]
+        await asyncio.sleep(0.3)
+        assert len(calls) == 6  # one waiter of this process looked, the others stayed off the database
+        for t in polls:
+            t.cancel()
+        await asyncio.gather(*polls, return_exceptions=True)

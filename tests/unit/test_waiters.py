@@ -1,0 +1,201 @@
+"""The waiter registry alone: one ticket wakes one waiter, tickets are never lost, one shared re-check."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from api.waiters import ANY_USER_LANE, ClaimKey, Waiters
+
+CPU_A = ClaimKey("ka", frozenset({"cpu-tasks-1"}), frozenset(), frozenset({"echo"}))
+CPU_A2 = ClaimKey("ka2", frozenset({"cpu-tasks-1"}), frozenset(), frozenset({"echo"}))  # another key
+CPU_B = ClaimKey("kb", frozenset({"cpu-tasks-2"}), frozenset(), frozenset({"echo"}))
+SHARED = ClaimKey("ks", frozenset({"default"}), frozenset({ANY_USER_LANE}), frozenset({"echo"}))
+
+
+class Queue:
+    """A fake job table: jobs by lane; a claim takes the first job of one of its lanes."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[str, str]] = []  # (lane, id)
+        self.calls: list[str] = []
+
+    def claimer(self, name: str, key: ClaimKey) -> Callable[[], Awaitable[list[str]]]:
+        async def run() -> list[str]:
+            self.calls.append(name)
+            await asyncio.sleep(0)  # a real query yields to the loop
+            for i, (lane, job) in enumerate(self.jobs):
+                if lane in key.own_lanes or ANY_USER_LANE in key.fallback_lanes:
+                    del self.jobs[i]
+                    return [job]
+            return []
+
+        return run
+
+
+async def _never() -> bool:
+    return False
+
+
+async def _settle(w: Waiters, n: int) -> None:
+    for _ in range(200):
+        if len(w) == n and all(not x.busy for x in w._waiters.values()):
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("waiters did not settle")
+
+
+def _wait(
+    w: Waiters,
+    q: Queue,
+    name: str,
+    key: ClaimKey,
+    timeout: float = 5.0,
+    gone: Callable[[], Awaitable[bool]] = _never,
+) -> asyncio.Task[list[str]]:
+    deadline = time.monotonic() + timeout
+    return asyncio.create_task(w.claim_or_wait(key, q.claimer(name, key), 1, deadline, gone))
+
+
+async def test_one_job_wakes_one_of_many_waiters() -> None:
+    w, q = Waiters(recheck_s=60), Queue()
+    tasks = [_wait(w, q, f"w{i}", CPU_A) for i in range(50)]
+    await _settle(w, 50)
+    q.calls.clear()
+    q.jobs.append(("cpu-tasks-1", "j1"))
+    w.offer([("cpu-tasks-1", "echo")])
+    done, _ = await asyncio.wait(tasks, timeout=2, return_when=asyncio.FIRST_COMPLETED)
+    assert [t.result() for t in done] == [["j1"]]
+    await asyncio.sleep(0.05)
+    assert q.calls == ["w0"]  # one query, by the oldest waiter; 49 stayed off the "database"
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert len(w) == 0
+
+
+async def test_a_job_goes_to_a_waiter_of_its_lane_only() -> None:
+    w, q = Waiters(recheck_s=60), Queue()
+    other = _wait(w, q, "b", CPU_B)
+    mine = _wait(w, q, "a", CPU_A)
+    await _settle(w, 2)
+    q.calls.clear()
+    q.jobs.append(("cpu-tasks-1", "j1"))
+    w.offer([("cpu-tasks-1", "echo"), ("cpu-tasks-1", "image")])  # the image job fits nobody
+    assert await asyncio.wait_for(mine, 2) == ["j1"]
+    assert q.calls == ["a"]
+    other.cancel()
+
+
+async def test_a_woken_waiter_whose_client_left_hands_the_job_on() -> None:
+    w, q = Waiters(recheck_s=60), Queue()
+    left = asyncio.Event()
+
+    async def gone() -> bool:
+        return left.is_set()
+
+    first = _wait(w, q, "first", CPU_A, gone=gone)
+    second = _wait(w, q, "second", CPU_A)
+    await _settle(w, 2)
+    left.set()
+    q.jobs.append(("cpu-tasks-1", "j1"))
+    w.offer([("cpu-tasks-1", "echo")])
+    assert await asyncio.wait_for(first, 2) == []  # it did not claim for a closed connection
+    assert await asyncio.wait_for(second, 2) == ["j1"]
+
+
+async def test_a_waiter_leaving_with_a_ticket_hands_it_on() -> None:
+    w, q = Waiters(recheck_s=60), Queue()
+    stuck = asyncio.Event()
+
+    async def hanging_claim() -> list[str]:
+        await stuck.wait()  # its query hangs; the request is then cancelled
+        return []
+
+    first = asyncio.create_task(w.claim_or_wait(CPU_A, hanging_claim, 1, time.monotonic() + 60, _never))
+    await asyncio.sleep(0.01)
+    w.offer([("cpu-tasks-1", "echo")])  # the only waiter is busy: it holds the ticket
+    second = _wait(w, q, "second", CPU_A)
+    await _settle_one_idle(w)
+    q.jobs.append(("cpu-tasks-1", "j1"))  # (the fake table shows it only now)
+    first.cancel()
+    assert await asyncio.wait_for(second, 2) == ["j1"]  # the ticket was not taken to the grave
+
+
+async def _settle_one_idle(w: Waiters) -> None:
+    for _ in range(200):
+        if any(not x.busy for x in w._waiters.values()):
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("no idle waiter")
+
+
+async def test_a_miss_passes_to_another_group_not_to_the_same_one() -> None:
+    w, q = Waiters(recheck_s=60), Queue()
+    a = [_wait(w, q, f"a{i}", CPU_A) for i in range(5)]
+    await _settle(w, 5)
+    a2 = _wait(w, q, "a2", CPU_A2)  # another key of the same user: another group
+    await _settle(w, 6)
+    q.calls.clear()
+    w.offer([("cpu-tasks-1", "echo")])  # announced, but gone (a busy worker took it meanwhile)
+    await asyncio.sleep(0.1)
+    assert q.calls == ["a0", "a2"]  # one look per group, not one per waiter
+    for t in [*a, a2]:
+        t.cancel()
+    await asyncio.gather(*a, a2, return_exceptions=True)
+
+
+async def test_a_ticket_during_the_query_makes_it_look_again() -> None:
+    w, q = Waiters(recheck_s=60), Queue()
+    release = asyncio.Event()
+    calls = 0
+
+    async def slow_claim() -> list[str]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await release.wait()  # the query saw an empty table ...
+            return []
+        return ["j1"] if q.jobs else []
+
+    task = asyncio.create_task(w.claim_or_wait(CPU_A, slow_claim, 1, time.monotonic() + 60, _never))
+    await asyncio.sleep(0.01)
+    q.jobs.append(("cpu-tasks-1", "j1"))  # ... and the job commits before it returns
+    w.offer([("cpu-tasks-1", "echo")])
+    release.set()
+    assert await asyncio.wait_for(task, 2) == ["j1"]  # not after the 60 s poll
+
+
+async def test_a_shared_worker_is_offered_user_jobs_after_the_owners_workers() -> None:
+    w, q = Waiters(recheck_s=60), Queue()
+    shared = _wait(w, q, "shared", SHARED)
+    await _settle(w, 1)
+    own = _wait(w, q, "own", CPU_A)
+    await _settle(w, 2)
+    q.calls.clear()
+    q.jobs.append(("cpu-tasks-1", "j1"))
+    w.offer([("cpu-tasks-1", "echo")])
+    assert await asyncio.wait_for(own, 2) == ["j1"]
+    assert q.calls == ["own"]
+    shared.cancel()
+
+
+async def test_the_shared_recheck_is_one_query_per_group_not_per_waiter() -> None:
+    w, q = Waiters(recheck_s=0.1), Queue()
+    tasks = [_wait(w, q, f"a{i}", CPU_A) for i in range(20)] + [
+        _wait(w, q, f"b{i}", CPU_B) for i in range(20)
+    ]
+    await _settle(w, 40)
+    q.calls.clear()
+    await asyncio.sleep(0.55)
+    assert 6 <= len(q.calls) <= 14, q.calls  # ~5 ticks x 2 groups (not 5 x 40)
+    # A job that became claimable by time, never announced: the re-check finds it.
+    q.jobs.append(("cpu-tasks-2", "late"))
+    done, _ = await asyncio.wait(tasks, timeout=2, return_when=asyncio.FIRST_COMPLETED)
+    assert [t.result() for t in done] == [["late"]]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.sleep(0.25)
+    assert w._timer is None  # no waiters, no timer
