@@ -50,8 +50,10 @@ test-fast: check-test-system install
 demo: check-system install
 	$(BIN)/python -m api.demo
 
+# The same checks as .pre-commit-config.yaml.
 lint: install
 	$(BIN)/ruff check api worker protocol tests bench alembic
+	$(BIN)/ruff format --check api worker protocol tests bench alembic
 	$(BIN)/mypy
 
 # Constraints, not requirements: every extra installs against it, whatever subset is chosen.

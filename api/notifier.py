@@ -107,13 +107,17 @@ class Notifier:
         while True:
             try:
                 self._pg_conn = await asyncpg.connect(dsn)
+                lost = asyncio.Event()
+                self._pg_conn.add_termination_listener(lambda *_, lost=lost: lost.set())
                 await self._pg_conn.add_listener(CHANNEL, lambda *a: self._on_notify(a[-1]))
                 self.listening = True
                 # Jobs queued while we were not listening: the waiting claims look once.
                 self.wake(UNKNOWN)
-                # Block until the connection drops; then reconnect.
+                # Block until the connection drops (its termination listener fires; the periodic
+                # look at is_closed() is a backstop); then reconnect.
                 while not self._pg_conn.is_closed():
-                    await asyncio.sleep(5)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), 5)
                 self.listening = False
             except asyncio.CancelledError:
                 raise

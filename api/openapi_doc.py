@@ -117,7 +117,7 @@ def _ensure_example(media: dict[str, Any], schemas: dict[str, Any]) -> None:
     media["example"] = example_for(media["schema"], schemas)
 
 
-def example_for(
+def example_for(  # noqa: C901 (one branch per JSON Schema keyword, flat on purpose)
     schema: dict[str, Any], schemas: dict[str, Any], name: str | None = None, depth: int = 0
 ) -> Any:
     """A plausible value for ``schema`` (references resolved, optional fields included)."""
