@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from sqlalchemy import and_, delete, select, update
 
-from api import artifacts, jobstore
+from api import artifacts, jobstore, taskops
 from api.filestore import F, files_dir
 from api.ids import utcnow
 from api.models import Job
@@ -112,6 +112,13 @@ class Maintenance:
             ),
             asyncio.create_task(
                 _every(s.settings.file_sweep_interval_s, "file retention", lambda: self._files())
+            ),
+            asyncio.create_task(
+                _every(
+                    s.settings.unserved_check_interval_s,
+                    "unserved tasks",
+                    lambda: taskops.note_unserved(s.engine, s.settings),
+                )
             ),
         ]
 

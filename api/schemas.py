@@ -94,7 +94,9 @@ class ProcessResult(BaseModel):
     content: str | None
     metadata: dict[str, Any]
     processing_time: float | None
-    error_message: str | None
+    error: str | None = Field(default=None, description="Why it failed (the name status and webhooks use).")
+    error_message: str | None = Field(default=None, description="Deprecated: the same as error.")
+    error_class: str | None = None
     task_id: str | None = None
 
 

@@ -128,7 +128,7 @@ def list_tasks(status: str | None, limit: int, cursor: str | None) -> Call[m.Tas
         params["status"] = status
     if cursor:
         params["cursor"] = cursor
-    return Call("GET", f"{API}/status/", m.TaskList, params=params)
+    return Call("GET", f"{API}/tasks", m.TaskList, params=params)
 
 
 def cancel(task_id: str) -> Call[m.TaskCreated]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from api import filestore, jobstore
+from api import filestore, jobstore, taskops
 from api.auth import client_access
 from api.contenttypes import content_type_for_url, resolve_upload_type
 from api.errors import BadRequest, MoragError, NotFound, PayloadTooLarge, Unprocessable, documented
@@ -79,7 +79,9 @@ def _url_job(item: IngestURLRequest, batch_id: str | None = None) -> NewJob:
     responses=ERRORS,
     openapi_extra=file_request_body(IngestFileForm),
 )
-async def ingest_file(request: Request, who: Principal = Depends(client_access)) -> TaskCreated:
+async def ingest_file(
+    request: Request, response: Response, who: Principal = Depends(client_access)
+) -> TaskCreated:
     """Upload a file (streamed to disk) and queue it for processing and indexing."""
     state = request.app.state.morag
     async with uploaded(request, who.user_id) as form:
@@ -93,18 +95,26 @@ async def ingest_file(request: Request, who: Principal = Depends(client_access))
         job_id = await jobstore.enqueue_job(
             state.engine, state.notifier, state.settings, who, _file_job(fields, row["id"], content_type)
         )
-    return TaskCreated(task_id=job_id, status=JobState.queued.value)
+    return await _queued(request, response, job_id)
 
 
 @router.post("/ingest/url", response_model=TaskCreated, status_code=202, responses=ERRORS)
 async def ingest_url(
-    body: IngestURLRequest, request: Request, who: Principal = Depends(client_access)
+    body: IngestURLRequest, request: Request, response: Response, who: Principal = Depends(client_access)
 ) -> TaskCreated:
     """Queue a URL (web page, YouTube or other media) for processing and indexing."""
     state = request.app.state.morag
     check_source_url(body.url)
     await check_webhook(state.settings, body.webhook_url)
     job_id = await jobstore.enqueue_job(state.engine, state.notifier, state.settings, who, _url_job(body))
+    return await _queued(request, response, job_id)
+
+
+async def _queued(request: Request, response: Response, job_id: str) -> TaskCreated:
+    """202 with ``Location`` (the status URL); a task no online worker can take says so at once."""
+    state = request.app.state.morag
+    await taskops.note_unserved(state.engine, state.settings)
+    response.headers["Location"] = f"/api/v1/status/{job_id}"
     return TaskCreated(task_id=job_id, status=JobState.queued.value)
 
 
@@ -142,8 +152,17 @@ async def _json_batch(request: Request) -> BatchRequest:
     responses=ERRORS,
     openapi_extra=_batch_body(),
 )
-async def ingest_batch(request: Request, who: Principal = Depends(client_access)) -> BatchCreated:
+async def ingest_batch(
+    request: Request, response: Response, who: Principal = Depends(client_access)
+) -> BatchCreated:
     """Queue up to 100 items at once (JSON URL items, or files in one multipart body): a task each."""
+    created = await _ingest_batch(request, who)
+    await taskops.note_unserved(request.app.state.morag.engine, request.app.state.morag.settings)
+    response.headers["Location"] = f"/api/v1/ingest/batch/{created.batch_id}"
+    return created
+
+
+async def _ingest_batch(request: Request, who: Principal) -> BatchCreated:
     if request.headers.get("content-type", "").lower().startswith("multipart/"):
         return await _file_batch(request, who)
     state = request.app.state.morag

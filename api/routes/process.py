@@ -39,12 +39,15 @@ def _result(row: dict[str, Any]) -> ProcessResult:
     if row["started_at"] and row["finished_at"]:
         took = round((row["finished_at"] - row["started_at"]).total_seconds(), 3)
     ok = row["state"] == JobState.succeeded
+    error = None if ok else (row["error"] or f"the task ended {row['state']}")
     return ProcessResult(
         success=ok,
         content=result.get("markdown") if ok else None,
         metadata=result.get("metadata") or {},
         processing_time=took,
-        error_message=None if ok else (row["error"] or f"the task ended {row['state']}"),
+        error=error,
+        error_message=error,
+        error_class=None if ok else row["error_class"],
         task_id=row["id"],
     )
 

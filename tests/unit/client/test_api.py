@@ -59,7 +59,7 @@ def test_ingest_file_sends_multipart_with_key_and_json_fields(tmp_path: Path) ->
 @respx.mock
 def test_ingest_url_and_list_filter_use_the_documented_names() -> None:
     ingest = respx.post(f"{BASE}/api/v1/ingest/url").respond(202, json={"task_id": "t2", "status": "queued"})
-    listing = respx.get(f"{BASE}/api/v1/status/").respond(200, json={"tasks": [_task()], "next_cursor": None})
+    listing = respx.get(f"{BASE}/api/v1/tasks").respond(200, json={"tasks": [_task()], "next_cursor": None})
     with MoragClient(BASE, KEY) as morag:
         morag.ingest_url("https://example.org/a", content_type="web", options={"x": 1})
         page = morag.list_tasks("failed", limit=7)
@@ -74,7 +74,7 @@ def test_ingest_url_and_list_filter_use_the_documented_names() -> None:
 
 @respx.mock
 def test_iter_tasks_follows_the_cursor() -> None:
-    route = respx.get(f"{BASE}/api/v1/status/")
+    route = respx.get(f"{BASE}/api/v1/tasks")
     route.side_effect = [
         httpx.Response(200, json={"tasks": [_task(), _task()], "next_cursor": "c2"}),
         httpx.Response(200, json={"tasks": [_task()], "next_cursor": None}),

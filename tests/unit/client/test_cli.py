@@ -108,7 +108,7 @@ def test_failed_task_exits_1_with_error_class() -> None:
 @respx.mock
 def test_json_output_is_parseable() -> None:
     respx.post(f"{BASE}/api/v1/ingest/url").respond(202, json={"task_id": "t1", "status": "queued"})
-    respx.get(f"{BASE}/api/v1/status/").respond(200, json={"tasks": [_task()], "next_cursor": None})
+    respx.get(f"{BASE}/api/v1/tasks").respond(200, json={"tasks": [_task()], "next_cursor": None})
     code, out, _ = run("--json", "ingest", "https://example.org/")
     assert code == 0 and json.loads(out) == [
         {"task_id": "t1", "status": "queued", "source": "https://example.org/"}

@@ -1,0 +1,193 @@
+"""Client API: manage tasks (list with ``?status=``, retry, webhook log, prune), list indexed
+documents, and the admin overview of every lane and shared worker."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from api import artifacts, taskops
+from api.auth import client_access, require
+from api.errors import Forbidden, documented
+from api.ids import utcnow
+from api.indexer import index_user
+from api.indexing.errors import IndexingError
+from api.keystore import Principal, Scope
+from api.routes.search import _translate
+from api.schemas import ArtifactInfo, TaskCreated, TaskList, WorkerList, task_status
+from protocol.inputs import CleanBody
+
+router = APIRouter(prefix="/api/v1", responses=documented(401, 403, 422))
+admin_access = require(Scope.admin)
+STATUS_PATTERN = "^(queued|running|succeeded|failed|canceled|dead)$"
+
+
+class WebhookAttempt(BaseModel):
+    attempt: int
+    status_code: int | None
+    error: str | None
+    delivered: bool
+    at: datetime
+
+
+class WebhookLog(BaseModel):
+    task_id: str
+    webhook_url: str | None
+    deliveries: list[WebhookAttempt]
+
+
+class PruneRequest(CleanBody):
+    older_than_days: float = Field(ge=0, le=36500, description="Tasks that ended longer ago than this.")
+    status: Literal["succeeded", "failed", "canceled", "dead"] | None = Field(
+        default=None, description="Only tasks that ended in this state (default: every final state)."
+    )
+    all_users: bool = Field(default=False, description="Every user's tasks (admin keys only).")
+
+
+class PruneResult(BaseModel):
+    deleted: int
+
+
+class DocumentInfo(BaseModel):
+    document_id: str
+    chunks: int = Field(description="Chunks of it in the vector store now.")
+    source: str | None = Field(description="The URL, or the uploaded file's name.")
+    content_type: str | None
+    task_id: str = Field(description="The ingest task that indexed this version.")
+    indexed_at: datetime | None
+
+
+class DocumentList(BaseModel):
+    documents: list[DocumentInfo]
+
+
+class AdminLane(BaseModel):
+    lane: str
+    queued: int
+    running: int
+    oldest_queued_age_s: float | None
+
+
+class AdminOverview(BaseModel):
+    lanes: list[AdminLane]
+    shared_workers: WorkerList
+
+
+async def with_artifacts(request: Request, rows: list[dict[str, Any]]) -> TaskList:
+    """Statuses with the artifacts of the lease that completed each task."""
+    state = request.app.state.morag
+    found = await artifacts.list_for_jobs(state.engine, rows)
+    base = (state.settings.public_url or str(request.base_url)).rstrip("/")
+    out = []
+    for row in rows:
+        infos = [
+            ArtifactInfo(
+                name=a["name"],
+                size=a["size"],
+                mime=a["mime"],
+                sha256=a["sha256"],
+                url=f"{base}/api/v1/status/{quote(row['id'])}/artifacts/{quote(a['name'])}",
+            )
+            for a in found.get(row["id"], [])
+        ]
+        out.append(task_status(row, infos))
+    return TaskList(tasks=out, next_cursor=None)
+
+
+@router.get("/tasks", response_model=TaskList, tags=["status"])
+async def list_tasks(
+    request: Request,
+    status: str | None = Query(None, pattern=STATUS_PATTERN, description="Only tasks in this state."),
+    state: str | None = Query(
+        None, pattern=STATUS_PATTERN, deprecated=True, description="Old name of status."
+    ),
+    cursor: str | None = Query(None, max_length=64, description="next_cursor of the previous page."),
+    limit: int = Query(50, ge=1, le=500),
+    who: Principal = Depends(client_access),
+) -> TaskList:
+    """The caller's tasks, newest first, optionally by status; a malformed cursor is 422 invalid_cursor."""
+    rows = await taskops.list_tasks(
+        request.app.state.morag.engine, who.user_id, status or state, cursor, limit
+    )
+    page = await with_artifacts(request, rows)
+    page.next_cursor = rows[-1]["id"] if len(rows) == limit else None
+    return page
+
+
+@router.post(
+    "/tasks/{task_id}/retry",
+    response_model=TaskCreated,
+    status_code=202,
+    tags=["status"],
+    responses=documented(404, 409),
+)
+async def retry_task(
+    task_id: str, request: Request, response: Response, who: Principal = Depends(client_access)
+) -> TaskCreated:
+    """Queue a failed, dead or canceled task again (same input and options; attempts start over)."""
+    state = request.app.state.morag
+    status = await taskops.retry_task(state.engine, state.notifier, who.user_id, task_id)
+    await taskops.note_unserved(state.engine, state.settings)
+    await state.on_job_changed(task_id)
+    response.headers["Location"] = f"/api/v1/status/{quote(task_id)}"
+    return TaskCreated(task_id=task_id, status=status)
+
+
+@router.get(
+    "/tasks/{task_id}/webhooks", response_model=WebhookLog, tags=["webhooks"], responses=documented(404)
+)
+async def webhook_log(task_id: str, request: Request, who: Principal = Depends(client_access)) -> WebhookLog:
+    """Every attempt to deliver this task's webhook: HTTP status or error, and when."""
+    url, rows = await taskops.get_deliveries(request.app.state.morag.engine, who.user_id, task_id)
+    return WebhookLog(
+        task_id=task_id, webhook_url=url, deliveries=[WebhookAttempt.model_validate(r) for r in rows]
+    )
+
+
+@router.post("/tasks/prune", response_model=PruneResult, tags=["status"])
+async def prune_tasks(
+    body: PruneRequest, request: Request, who: Principal = Depends(client_access)
+) -> PruneResult:
+    """Delete the caller's ended tasks older than ``older_than_days`` (``all_users``: admin keys)."""
+    if body.all_users and who.scope is not Scope.admin:
+        raise Forbidden("all_users needs an admin key", code="wrong_scope")
+    cutoff = utcnow() - timedelta(days=body.older_than_days)
+    state = request.app.state.morag
+    deleted = await taskops.prune_tasks(state.engine, who.user_id, body.all_users, cutoff, body.status)
+    return PruneResult(deleted=deleted)
+
+
+@router.get("/documents", response_model=DocumentList, tags=["search"], responses=documented(503))
+async def list_documents(
+    request: Request,
+    limit: int = Query(200, ge=1, le=1000),
+    who: Principal = Depends(client_access),
+) -> DocumentList:
+    """The caller's indexed documents, newest first: chunk count, source and the task that made them."""
+    state = request.app.state.morag
+    docs = await taskops.list_indexed_documents(state.engine, who.user_id, limit)
+    out = []
+    try:
+        for doc in docs:
+            chunks = await request.app.state.indexer.count_points(index_user(who.user_id), doc["document_id"])
+            if chunks:  # deleted documents keep their task, not their chunks
+                out.append(DocumentInfo(chunks=chunks, **doc))
+    except IndexingError as exc:
+        raise _translate(exc) from exc
+    return DocumentList(documents=out)
+
+
+@router.get("/admin/overview", response_model=AdminOverview, tags=["status"])
+async def admin_overview(request: Request, who: Principal = Depends(admin_access)) -> AdminOverview:
+    """Admin keys: every user's lanes with queued or running jobs, and the shared workers."""
+    state = request.app.state.morag
+    lanes = await taskops.all_lanes(state.engine)
+    shared = await taskops.list_shared_workers(state.engine, state.settings)
+    return AdminOverview(
+        lanes=[AdminLane.model_validate(lane) for lane in lanes],
+        shared_workers=WorkerList.model_validate({"workers": shared}),
+    )
