@@ -14,7 +14,7 @@ from api.errors import documented, install_handlers
 from api.guards import storable_url
 from api.maintenance import Maintenance
 from api.notifier import Notifier
-from api.routes import files, manage, search, tasks, worker
+from api.routes import files, manage, search, tasks, ui, worker
 from api.settings import Settings
 from api.state import AppState
 
@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     app.include_router(tasks.router)
     app.include_router(search.router)
     app.include_router(manage.router)  # retry, webhook log, prune, documents, admin overview
+    app.include_router(ui.router)  # the dashboard at /ui
 
     @app.get("/health", tags=["meta"])
     async def health() -> dict[str, Any]:

@@ -129,7 +129,7 @@ class IndexingLoop:
             self.state.engine,
             job["id"],
             {**result, "index": summary},
-            f"indexed {outcome.chunk_count} chunks",
+            f"indexed {outcome.chunk_count} chunk{'' if outcome.chunk_count == 1 else 's'}",
         )
         if done:
             log.info("indexed job %s: %d chunks", job["id"], outcome.chunk_count)

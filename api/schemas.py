@@ -145,6 +145,7 @@ class TaskStatus(BaseModel):
     error_class: str | None
     batch_id: str | None = None
     document_id: str | None = None
+    source: str | None = Field(default=None, description="The URL, or the uploaded file's name (in lists).")
     artifacts: list[ArtifactInfo] = Field(
         default_factory=list, description="Files the worker returned besides the text, once it completed."
     )
@@ -211,4 +212,5 @@ def task_status(row: dict[str, Any], artifacts: list[ArtifactInfo] | None = None
         error_class=row["error_class"],
         batch_id=row["batch_id"],
         document_id=row["document_id"],
+        source=row.get("source_url") or row.get("original_name"),
     )

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.errors import Conflict, NotFound, Unprocessable
 from api.ids import utcnow
-from api.models import Job, StoredFile, WebhookDelivery, Worker
+from api.models import Job, StoredFile, User, WebhookDelivery, Worker
 from api.notifier import Notifier
 from api.settings import Settings
 from protocol.states import DEFAULT_LANE, FINAL_STATES, JobState
@@ -27,6 +27,7 @@ J = Job.__table__  # type: ignore[attr-defined]
 W = Worker.__table__  # type: ignore[attr-defined]
 F = StoredFile.__table__  # type: ignore[attr-defined]
 WD = WebhookDelivery.__table__  # type: ignore[attr-defined]
+U = User.__table__  # type: ignore[attr-defined]
 
 FINAL = [s.value for s in FINAL_STATES]
 RETRYABLE = [JobState.failed.value, JobState.dead.value, JobState.canceled.value]
@@ -53,7 +54,7 @@ async def list_tasks(
 ) -> list[dict[str, Any]]:
     """The user's tasks, newest first; ``cursor`` is the last id of the previous page."""
     check_cursor(cursor)
-    q = select(J).where(_owner(user_id))
+    q = select(J, F.c.original_name).select_from(J.outerjoin(F, F.c.id == J.c.file_id)).where(_owner(user_id))
     if status:
         q = q.where(J.c.state == status)
     if cursor:
@@ -278,14 +279,17 @@ async def all_lanes(engine: AsyncEngine) -> list[dict[str, Any]]:
     async with engine.begin() as conn:
         rows = (
             await conn.execute(
-                select(J.c.lane, J.c.state, func.count(), func.min(J.c.created_at))
+                select(J.c.lane, U.c.name, J.c.state, func.count(), func.min(J.c.created_at))
+                .select_from(J.outerjoin(U, U.c.id == J.c.user_id))
                 .where(J.c.state.in_([JobState.queued.value, JobState.running.value]))
-                .group_by(J.c.lane, J.c.state)
+                .group_by(J.c.lane, U.c.name, J.c.state)
             )
         ).all()
     lanes: dict[str, dict[str, Any]] = {}
-    for lane, state, count, oldest in rows:
-        entry = lanes.setdefault(lane, {"lane": lane, "queued": 0, "running": 0, "oldest_queued_age_s": None})
+    for lane, user, state, count, oldest in rows:
+        entry = lanes.setdefault(
+            lane, {"lane": lane, "user": user, "queued": 0, "running": 0, "oldest_queued_age_s": None}
+        )
         entry[state] = int(count)
         if state == JobState.queued.value and oldest is not None:
             entry["oldest_queued_age_s"] = round((now - oldest).total_seconds(), 3)

@@ -10,7 +10,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from api import artifacts, taskops
+from api import artifacts, jobstore, taskops
 from api.auth import client_access, require
 from api.errors import Forbidden, documented
 from api.ids import utcnow
@@ -67,6 +67,7 @@ class DocumentList(BaseModel):
 
 class AdminLane(BaseModel):
     lane: str
+    user: str | None = Field(description="Whose lane (none: the shared default lane).")
     queued: int
     running: int
     oldest_queued_age_s: float | None
@@ -190,4 +191,87 @@ async def admin_overview(request: Request, who: Principal = Depends(admin_access
     return AdminOverview(
         lanes=[AdminLane.model_validate(lane) for lane in lanes],
         shared_workers=WorkerList.model_validate({"workers": shared}),
+    )
+
+
+class LaneView(BaseModel):
+    lane: str
+    kind: Literal["gpu", "cpu", "shared"]
+    queued: int
+    running: int
+    oldest_queued_age_s: float | None
+    workers_online: int
+    falls_back_to: str | None = Field(description="Where a job waiting here goes now, if anywhere.")
+    note: str = Field(description="The same, for a person.")
+
+
+class LaneList(BaseModel):
+    lanes: list[LaneView]
+
+
+def _lane_view(lane: dict[str, Any], online: dict[str, int], who: Principal, settings: Any) -> LaneView:
+    """Explain where a job of this lane runs now, following the user's fallback settings."""
+    name = lane["lane"]
+    kind: Literal["gpu", "cpu", "shared"] = (
+        "gpu" if name.startswith("gpu-") else "cpu" if name.startswith("cpu-") else "shared"
+    )
+    to: str | None = None
+    if kind == "shared":
+        note = "shared workers take these jobs" if lane["workers_online"] else "waits for a shared worker"
+    elif lane["workers_online"]:
+        after = settings.fallback_after_s if kind == "gpu" else settings.shared_fallback_after_s
+        note = f"your {kind.upper()} workers take these jobs (fallback only after {after:g} s waiting)"
+    elif kind == "gpu" and who.cpu_fallback and online["cpu"]:
+        to, note = "cpu", "no GPU worker online: jobs fall back to your CPU workers now"
+    elif who.shared_fallback and online["shared"]:
+        to, note = "shared", f"no {kind.upper()} worker of yours online: jobs fall back to shared workers now"
+    elif who.shared_fallback or (kind == "gpu" and who.cpu_fallback):
+        note = f"no {kind.upper()} worker of yours online and nowhere to fall back: jobs wait"
+    else:
+        note = f"jobs wait for one of your {kind.upper()} workers (fallback is off for you)"
+    return LaneView(
+        lane=name,
+        kind=kind,
+        queued=lane["queued"],
+        running=lane["running"],
+        oldest_queued_age_s=lane["oldest_queued_age_s"],
+        workers_online=lane["workers_online"],
+        falls_back_to=to,
+        note=note,
+    )
+
+
+@router.get("/lanes", response_model=LaneList, tags=["status"])
+async def lanes(request: Request, who: Principal = Depends(client_access)) -> LaneList:
+    """The caller's lanes: queued, running, oldest waiting, workers online and where jobs fall back now."""
+    state = request.app.state.morag
+    stats = await jobstore.queue_stats(state.engine, state.settings, who.user_id)
+    online = {"gpu": 0, "cpu": 0, "shared": 0}
+    for lane in stats:
+        kind = (
+            "gpu"
+            if lane["lane"].startswith("gpu-")
+            else "cpu"
+            if lane["lane"].startswith("cpu-")
+            else "shared"
+        )
+        online[kind] = lane["workers_online"]
+    return LaneList(lanes=[_lane_view(lane, online, who, state.settings) for lane in stats])
+
+
+class Me(BaseModel):
+    user: str | None
+    scope: str
+    cpu_fallback: bool
+    shared_fallback: bool
+
+
+@router.get("/me", response_model=Me, tags=["status"])
+async def me(who: Principal = Depends(client_access)) -> Me:
+    """Who this key belongs to: its user, scope and fallback settings."""
+    return Me(
+        user=who.user_name,
+        scope=who.scope.value,
+        cpu_fallback=who.cpu_fallback,
+        shared_fallback=who.shared_fallback,
     )
