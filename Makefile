@@ -46,7 +46,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" -x
 
 demo: install check-system
-	$(BIN)/python -m api.demo
+	$(BIN)/python scripts/demo.py
 
 lint: install
 	$(BIN)/ruff check api worker protocol tests bench alembic

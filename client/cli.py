@@ -314,7 +314,8 @@ class Cli:
         if not docs.documents:
             self.say("no documents")
         for d in docs.documents:
-            self.say(f"{d.document_id}  {d.chunks:>5} chunks  {d.content_type or '-':<8}  {d.source or '-'}")
+            chunks = f"{d.chunks} chunk" + ("" if d.chunks == 1 else "s")
+            self.say(f"{d.document_id}  {chunks:>10}  {d.content_type or '-':<8}  {d.source or '-'}")
         return EXIT_OK
 
     def workers(self) -> int:

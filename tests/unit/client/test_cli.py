@@ -190,7 +190,7 @@ def test_cancel_retry_documents_workers_cookies(tmp_path: Path) -> None:
     )
     assert run("cancel", "t1")[1].strip() == "t1 canceled"
     assert run("retry", "t1")[1].strip() == "t1 queued again"
-    assert "q3     12 chunks  document  q3.pdf" in run("documents")[1]
+    assert "q3   12 chunks  document  q3.pdf" in run("documents")[1]
     assert "no workers" in run("workers")[1]
     jar = tmp_path / "cookies.txt"
     jar.write_text("# Netscape HTTP Cookie File\n")
