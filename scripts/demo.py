@@ -4,7 +4,8 @@ Starts a server, creates a user with a client and a worker key, starts one worke
 user does with the ``morag`` command: ingests a spoken clip (espeak-ng) and a Markdown document with
 ``--wait`` (a progress line per task, then the markdown), searches them, lists the documents and
 workers, and stops every process it started. Each command is printed before it runs, so the output
-doubles as a tutorial. A development tool: it is not part of the server package.
+doubles as a tutorial. ``MORAG_DEMO_KEEP=1`` keeps the server running afterwards for the dashboard at
+``/ui``. A development tool: it is not part of the server package.
 """
 
 from __future__ import annotations
@@ -160,9 +161,13 @@ def main() -> int:
             ok = _morag(user_env, work, "search", query, "--limit", "1") == 0 and ok
         ok = _morag(user_env, work, "documents") == 0 and ok
         ok = _morag(user_env, work, "workers") == 0 and ok
-        print(
-            f"\n== the dashboard: {url}/ui (sign in with the client key); worker log: {data / 'worker.log'}"
-        )
+        print(f"\n== worker log: {data / 'worker.log'}")
+        if os.environ.get("MORAG_DEMO_KEEP") == "1":
+            print(f"== dashboard: {url}/ui, client key {client_key}; Ctrl-C stops everything", flush=True)
+            try:
+                procs[0].wait()
+            except KeyboardInterrupt:
+                pass
         shutil.rmtree(work, ignore_errors=True)
         print("\n== demo " + ("succeeded" if ok else "FAILED (see demo-data/server.log)"))
         return 0 if ok else 1
