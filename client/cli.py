@@ -65,11 +65,30 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--server", help="server URL (MORAG_SERVER; default http://127.0.0.1:8000)")
-    p.add_argument("--api-key", help="client API key (MORAG_API_KEY)")
-    p.add_argument("--json", action="store_true", help="print JSON answers (for scripts)")
-    p.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+
+    def globals_(parser: argparse.ArgumentParser, default: object) -> None:
+        """The options every command takes, before or after its name."""
+        parser.add_argument(
+            "--server", default=default, help="server URL (MORAG_SERVER; default http://127.0.0.1:8000)"
+        )
+        parser.add_argument("--api-key", default=default, help="client API key (MORAG_API_KEY)")
+        parser.add_argument(
+            "--json", action="store_true", default=default or False, help="print JSON answers (for scripts)"
+        )
+        parser.add_argument(
+            "--timeout", type=float, default=default, help="give up waiting after this many seconds"
+        )
+
+    globals_(p, None)
+    common = argparse.ArgumentParser(add_help=False)
+    globals_(common, argparse.SUPPRESS)  # given after the command: override, else keep the main parser's
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    _add = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return _add(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     def input_options(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--content-type", choices=CONTENT_TYPES, help="default: detected by the server")

@@ -197,3 +197,12 @@ def test_cancel_retry_documents_workers_cookies(tmp_path: Path) -> None:
     code, out, _ = run("cookies", "set", str(jar))
     assert code == 0 and "youtube.com  2 cookies" in out
     assert put.calls.last.request.content == jar.read_bytes()
+
+
+@respx.mock
+def test_global_options_work_after_the_command_too() -> None:
+    route = respx.get("http://other.test/api/v1/tasks").respond(200, json={"tasks": [], "next_cursor": None})
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["list", "--json", "--server", "http://other.test", "--api-key", "k9"], out=out, err=err)
+    assert code == 0 and json.loads(out.getvalue()) == {"tasks": [], "next_cursor": None}
+    assert route.calls.last.request.headers["authorization"] == "Bearer k9"
