@@ -117,6 +117,8 @@ async def retry_task(engine: AsyncEngine, notifier: Notifier, user_id: int | Non
         )
         if not res.rowcount:  # it changed meanwhile (another retry won)
             raise Conflict("the task changed meanwhile; look at it again", code="task_not_retryable")
+        # The webhook log starts over: the new final state is delivered like the first one was.
+        await conn.execute(delete(WD).where(WD.c.job_id == job_id))
         await notifier.publish(conn)
     notifier.wake()
     return JobState.queued.value
@@ -210,11 +212,14 @@ def unserved_message(job: dict[str, Any]) -> str:
     )
 
 
-async def note_unserved(engine: AsyncEngine, settings: Settings, limit: int = 500) -> int:
+async def note_unserved(
+    engine: AsyncEngine, settings: Settings, ids: list[str] | None = None, limit: int = 500
+) -> int:
     """Say in the status message of each queued task whether any online worker can take it.
 
-    Sets the message on tasks nobody can take and clears it once somebody can. Run after enqueues
-    and periodically; returns how many messages changed.
+    Sets the message on tasks nobody can take and clears it once somebody can. Run for the new
+    tasks after an enqueue (``ids``) and periodically for the oldest queued ones; returns how many
+    messages changed.
     """
     since = utcnow() - timedelta(seconds=settings.worker_ttl_s)
     changed = 0
@@ -243,7 +248,9 @@ async def note_unserved(engine: AsyncEngine, settings: Settings, limit: int = 50
                         J.c.shared_at,
                         J.c.progress_message,
                     )
-                    .where(J.c.state == JobState.queued.value)
+                    .where(
+                        J.c.state == JobState.queued.value, *([J.c.id.in_(ids)] if ids is not None else [])
+                    )
                     .order_by(J.c.id)
                     .limit(limit)
                 )

@@ -113,7 +113,7 @@ async def ingest_url(
 async def _queued(request: Request, response: Response, job_id: str) -> TaskCreated:
     """202 with ``Location`` (the status URL); a task no online worker can take says so at once."""
     state = request.app.state.morag
-    await taskops.note_unserved(state.engine, state.settings)
+    await taskops.note_unserved(state.engine, state.settings, [job_id])
     response.headers["Location"] = f"/api/v1/status/{job_id}"
     return TaskCreated(task_id=job_id, status=JobState.queued.value)
 
@@ -156,8 +156,9 @@ async def ingest_batch(
     request: Request, response: Response, who: Principal = Depends(client_access)
 ) -> BatchCreated:
     """Queue up to 100 items at once (JSON URL items, or files in one multipart body): a task each."""
+    state = request.app.state.morag
     created = await _ingest_batch(request, who)
-    await taskops.note_unserved(request.app.state.morag.engine, request.app.state.morag.settings)
+    await taskops.note_unserved(state.engine, state.settings, created.task_ids)
     response.headers["Location"] = f"/api/v1/ingest/batch/{created.batch_id}"
     return created
 

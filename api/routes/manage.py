@@ -132,7 +132,7 @@ async def retry_task(
     """Queue a failed, dead or canceled task again (same input and options; attempts start over)."""
     state = request.app.state.morag
     status = await taskops.retry_task(state.engine, state.notifier, who.user_id, task_id)
-    await taskops.note_unserved(state.engine, state.settings)
+    await taskops.note_unserved(state.engine, state.settings, [task_id])
     await state.on_job_changed(task_id)
     response.headers["Location"] = f"/api/v1/status/{quote(task_id)}"
     return TaskCreated(task_id=task_id, status=status)

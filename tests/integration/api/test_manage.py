@@ -219,6 +219,10 @@ async def test_webhook_delivery_log_per_task(env: Env) -> None:
         404,
         "task_not_found",
     )
+    # A retry starts the log over, so the new final state is delivered like the first.
+    assert (await env.client.post(f"/api/v1/tasks/{task_id}/retry", headers=env.alice)).status_code == 202
+    log = (await env.client.get(f"/api/v1/tasks/{task_id}/webhooks", headers=env.alice)).json()
+    assert log["deliveries"] == []
 
 
 async def test_prune_deletes_only_old_ended_tasks_of_the_caller(env: Env) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,30 @@ def test_dashboard_end_to_end(served: LiveServer, browser: Any, tmp_path: Path) 
         row(page, flaky).locator("button:has-text('Retry')").click()
         row(page, flaky).locator(".badge.queued").wait_for()
         again = manual_claim(served, flaky)
+        thumb = tmp_path / "thumb.png"
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-loglevel",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=160x90",
+                "-frames:v",
+                "1",
+                str(thumb),
+            ],
+            check=True,
+        )
+        art = httpx.post(
+            f"{served.url}/worker/artifact",
+            content=thumb.read_bytes(),
+            timeout=10,
+            params={"job_id": flaky, "lease_token": again["lease_token"], "name": "thumbnail.png"},
+            headers={"Authorization": f"Bearer {served.worker_key}"},
+        )
+        assert art.status_code == 200, art.text
         done = worker_call(
             served,
             "/worker/complete",
@@ -237,6 +262,11 @@ def test_dashboard_end_to_end(served: LiveServer, browser: Any, tmp_path: Path) 
         assert done.status_code == 200, done.text
         row(page, flaky).locator(".badge.succeeded").wait_for(timeout=60_000)
         page.wait_for_selector("#detail-result h1:has-text('Flaky')")
+        # Its artifact is fetched with the key and shown as a thumbnail (a blob: URL, never the key in a URL).
+        page.wait_for_selector("#detail-artifacts:not([hidden]) img[alt='thumbnail.png']")
+        assert page.evaluate("document.querySelector('#detail-artifacts img').naturalWidth") == 160
+        assert page.get_attribute("#detail-artifacts img", "src").startswith("blob:")
+        shots("task-artifact")
 
         # Sign out: the key is gone from the tab.
         page.click("#signout")

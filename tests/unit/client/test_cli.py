@@ -206,3 +206,22 @@ def test_global_options_work_after_the_command_too() -> None:
     code = main(["list", "--json", "--server", "http://other.test", "--api-key", "k9"], out=out, err=err)
     assert code == 0 and json.loads(out.getvalue()) == {"tasks": [], "next_cursor": None}
     assert route.calls.last.request.headers["authorization"] == "Bearer k9"
+
+
+def test_progress_redraws_in_place_on_a_terminal() -> None:
+    from client.models import Task
+    from client.progress import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Tty()
+    progress = Progress(out, {"t1": "a.mp3", "t2": "b.pdf"})
+    progress.update(Task.model_validate(_task("running", 0.25)))
+    progress.update(Task.model_validate({**_task("queued"), "task_id": "t2"}))
+    progress.update(Task.model_validate(_task("running", 0.5)))
+    text = out.getvalue()
+    assert text.count("\x1b[2F") == 1 and text.count("\x1b[1F") == 1  # back over the lines drawn
+    assert text.rstrip().endswith("queued    process b.pdf")
+    assert " 50% running   process a.mp3" in text.split("\x1b[2F")[-1]
