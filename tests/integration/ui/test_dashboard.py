@@ -17,12 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright import sync_api  # the test extra; it drives /usr/bin/chromium, never a download
 
 from tests.integration.conftest import LiveServer, LiveServerFactory
 
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="pip install playwright (uses /usr/bin/chromium)"
-)
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
     "--headless",
