@@ -278,16 +278,18 @@ class AsyncMoragClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _send(self, call: rq.Call[T]) -> T:
+    async def _request(self, call: rq.Call[Any]) -> httpx.Response:
         kw = _kwargs(call)
         try:
             if call.upload:
                 name, path = call.upload
                 kw["files"] = {name: (path.name, path.read_bytes(), rq.guess_mime(path))}
-            resp = await self._http.request(call.method, call.path, **kw)
+            return await self._http.request(call.method, call.path, **kw)
         except httpx.TransportError as exc:
             raise ServerUnreachable(f"{self.server}: {exc.__class__.__name__}: {exc}") from exc
-        return _parse(call, resp)
+
+    async def _send(self, call: rq.Call[T]) -> T:
+        return _parse(call, await self._request(call))
 
     async def ingest_file(self, path: str | Path, **fields: Any) -> m.TaskCreated:
         return await self._send(rq.ingest_file(Path(path), rq.ingest_fields(**fields)))
@@ -349,3 +351,54 @@ class AsyncMoragClient:
 
     async def set_cookies(self, text: str) -> m.CookieList:
         return await self._send(rq.set_cookies(text))
+
+    async def list_cookies(self) -> m.CookieList:
+        return await self._send(rq.list_cookies())
+
+    async def delete_cookies(self, domain: str | None = None) -> m.CookieList:
+        return await self._send(rq.delete_cookies(domain))
+
+    async def process_file(
+        self,
+        path: str | Path,
+        *,
+        content_type: str | None = None,
+        options: dict[str, Any] | None = None,
+        wait_s: float = 60,
+    ) -> m.ProcessResult | m.TaskCreated:
+        fields = rq.ingest_fields(content_type=content_type, options=options)
+        return await self._process(rq.process_file(Path(path), fields, wait_s))
+
+    async def process_url(
+        self,
+        url: str,
+        *,
+        content_type: str | None = None,
+        options: dict[str, Any] | None = None,
+        wait_s: float = 60,
+    ) -> m.ProcessResult | m.TaskCreated:
+        fields = rq.ingest_fields(content_type=content_type, options=options)
+        return await self._process(rq.process_url(url, fields, wait_s))
+
+    async def _process(self, call: rq.Call[m.ProcessResult]) -> m.ProcessResult | m.TaskCreated:
+        resp = await self._request(call)
+        if resp.status_code == 202:
+            return m.TaskCreated.model_validate(resp.json())
+        return _parse(call, resp)
+
+    async def webhook_deliveries(self, task_id: str) -> m.WebhookDeliveries:
+        return await self._send(rq.webhook_deliveries(task_id))
+
+    async def prune_tasks(
+        self, older_than_days: float, *, status: str | None = None, all_users: bool = False
+    ) -> m.PruneResult:
+        return await self._send(rq.prune_tasks(older_than_days, status, all_users))
+
+    async def artifact(self, url: str) -> bytes:
+        try:
+            resp = await self._http.get(url)
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(f"{self.server}: {exc}") from exc
+        if resp.status_code >= 300:
+            raise from_response(resp.status_code, _json_or_none(resp), resp.text)
+        return resp.content

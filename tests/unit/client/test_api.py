@@ -193,3 +193,19 @@ async def test_async_client_same_requests(tmp_path: Path) -> None:
                 await morag.search("q")
     assert task.status == "failed" and task.error_class == "bad_input"
     assert b"# a" in up.calls.last.request.content
+
+
+def test_async_client_has_every_operation_of_the_sync_one() -> None:
+    public = lambda cls: {n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))}  # noqa: E731
+    assert public(MoragClient) - {"close", "iter_tasks"} <= public(AsyncMoragClient)
+
+
+async def test_async_process_answers_task_when_slow() -> None:
+    with respx.mock:
+        respx.post(f"{BASE}/process/url").respond(202, json={"task_id": "t9", "status": "running"})
+        respx.post(f"{BASE}/api/v1/tasks/prune").respond(200, json={"deleted": 2})
+        async with AsyncMoragClient(BASE, KEY) as morag:
+            assert await morag.process_url("https://example.org", wait_s=1) == TaskCreated(
+                task_id="t9", status="running"
+            )
+            assert (await morag.prune_tasks(7)).deleted == 2
