@@ -317,3 +317,49 @@ def test_dashboard_end_to_end(served: LiveServer, browser: Any, tmp_path: Path) 
         raise
     finally:
         shots.publish()
+
+
+def test_markdown_renderer_is_safe_and_complete(live_server: LiveServerFactory, browser: Any) -> None:
+    """The dashboard's renderer, in the browser: markup becomes text, only http(s)/mailto links."""
+    server = live_server()
+    page = browser.new_page()
+    page.goto(f"{server.url}/ui/")
+    source = "\n".join(
+        [
+            "# Title <b>x</b>",
+            "",
+            "Text with [ok](https://example.org) and [bad](javascript:alert(1)) and `<i>code</i>`.",
+            "",
+            "| a | b |",
+            "|---|---|",
+            "| <img src=x onerror=alert(1)> | **2** |",
+            "",
+            "- one",
+            "- two",
+            "",
+            "1. first",
+            "",
+            "> quoted",
+            "",
+            "```",
+            "<script>alert(1)</script>",
+            "```",
+            "#hashtag line",
+        ]
+    )
+    html = page.evaluate(
+        "(md) => { const d = document.createElement('div'); d.append(window.renderMarkdown(md));"
+        " return d.innerHTML; }",
+        source,
+    )
+    assert "<h1>Title &lt;b&gt;x&lt;/b&gt;</h1>" in html
+    assert '<a href="https://example.org/"' in html or '<a href="https://example.org"' in html
+    assert 'href="javascript' not in html
+    assert "[bad](javascript:alert(1))" in html  # left as text, not a link
+    assert "<code>&lt;i&gt;code&lt;/i&gt;</code>" in html
+    assert "<td>&lt;img src=x onerror=alert(1)&gt;</td><td><strong>2</strong></td>" in html
+    assert "<ul><li>one</li><li>two</li></ul>" in html and "<ol><li>first</li></ol>" in html
+    assert "<blockquote><p>quoted</p></blockquote>" in html
+    assert "<pre><code>&lt;script&gt;alert(1)&lt;/script&gt;</code></pre>" in html
+    assert "<p>#hashtag line</p>" in html
+    assert "<img" not in html and "<script" not in html
