@@ -307,3 +307,34 @@ async def test_admin_overview_sees_every_lane_and_only_admins(env: Env) -> None:
     body = check_openapi(await env.client.get(path, headers={"Authorization": f"Bearer {admin}"}), path)
     assert len([lane for lane in body["lanes"] if lane["queued"] == 1]) == 2
     assert body["shared_workers"] == {"workers": []}
+
+
+async def test_operator_prunes_every_users_old_tasks_from_the_command_line(env: Env) -> None:
+    import os
+    import subprocess
+    import sys
+
+    mine = await _ingest(env, "https://example.org/alice-old")
+    bobs = await _ingest(env, "https://example.org/bob-old", headers=env.bob)
+    fresh = await _ingest(env, "https://example.org/fresh")
+    async with env.state.engine.begin() as conn:
+        await conn.execute(
+            update(J)
+            .values(state="succeeded", finished_at=utcnow() - timedelta(days=10))
+            .where(J.c.id.in_([mine, bobs]))
+        )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MORAG_")}
+    environ["MORAG_DATA_DIR"] = str(env.settings.data_dir)
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "api", "tasks", "prune", "--older-than-days", "7"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "deleted 2 tasks"
+    assert (await env.client.get(f"/api/v1/status/{mine}", headers=env.alice)).status_code == 404
+    assert (await env.client.get(f"/api/v1/status/{bobs}", headers=env.bob)).status_code == 404
+    assert (await env.client.get(f"/api/v1/status/{fresh}", headers=env.alice)).status_code == 200
