@@ -17,6 +17,7 @@ help:
 	@echo "make demo   - start a server, a worker and run a real ingest end to end"
 	@echo "make test   - run the test suite (system packages, PostgreSQL on 127.0.0.1:5432: see README)"
 	@echo "make lint   - ruff + mypy"
+	@echo "make bench  - end-to-end queue benchmark vs Celery, PgQueuer, procrastinate (rewrites docs/benchmarks.md)"
 	@echo "make lock   - rewrite $(LOCK) from the current .venv"
 
 # The system tools, before anything slow: apt-get installs them when allowed, else the exact command.
@@ -66,6 +67,12 @@ openapi: install
 
 configuration-doc: install
 	$(BIN)/python -m api.settings_doc > docs/configuration.md
+
+# Needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379; installs the peers into
+# bench/.peers-venv on first use. BENCH_ARGS=--quick for a short run, --transfer for the 1 GiB download.
+BENCH_ARGS ?=
+bench: install
+	$(BIN)/python bench/e2e_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

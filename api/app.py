@@ -18,6 +18,7 @@ from api.guards import storable_url
 from api.indexing.service import Indexer
 from api.indexing.stage import IndexingStage, index_config
 from api.jobs import JobStore
+from api.keycache import KeyCache
 from api.logging_setup import RequestContextMiddleware
 from api.maintenance import upkeep_services
 from api.metrics import MetricsMiddleware
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
             jobs=jobs,
             events=events,
             cookies=CookieSource(engine, secret),
+            keys=KeyCache(engine, settings.key_cache_ttl_s),
         )
         app.state.indexer = indexer
         for service in services:

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request
 
 from api.errors import Forbidden, Unauthorized
-from api.keystore import Principal, Scope, authenticate
+from api.keystore import Principal, Scope
 from api.state import get_state
 
 ANONYMOUS = Principal(key_id=None, user_id=None, user_name=None, scope=Scope.client)
@@ -32,7 +32,7 @@ async def principal(request: Request) -> Principal:
         if state.settings.allow_anonymous:
             return ANONYMOUS
         raise Unauthorized()
-    who = await authenticate(state.engine, key)
+    who = await state.keys.authenticate(key)
     if who is None:
         raise Unauthorized("unknown or revoked API key")
     return who

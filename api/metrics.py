@@ -189,7 +189,7 @@ async def _queue_families(engine: AsyncEngine, worker_ttl_s: float) -> list[Gaug
         "morag_queue_oldest_seconds", "Age of the oldest claimable queued job.", labels=["lane"]
     )
     workers = GaugeMetricFamily(
-        "morag_workers_online", "Workers seen within MORAG_WORKER_TTL_S, by lane they serve.", labels=["lane"]
+        "morag_workers_online", "Workers seen within MORAG_PRESENCE_TTL_S, by lane.", labels=["lane"]
     )
     recent = GaugeMetricFamily(
         "morag_processing_seconds_recent",

@@ -89,6 +89,24 @@ class Job(SQLModel, table=True):
             postgresql_where=text("state = 'queued'"),
             sqlite_where=text("state = 'queued'"),
         ),
+        # The CPU fallback of a GPU lane: due rows of one lane, oldest due first (api/jobs/claim_pg.py).
+        Index(
+            "ix_jobs_claim_fallback_lane",
+            "lane",
+            "fallback_at",
+            "id",
+            postgresql_where=text("state = 'queued'"),
+            sqlite_where=text("state = 'queued'"),
+        ),
+        # The shared fallback, per user: that user's due rows, oldest due first.
+        Index(
+            "ix_jobs_claim_shared_user",
+            "user_id",
+            "shared_at",
+            "id",
+            postgresql_where=text("state = 'queued'"),
+            sqlite_where=text("state = 'queued'"),
+        ),
         Index(
             "ix_jobs_claim_shared",
             "shared_at",

@@ -10,9 +10,8 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger("morag.settings")
@@ -37,6 +36,13 @@ class Settings(BaseSettings):
 
     # Access
     allow_anonymous: bool = Field(False, description="Accept requests without a key (default lane).")
+    key_cache_ttl_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="A server process re-checks a key (revoked? its user's fallback choices) this often; "
+        "0 checks every request.",
+    )
 
     # Leases and claims
     lease_s: float = Field(60.0, gt=1, description="Lease length; workers heartbeat at a third of it.")
@@ -69,6 +75,10 @@ class Settings(BaseSettings):
     # Uploads
     max_upload_bytes: int = Field(5 * 1024**3, gt=0, description="Largest accepted upload (413 past it).")
     upload_chunk_bytes: int = Field(1024 * 1024, gt=0, description="Read size while streaming uploads.")
+    download_chunk_bytes: int = Field(
+        4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024,
+        description="Read size while serving input files to workers (each read is one thread hop).",
+    )
     file_retention_s: float = Field(
         3600.0, ge=0, description="Input files and artifacts are removed this long after their job ends."
     )
@@ -162,12 +172,22 @@ class Settings(BaseSettings):
         "to a Qdrant server (docs/deployment.md).",
     )
 
-    def model_post_init(self, context: Any, /) -> None:
+    @model_validator(mode="after")
+    def _ttl_outlasts_heartbeats(self) -> Settings:
+        """A presence TTL shorter than the heartbeat interval makes busy workers look offline."""
         # MORAG_WORKER_TTL_S sat in the worker's namespace; read it for one more release.
         old = os.environ.get("MORAG_WORKER_TTL_S")
         if old and "presence_ttl_s" not in self.model_fields_set:
             log.warning("MORAG_WORKER_TTL_S is deprecated: set MORAG_PRESENCE_TTL_S instead")
             self.presence_ttl_s = float(old)
+        heartbeat = self.lease_s / 3
+        if self.presence_ttl_s <= heartbeat:
+            raise ValueError(
+                f"MORAG_PRESENCE_TTL_S ({self.presence_ttl_s:g} s) must be longer than the workers' "
+                f"heartbeat interval (MORAG_LEASE_S / 3 = {heartbeat:g} s): a busy worker would look "
+                "offline between heartbeats and its user's jobs would go to shared workers early"
+            )
+        return self
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.cookies import CookieSource
 from api.events import JobEvents
 from api.jobs import JobStore
+from api.keycache import KeyCache
 from api.notifier import Notifier
 from api.settings import Settings
 
@@ -27,6 +28,8 @@ class AppState:
     events: JobEvents
     #: users' cookies for the URL jobs a worker claims
     cookies: CookieSource
+    #: authenticated keys, cached for ``key_cache_ttl_s``
+    keys: KeyCache
 
 
 def get_state(request: Request) -> AppState:

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from protocol.errors import ErrorClass
+from protocol.errors import ErrorBody, ErrorClass
 from protocol.inputs import CleanBody
 from protocol.states import ContentType, LaneKind, Scope
 
@@ -76,6 +76,24 @@ class CompleteRequest(_Body):
 class CompleteResponse(BaseModel):
     job_id: str
     status: str
+
+
+class CompleteBatchRequest(_Body):
+    """Several finished jobs in one request: stored in one transaction."""
+
+    results: list[CompleteRequest] = Field(min_length=1, max_length=100)
+
+
+class CompleteBatchItem(BaseModel):
+    """One result of a batch: stored (``status``) or refused (``error``: stale_lease, job_canceled)."""
+
+    job_id: str
+    status: str | None = None
+    error: ErrorBody | None = None
+
+
+class CompleteBatchResponse(BaseModel):
+    results: list[CompleteBatchItem]
 
 
 class FailRequest(_Body):

@@ -3,6 +3,7 @@
 CLAIM = "/worker/claim"
 HEARTBEAT = "/worker/heartbeat"
 COMPLETE = "/worker/complete"
+COMPLETE_BATCH = "/worker/complete-batch"
 FAIL = "/worker/fail"
 ARTIFACT = "/worker/artifact"
 HELLO = "/worker/hello"

@@ -1,7 +1,8 @@
 """Command line: ``python -m worker [check] --api-key KEY --server URL [options]``.
 
 Every option also reads an environment variable ``MORAG_WORKER_<OPTION>`` (``--temp-dir`` ->
-``MORAG_WORKER_TEMP_DIR``); a flag on the command line wins over the environment.
+``MORAG_WORKER_TEMP_DIR``); a flag on the command line wins over the environment. Defaults come
+from ``worker.config.WorkerConfig``.
 """
 
 from __future__ import annotations
@@ -10,69 +11,115 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from worker.config import WorkerConfig, env_bool, env_name, split_list
+from worker import __version__
+from worker.config import WorkerConfig, default_of, env_name, parse_bool, split_list
 
-# (flag, type, default, help); type "bool" is a switch, "list" a comma-separated list.
-OPTIONS: list[tuple[str, Any, Any, str]] = [
-    ("--api-key", str, None, "worker API key (python -m api keys create --scope worker)"),
-    ("--server", str, "http://127.0.0.1:8000", "server base URL"),
-    ("--lanes", "list", None, "lanes to serve: gpu,cpu (default: gpu with a CUDA device, else cpu)"),
-    ("--content-types", "list", None, "content types to take (default: every installed processor)"),
-    ("--concurrency", int, 1, "jobs processed at the same time"),
-    ("--name", str, None, "a name shown in the server's worker list (default: host name)"),
-    ("--temp-dir", Path, None, "where job files live while they run (removed after each job)"),
-    ("--spool-dir", Path, None, "where undelivered results wait for the server (default: TEMP_DIR/spool)"),
-    ("--device", str, "auto", "auto | cuda | cpu"),
-    ("--whisper-model", str, "base", "Whisper model name (hub) or a local CTranslate2 directory"),
-    ("--cookies", Path, None, "Netscape cookies.txt for media sites"),
-    ("--cookies-from-browser", str, None, "read cookies from a local browser: chrome, firefox, edge, ..."),
-    ("--allow-private-urls", "bool", False, "let URL jobs reach loopback/private addresses"),
-    ("--once", "bool", False, "process one job and exit (exit 0 when it succeeded)"),
-    ("--log-format", str, "text", "text | json"),
-    ("--grace", float, 30.0, "seconds running jobs get to finish on SIGINT/SIGTERM before being given back"),
-    ("--claim-wait", float, 20.0, "long-poll length of a claim in seconds"),
-    ("--retry-base", float, 1.0, "first retry delay for server requests in seconds (doubles, jittered)"),
-    ("--retry-cap", float, 30.0, "longest retry delay in seconds"),
-    ("--min-free-gb", float, 2.0, "free space `check` wants in the temp dir"),
+# (flag, type, help); type "bool" is a switch, "list" a comma-separated list.
+OPTIONS: list[tuple[str, Any, str]] = [
+    ("--api-key", str, "worker API key (python -m api keys create --scope worker)"),
+    ("--server", str, "server base URL"),
+    ("--lanes", "list", "lanes to serve: gpu,cpu (default: gpu with a CUDA device, else cpu)"),
+    ("--content-types", "list", "content types to take (default: every installed processor)"),
+    ("--concurrency", int, "jobs processed at the same time"),
+    ("--name", str, "a name shown in the server's worker list (default: host name)"),
+    ("--temp-dir", Path, "where job files live while they run (removed after each job)"),
+    ("--spool-dir", Path, "where undelivered results wait for the server (default: TEMP_DIR/spool)"),
+    ("--device", str, "auto | cuda | cpu"),
+    ("--whisper-model", str, "Whisper model name (hub) or a local CTranslate2 directory"),
+    ("--docling-artifacts", Path, "local copy of docling's layout models (PDF headings/tables offline)"),
+    ("--cookies", Path, "Netscape cookies.txt for media sites"),
+    ("--cookies-from-browser", str, "read cookies from a local browser: chrome, firefox, edge, ..."),
+    ("--allow-private-urls", "bool", "let URL jobs reach loopback/private addresses"),
+    ("--max-download-mb", float, "the most a URL job may download, in MB"),
+    ("--fetch-timeout", float, "network timeout of URL jobs in seconds"),
+    ("--ffmpeg-timeout", float, "the longest one ffmpeg/ffprobe call may run, in seconds"),
+    ("--isolation", str, "process (jobs run in child processes the worker can stop) | thread"),
+    ("--kill-after", float, "seconds a stopped job's process gets after SIGTERM before SIGKILL"),
+    ("--once", "bool", "process one job and exit (exit 0 when it succeeded)"),
+    ("--log-format", str, "text | json"),
+    ("--grace", float, "seconds running jobs get to finish on SIGINT/SIGTERM before being given back"),
+    ("--claim-wait", float, "long-poll length of a claim in seconds"),
+    ("--retry-base", float, "first retry delay for server requests in seconds (doubles, jittered)"),
+    ("--retry-cap", float, "longest retry delay in seconds"),
+    ("--min-free-gb", float, "free space `check` wants in the temp dir"),
 ]
 _DEST = {
     "--grace": "grace_s",
     "--claim-wait": "claim_wait_s",
     "--retry-base": "retry_base_s",
     "--retry-cap": "retry_cap_s",
-    "--cookies": "cookies",
-    "--spool-dir": "spool_dir",
+    "--fetch-timeout": "fetch_timeout_s",
+    "--ffmpeg-timeout": "ffmpeg_timeout_s",
+    "--kill-after": "kill_after_s",
 }
+_CHOICES = {
+    "--log-format": ("text", "json"),
+    "--device": ("auto", "cuda", "cpu"),
+    "--isolation": ("process", "thread"),
+}
+_TYPE_WORDS = {int: "a whole number", float: "a number", Path: "a path", str: "text"}
+USAGE = "python -m worker [check] --api-key KEY --server URL [options]"
+EPILOG = """commands:
+  (none)   claim and process jobs until stopped (SIGINT/SIGTERM)
+  check    validate the setup (server, key, lanes, GPU, processors per content type, temp dir,
+           cookies), print a fix for each problem, exit 0 only when nothing failed
+
+Every option also reads MORAG_WORKER_<OPTION> from the environment. See docs/worker-setup.md."""
 
 
-def build_parser(prog: str, env: Mapping[str, str]) -> argparse.ArgumentParser:
-    """The parser for the worker or for ``check``; defaults come from the environment."""
+def dest_of(flag: str) -> str:
+    return _DEST.get(flag, flag.lstrip("-").replace("-", "_"))
+
+
+def _converter(kind: Any) -> Callable[[str], Any]:
+    if kind == "list":
+        return split_list
+    if kind == "bool":
+        return parse_bool
+    return kind  # type: ignore[no-any-return]
+
+
+def build_parser(prog: str, env: Mapping[str, str]) -> tuple[argparse.ArgumentParser, list[str]]:
+    """The parser for the worker or for ``check`` (defaults from the environment), and the
+    environment variables that could not be read (each a message)."""
     p = argparse.ArgumentParser(
         prog=prog,
-        description="morag-remote worker",
-        epilog="Every option also reads MORAG_WORKER_<OPTION> from the environment.",
+        usage=USAGE,
+        description="morag-remote worker: claims jobs from a morag-remote server and processes them.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for flag, kind, default, help_text in OPTIONS:
+    p.add_argument("--version", action="version", version=f"morag-remote worker {__version__}")
+    env_errors: list[str] = []
+    for flag, kind, help_text in OPTIONS:
         var = env_name(flag)
         raw = env.get(var)
-        dest = _DEST.get(flag, flag.lstrip("-").replace("-", "_"))
+        dest = dest_of(flag)
+        default = default_of(dest)
+        if raw not in (None, ""):
+            try:
+                default = _converter(kind)(raw)
+            except (TypeError, ValueError) as exc:
+                word = "true or false" if kind == "bool" else _TYPE_WORDS.get(kind, "a value")
+                env_errors.append(f"{var}={raw!r} is not {word} ({exc})")
         if kind == "bool":
-            p.add_argument(
-                flag,
-                dest=dest,
-                action="store_true",
-                default=env_bool(raw) if raw else default,
-                help=f"{help_text} [{var}]",
-            )
+            p.add_argument(flag, dest=dest, action="store_true", default=default, help=f"{help_text} [{var}]")
             continue
-        conv = split_list if kind == "list" else kind
-        value = conv(raw) if raw not in (None, "") else default
-        p.add_argument(flag, dest=dest, type=conv, default=value, help=f"{help_text} [{var}]")
-    return p
+        shown = f" (default {default})" if default not in (None, "") and flag != "--api-key" else ""
+        p.add_argument(
+            flag,
+            dest=dest,
+            type=_converter(kind),
+            default=default,
+            choices=_CHOICES.get(flag),
+            help=f"{help_text}{shown} [{var}]",
+        )
+    return p, env_errors
 
 
 def parse_config(argv: list[str], env: Mapping[str, str] | None = None) -> tuple[str, WorkerConfig]:
@@ -81,21 +128,38 @@ def parse_config(argv: list[str], env: Mapping[str, str] | None = None) -> tuple
     cmd = "run"
     if argv and argv[0] == "check":
         cmd, argv = "check", argv[1:]
-    parser = build_parser("python -m worker" + (" check" if cmd == "check" else ""), env)
+    parser, env_errors = build_parser("python -m worker" + (" check" if cmd == "check" else ""), env)
     args = vars(parser.parse_args(argv))
+    if env_errors:
+        parser.error("; ".join(env_errors))
     if not args.get("api_key"):
         parser.error(f"--api-key is required (or set {env_name('--api-key')})")
-    if args["log_format"] not in ("text", "json"):
+    if args["log_format"] not in _CHOICES["--log-format"]:
         parser.error("--log-format must be text or json")
-    if args["device"] not in ("auto", "cuda", "cpu"):
+    if args["device"] not in _CHOICES["--device"]:
         parser.error("--device must be auto, cuda or cpu")
+    if args["isolation"] not in _CHOICES["--isolation"]:
+        parser.error("--isolation must be process or thread")
     if args["concurrency"] < 1:
         parser.error("--concurrency must be at least 1")
-    if args["name"] is None:
-        args.pop("name")
-    if args["temp_dir"] is None:
-        args.pop("temp_dir")
+    for flag in ("--max-download-mb", "--fetch-timeout", "--ffmpeg-timeout", "--kill-after"):
+        if args[dest_of(flag)] <= 0:
+            parser.error(f"{flag} must be more than 0")
+    for key in ("name", "temp_dir"):
+        if args[key] is None:
+            args.pop(key)
     return cmd, WorkerConfig(**args)
+
+
+def writable_problem(path: Path) -> str | None:
+    """None when files can be written under ``path`` (created if needed), else why not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path) as fh:
+            fh.write(b"ok")
+    except OSError as exc:
+        return f"{path} is not writable: {exc.strerror or exc}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +172,15 @@ def main(argv: list[str] | None = None) -> int:
         from worker.check import run_checks
 
         return asyncio.run(run_checks(config))
+    for what, path in (("--temp-dir", config.temp_dir), ("--spool-dir", config.spool)):
+        problem = writable_problem(path)
+        if problem:
+            print(
+                f"python -m worker: error: {what}: {problem}; choose a writable directory "
+                f"({what} DIR or {env_name(what)})",
+                file=sys.stderr,
+            )
+            return 2
     from worker.runner import Runner
 
     return asyncio.run(Runner(config).run())

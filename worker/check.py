@@ -67,6 +67,26 @@ def cuda_devices() -> tuple[int, str]:
     return count, summary
 
 
+def unreachable_fix(server: str, message: str) -> str:
+    """The fix for a server that could not be reached, told apart by what the connection said."""
+    text = message.lower()
+    if "wrong_version_number" in text or "wrong version number" in text:
+        plain = "http://" + server.split("://", 1)[-1]
+        return (
+            f"the server answers plain HTTP at this address, not HTTPS: use --server {plain} "
+            "(or ask the operator for the HTTPS address, e.g. behind a TLS proxy)"
+        )
+    if "certificate_verify_failed" in text or "certificate verify failed" in text:
+        return (
+            "this machine does not trust the server's TLS certificate: install its CA "
+            "(update-ca-certificates) or point SSL_CERT_FILE at the CA bundle"
+        )
+    return (
+        f"is the server running and reachable from here? try: curl {server}/health ; "
+        "check --server, firewalls and proxies"
+    )
+
+
 async def check_server(
     config: WorkerConfig, client: WorkerClient
 ) -> tuple[list[Check], HelloResponse | None]:
@@ -105,13 +125,7 @@ async def check_server(
         ], None
     except ServerError as exc:
         return [
-            Check(
-                "server reachable",
-                "fail",
-                exc.message,
-                f"is the server running and reachable from here? try: curl {config.server}/health ; "
-                "check --server, firewalls and proxies",
-            )
+            Check("server reachable", "fail", exc.message, unreachable_fix(config.server, exc.message))
         ], None
     out = [Check("server reachable", "ok", f"{config.server} (server {hello.server_version})")]
     major = hello.protocol_version.split(".")[0]
@@ -196,18 +210,32 @@ def check_processors(config: WorkerConfig) -> tuple[list[Check], list[str]]:
     return out, served
 
 
-def check_ffmpeg(served: list[str]) -> Check:
+def check_ffmpeg(config: WorkerConfig) -> Check:
+    """ffmpeg is needed for video only (audio files and media URLs are decoded by PyAV)."""
     path = shutil.which("ffmpeg")
-    if path:
+    if path and shutil.which("ffprobe"):
         return Check("ffmpeg", "ok", path)
-    if MEDIA_TYPES & set(served):
-        return Check(
-            "ffmpeg",
-            "fail",
-            "not on PATH",
-            "apt install ffmpeg / brew install ffmpeg / winget install ffmpeg",
-        )
-    return Check("ffmpeg", "warn", "not on PATH (needed only for audio/video)", "apt install ffmpeg")
+    status = "fail" if "video" in (config.content_types or []) else "warn"
+    return Check(
+        "ffmpeg",
+        status,
+        "ffmpeg/ffprobe not on PATH: video is not offered (audio and media URLs work without it)",
+        "apt install ffmpeg / brew install ffmpeg / winget install ffmpeg",
+    )
+
+
+def check_youtube(config: WorkerConfig, served: list[str]) -> Check | None:
+    """YouTube needs Deno and yt-dlp-ejs (other sites the youtube type downloads from do not)."""
+    if "youtube" not in served:
+        return None
+    from worker.processors.js_runtime import youtube_ready
+
+    ok, detail = youtube_ready()
+    if ok:
+        return Check("youtube (JavaScript runtime)", "ok", detail)
+    status = "fail" if "youtube" in (config.content_types or []) else "warn"
+    missing, _, fix = detail.partition(": ")
+    return Check("youtube (JavaScript runtime)", status, f"{missing} (other media sites work)", fix)
 
 
 def check_whisper(config: WorkerConfig, served: list[str]) -> Check:
@@ -318,8 +346,11 @@ async def collect(config: WorkerConfig, client: WorkerClient | None = None) -> l
     checks.append(check_lanes(config, hello, gpus))
     checks.append(check_cuda(config, gpus, memory))
     proc_checks, served = check_processors(config)
-    checks.append(check_ffmpeg(served))
+    checks.append(check_ffmpeg(config))
     checks.extend(proc_checks)
+    youtube = check_youtube(config, served)
+    if youtube is not None:
+        checks.append(youtube)
     checks.append(check_whisper(config, served))
     checks.append(check_temp_dir(config))
     checks.extend(check_cookies(config))

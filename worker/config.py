@@ -1,17 +1,24 @@
-"""The worker's settings: one object per process, from flags or ``MORAG_WORKER_*`` variables."""
+"""The worker's settings: one object per process, from flags or ``MORAG_WORKER_*`` variables.
+
+This module is the one source of the worker's defaults (``WorkerConfig``'s fields; the command
+line reads them from there) and of its retry delays (``backoff_delay``).
+"""
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from worker.processors.base import ProcessorConfig
 
 ENV_PREFIX = "MORAG_WORKER_"
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
 
 
 def env_name(option: str) -> str:
@@ -23,6 +30,16 @@ def env_bool(value: str | None) -> bool:
     return (value or "").strip().lower() in _TRUE
 
 
+def parse_bool(value: str) -> bool:
+    """``true``/``1``/``yes``/``on`` or ``false``/``0``/``no``/``off``; anything else is an error."""
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"not a yes/no value: {value!r} (use true or false)")
+
+
 def split_list(value: str | list[str] | None) -> list[str] | None:
     """``"gpu, cpu"`` -> ``["gpu", "cpu"]``; empty -> None (meaning: the default)."""
     if value is None:
@@ -30,6 +47,16 @@ def split_list(value: str | list[str] | None) -> list[str] | None:
     items = value if isinstance(value, list) else value.split(",")
     out = [i.strip() for i in items if i.strip()]
     return out or None
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """The wait before retry number ``attempt`` (0-based): full-jitter exponential backoff.
+
+    The one backoff formula of the worker: the HTTP client's retries and the claim loop's waits
+    after an outage both use it.
+    """
+    ceiling = min(cap, base * 2 ** min(attempt, 30))
+    return (rng or random).uniform(0, max(ceiling, 0.0))
 
 
 def default_temp_dir() -> Path:
@@ -50,9 +77,15 @@ class WorkerConfig:
     spool_dir: Path | None = None  # results waiting for the server; default temp_dir/spool
     device: str = "auto"
     whisper_model: str = "base"
+    docling_artifacts: Path | None = None  # a local copy of docling's layout models (offline PDFs)
     cookies: Path | None = None
     cookies_from_browser: str | None = None
     allow_private_urls: bool = False
+    max_download_mb: float = 2048.0  # the most a URL job may download
+    fetch_timeout_s: float = 60.0  # network timeout of URL jobs
+    ffmpeg_timeout_s: float = 600.0  # the longest one ffmpeg/ffprobe call may run
+    isolation: str = "process"  # process: each slot's jobs run in a child process the worker can kill
+    kill_after_s: float = 1.0  # a stopped child gets this long after SIGTERM before SIGKILL
     once: bool = False
     log_format: str = "text"
     grace_s: float = 30.0  # on SIGINT/SIGTERM: time to finish current jobs before giving them back
@@ -75,7 +108,19 @@ class WorkerConfig:
         return ProcessorConfig(
             device=self.device,
             whisper_model=self.whisper_model,
+            docling_artifacts=self.docling_artifacts,
             allow_private_urls=self.allow_private_urls,
             cookies_file=self.cookies,
             cookies_from_browser=self.cookies_from_browser,
+            max_download_bytes=int(self.max_download_mb * 1024**2),
+            fetch_timeout_s=self.fetch_timeout_s,
+            ffmpeg_timeout_s=self.ffmpeg_timeout_s,
         )
+
+
+def default_of(name: str) -> Any:
+    """A field's default (None for those computed at start, such as the host name)."""
+    for f in fields(WorkerConfig):
+        if f.name == name:
+            return None if f.default is MISSING else f.default
+    raise KeyError(name)

@@ -51,7 +51,7 @@ def check_browser(browser: str, domain: str = PROBE_DOMAIN) -> tuple[bool, str]:
     try:
         import browser_cookie3
     except ImportError:
-        return False, "browser-cookie3 is not installed (pip install '.[media]')"
+        return False, "browser-cookie3 is not installed (pip install '.[worker,media]')"
     loader = getattr(browser_cookie3, name, None)
     if name not in BROWSERS or not callable(loader):
         return False, f"unknown browser {browser!r} (one of: {', '.join(BROWSERS)})"

@@ -11,6 +11,7 @@ fails the job as not retryable: a result is never completed without the files it
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -155,6 +156,28 @@ class Delivery:
             return True
         self.discard(job_id)
         return False
+
+    async def deliver(
+        self,
+        job_id: str,
+        lease_token: str,
+        result: ProcessResult,
+        lease_deadline: float,
+        lease_s: float,
+        progress: JobProgress | None = None,
+    ) -> bool:
+        """Spool a fresh result (artifacts too), then send it until the server has it or the lease
+        (``lease_deadline``, monotonic, plus one more lease) is gone; True when it was delivered."""
+        if progress:
+            progress.update("upload", 0.0, "sending result")
+        remaining = lease_deadline - time.monotonic()
+        entry = await asyncio.to_thread(
+            self.spool, job_id, lease_token, result, time.time() + remaining + lease_s
+        )
+        ok = await self.send(entry, max(remaining + lease_s, 5.0), progress)
+        if ok and progress:
+            progress.update("upload", 1.0, "done")
+        return ok
 
     async def _refused(self, job_id: str, token: str, name: str, exc: ServerRejected) -> None:
         """An artifact the server will never take: the job fails for good, saying why."""

@@ -6,7 +6,8 @@
     │   ├── AuthRequired         the source wants cookies or a sign-in: never retried
     │   ├── TransientError       network hiccup, upstream 5xx: retried
     │   ├── ProcessingTimeout    retried
-    │   └── OutOfMemory          retried (possibly elsewhere)
+    │   ├── OutOfMemory          retried (possibly elsewhere)
+    │   └── ProcessCrashed       the child process running the job died (native crash): retried
     ├── JobCanceled              the server canceled the job or the lease is gone: stop now
     └── ServerError              talking to the server failed (see worker.client)
 """
@@ -73,6 +74,13 @@ class OutOfMemory(ProcessingError):
     """The worker ran out of memory (RAM or GPU) processing this job."""
 
     error_class = ErrorClass.out_of_memory
+    retryable = True
+
+
+class ProcessCrashed(ProcessingError):
+    """The process running the job died (a native crash in a library); the job will be retried."""
+
+    error_class = ErrorClass.internal
     retryable = True
 
 

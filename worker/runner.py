@@ -1,10 +1,11 @@
-"""Drives the worker: claim -> download -> run -> heartbeat -> complete / fail.
+"""Drives the worker: hello, then the claim loop, handing each claimed job to a ``JobRun``.
 
-One asyncio loop; each job is a task whose processor runs in its own daemon thread (a stuck
-processor never blocks the exit). A heartbeat task per job extends the lease at a third of its
-length and stops the job at once when the server says it was canceled or the lease is gone.
-Results go to a spool directory before they are sent, so a server that is down for a while
-still gets them when it returns (as long as the lease allows, even across a worker restart).
+One asyncio loop. The runner claims only as many jobs as it has free slots (``--concurrency``);
+each job's life (download, processing in its slot's child process, heartbeat, delivery) is in
+``worker.job``, the slots in ``worker.slots``, results on their way to the server in
+``worker.delivery``. On SIGINT/SIGTERM it stops claiming, gives running jobs ``--grace`` seconds,
+then stops them and gives their leases back; the HTTP client closes only after every result that
+was ready has been delivered (or spooled for the next start).
 """
 
 from __future__ import annotations
@@ -12,46 +13,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import signal
-import threading
-import time
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from protocol import PROTOCOL_VERSION
 from protocol.errors import ErrorClass
 from protocol.models import ClaimedJob, ClaimRequest, HelloResponse
 from protocol.states import ContentType, LaneKind, Scope
 from worker import __version__
-from worker.client import AuthFailed, LeaseLost, ServerRejected, ServerUnreachable, WorkerClient
-from worker.config import WorkerConfig
+from worker.client import AuthFailed, ServerRejected, ServerUnreachable, WorkerClient
+from worker.config import WorkerConfig, backoff_delay
 from worker.delivery import Delivery
-from worker.errors import JobCanceled, ProcessingError
-from worker.executor import execute
-from worker.processors.base import JobInput, ProcessResult
-from worker.progress import JobProgress
+from worker.job import JobRun
+from worker.slots import Slot, SlotPool, make_pool
 
 log = logging.getLogger("morag.worker")
 
 
 class FatalSetupError(Exception):
     """The worker cannot run with this setup (wrong key, incompatible server)."""
-
-
-@dataclass
-class RunningJob:
-    job: ClaimedJob
-    progress: JobProgress
-    temp_dir: Path
-    lease_deadline: float  # monotonic time the lease runs out unless extended
-    canceled: threading.Event = field(default_factory=threading.Event)
-    stop_reason: str | None = None  # "canceled" | "lease lost" | "shutdown"
-    task: asyncio.Task[Any] | None = None
-    thread: threading.Thread | None = None
-    outcome: str = "running"
 
 
 def detect_lanes() -> list[str]:
@@ -81,30 +61,39 @@ class Runner:
         self.lease_s = 60.0
         self.lanes: list[str] = []
         self.content_types: list[str] = []
-        self.jobs: dict[str, RunningJob] = {}
+        self.jobs: dict[str, JobRun] = {}
         self.stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._signals = 0
-        self.finished: list[RunningJob] = []
+        self.finished: list[JobRun] = []
         self.delivery = Delivery(self.client, config.spool)
         self._redelivery: asyncio.Task[int] | None = None
+        self.pool: SlotPool | None = None
 
     # ----- start-up -------------------------------------------------------------------------
     async def setup(self, hello: HelloResponse | None = None) -> None:
         """Ask the server who we are (retrying while it is down) and decide lanes and types."""
+        failures = 0
         while hello is None:
             try:
                 hello = await self.client.hello()
             except AuthFailed as exc:
                 raise FatalSetupError(f"the server refused this key: {exc.message}") from exc
             except ServerUnreachable as exc:
-                log.warning("server not reachable (%s); retrying", exc.message)
-                if await self._sleep_or_stop(min(self.config.retry_cap_s, 5.0)):
+                from worker.check import unreachable_fix  # check imports this module
+
+                log.warning(
+                    "server not reachable (%s); retrying; %s",
+                    exc.message,
+                    unreachable_fix(self.config.server, exc.message),
+                )
+                if await self._sleep_or_stop(self._retry_delay(failures)):
                     raise FatalSetupError("stopped before the server was reachable") from exc
+                failures += 1
         if hello.protocol_version.split(".")[0] != PROTOCOL_VERSION.split(".")[0]:
             raise FatalSetupError(
                 f"server speaks protocol {hello.protocol_version}, this worker {PROTOCOL_VERSION}: "
-                "upgrade the worker (pip install -U morag-remote[worker])"
+                "install the worker of the server's release (pip install -U '.[worker]')"
             )
         self.lease_s = hello.lease_s
         if hello.scope == Scope.shared_worker:
@@ -112,15 +101,20 @@ class Runner:
         else:
             wanted = self.config.lanes or detect_lanes()
             self.lanes = [lane for lane in wanted if lane in {k.value for k in hello.lanes}] or wanted
-        from worker.processors import availability, available_content_types
+        from worker.processors import REGISTRY, availability
 
+        why_not = {ct: why for ct in REGISTRY for ok, why in [availability(ct)] if not ok}
         if self.config.content_types:
-            missing = {ct: availability(ct)[1] for ct in self.config.content_types if not availability(ct)[0]}
+            missing = {ct: why_not.get(ct, "unknown content type") for ct in self.config.content_types}
+            missing = {ct: why for ct, why in missing.items() if ct in why_not or ct not in REGISTRY}
             if missing:
                 raise FatalSetupError("cannot serve " + "; ".join(f"{k}: {v}" for k, v in missing.items()))
             self.content_types = list(self.config.content_types)
         else:
-            self.content_types = available_content_types()
+            self.content_types = [ct for ct in REGISTRY if ct not in why_not]
+        for ct, why in why_not.items():
+            if not self.config.content_types or ct in self.config.content_types:
+                log.info("not offering %s: %s", ct, why)
         log.info(
             "worker %s serving lanes %s, types %s, %d slot(s), lease %.0f s (server %s, user %s)",
             self.worker_id,
@@ -144,12 +138,24 @@ class Runner:
             await self.client.aclose()
             return 2
         self.config.jobs_dir.mkdir(parents=True, exist_ok=True)
-        await self.deliver_spooled()
+        self.pool = make_pool(
+            self.config.processor_config(),
+            self.config.concurrency,
+            self.config.isolation,
+            log_format=self.config.log_format,
+            kill_after_s=self.config.kill_after_s,
+        )
+        self.pool.warm()
         code = 0
         try:
+            await self.deliver_spooled()
             code = await self._claim_loop()
             await self._drain()
         finally:
+            # Results are delivered (or spooled for the next start) before the client closes.
+            if self._redelivery is not None:
+                await asyncio.gather(self._redelivery, return_exceptions=True)
+            await self.pool.close()
             await self.client.aclose()
         if self.config.once and self.finished:
             return 0 if self.finished[0].outcome == "succeeded" else 1
@@ -188,8 +194,12 @@ class Runner:
             return False
         return True
 
+    def _retry_delay(self, failures: int) -> float:
+        return backoff_delay(failures, self.config.retry_base_s, self.config.retry_cap_s)
+
     async def _claim_loop(self) -> int:
         claimed_total = 0
+        failures = 0  # claims in a row that met an outage or a refusal
         while not self.stopping.is_set():
             if self.config.once and claimed_total:
                 return 0
@@ -231,8 +241,10 @@ class Runner:
                 continue
             except ServerUnreachable as exc:
                 log.warning("server not reachable (%s); retrying", exc.message)
-                await self._sleep_or_stop(min(self.config.retry_cap_s, 5.0))
+                await self._sleep_or_stop(self._retry_delay(failures))
+                failures += 1
                 continue
+            failures = 0
             self._redeliver_spooled()  # the server answers again: results left over go now
             for job in jobs:
                 claimed_total += 1
@@ -269,211 +281,30 @@ class Runner:
         """Wait for running jobs; past the grace period give their leases back."""
         if not self.jobs:
             return
-        tasks = [rj.task for rj in self.jobs.values() if rj.task]
+        tasks = [run.task for run in self.jobs.values() if run.task]
         grace = self.config.grace_s if self.stopping.is_set() else None
         _, pending = await asyncio.wait(tasks, timeout=grace)
         if pending:
-            for rj in list(self.jobs.values()):
-                self._stop_job(rj, "shutdown")
-            await asyncio.wait(pending, timeout=30)
+            for run in list(self.jobs.values()):
+                run.stop("shutdown")  # a job already delivering its result goes on delivering
+            # Each job's own deadlines (its lease) bound this wait: no result is cut off mid-send.
+            await asyncio.wait(pending)
 
-    # ----- one job --------------------------------------------------------------------------
     def _start_job(self, job: ClaimedJob) -> None:
-        tdir = self.config.jobs_dir / f"{job.job_id}-{job.attempt}"
-        rj = RunningJob(
-            job=job,
-            progress=JobProgress(job.job_id, job.content_type.value),
-            temp_dir=tdir,
-            lease_deadline=time.monotonic() + self.lease_s,
-        )
-        self.jobs[job.job_id] = rj
-        rj.task = asyncio.ensure_future(self._run_job(rj))
+        assert self.pool is not None
+        slot = self.pool.take()
+        run = JobRun(job, self.client, self.config, self.delivery, slot, self.lease_s)
+        self.jobs[job.job_id] = run
+        run.start().add_done_callback(lambda _: self._job_done(run, slot))
         log.info("job %s [%s] claimed (attempt %d)", job.job_id, job.content_type.value, job.attempt)
 
-    def _stop_job(self, rj: RunningJob, reason: str) -> None:
-        if rj.stop_reason is None:
-            rj.stop_reason = reason
-        rj.canceled.set()
-        if rj.task and not rj.task.done() and rj.outcome == "running":
-            rj.task.cancel()
-
-    async def _run_job(self, rj: RunningJob) -> None:
-        hb = asyncio.ensure_future(self._heartbeat_loop(rj))
-        try:
-            result = await self._work(rj)
-            rj.outcome = "delivering"
-            await self._deliver(rj, result)
-        except asyncio.CancelledError:
-            await self._after_stop(rj)
-        except JobCanceled:
-            await self._after_stop(rj)
-        except ProcessingError as err:
-            rj.outcome = "failed"
-            await self._report_failure(rj, err)
-        except Exception as exc:  # a bug here must not kill the worker: report it, keep going
-            log.exception("job %s: unexpected error", rj.job.job_id)
-            rj.outcome = "failed"
-            await self._report_failure(rj, ProcessingError(f"worker bug: {type(exc).__name__}: {exc}"))
-        finally:
-            hb.cancel()
-            await self._cleanup(rj)
-            self.jobs.pop(rj.job.job_id, None)
-            self.finished.append(rj)
-            self._slot_freed.set()
-
-    async def _after_stop(self, rj: RunningJob) -> None:
-        reason = rj.stop_reason or "shutdown"
-        rj.outcome = reason
-        if reason == "shutdown":
-            try:
-                await self.client.fail(
-                    rj.job.job_id,
-                    rj.job.lease_token,
-                    "the worker shut down; retrying elsewhere",
-                    ErrorClass.shutdown,
-                    True,
-                    max_time_s=10,
-                )
-                log.info("job %s: lease given back (shutdown)", rj.job.job_id)
-            except Exception as exc:
-                log.warning(
-                    "job %s: could not give the lease back (%s); it frees when the lease ends",
-                    rj.job.job_id,
-                    exc,
-                )
-        else:
-            log.info("job %s: stopped (%s)", rj.job.job_id, reason)
-
-    async def _work(self, rj: RunningJob) -> ProcessResult:
-        job = rj.job
-        rj.temp_dir.mkdir(parents=True, exist_ok=True)
-        path = None
-        if job.download_url:
-            name = Path(job.file_name or "input").name or "input"
-            path = rj.temp_dir / "in" / name
-            rj.progress.download(0, job.file_size)
-            await self.client.download(
-                job.download_url,
-                path,
-                size=job.file_size,
-                sha256=job.file_sha256,
-                progress=rj.progress.download,
-            )
-        cookies = None
-        if job.cookies:
-            cookies = rj.temp_dir / "server-cookies.txt"
-            cookies.write_text(job.cookies)
-            cookies.chmod(0o600)
-        work = rj.temp_dir / "work"
-        work.mkdir(exist_ok=True)
-        inp = JobInput(
-            content_type=job.content_type.value,
-            options=dict(job.options),
-            temp_dir=work,
-            path=path,
-            url=job.source_url,
-            cookies_file=cookies,
-            file_name=job.file_name,
-            progress=lambda f, m: rj.progress.update("processing", f, m),
-        )
-        rj.progress.update("processing", 0.0, "starting")
-        return await self._in_thread(rj, inp)
-
-    async def _in_thread(self, rj: RunningJob, inp: JobInput) -> ProcessResult:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[ProcessResult] = loop.create_future()
-
-        def settle(ok: bool, value: Any) -> None:
-            if not fut.done():
-                fut.set_result(value) if ok else fut.set_exception(value)
-
-        def target() -> None:
-            try:
-                res = execute(inp, self.config.processor_config(), rj.canceled)
-                loop.call_soon_threadsafe(settle, True, res)
-            except BaseException as exc:  # handed to the loop, classified there
-                try:
-                    loop.call_soon_threadsafe(settle, False, exc)
-                except RuntimeError:  # the loop is gone (worker exiting)
-                    pass
-
-        rj.thread = threading.Thread(target=target, name=f"job-{rj.job.job_id}", daemon=True)
-        rj.thread.start()
-        return await fut
-
-    async def _heartbeat_loop(self, rj: RunningJob) -> None:
-        interval = max(self.lease_s / 3, 0.2)
-        while True:
-            await asyncio.sleep(interval)
-            fraction, message = rj.progress.snapshot()
-            try:
-                resp = await self.client.heartbeat(
-                    rj.job.job_id, rj.job.lease_token, fraction, message, max_time_s=interval
-                )
-            except LeaseLost as exc:
-                self._stop_job(rj, "canceled" if exc.canceled else "lease lost")
-                return
-            except ServerRejected as exc:
-                log.warning("job %s: heartbeat refused: %s", rj.job.job_id, exc.message)
-                continue
-            except ServerUnreachable as exc:
-                log.warning(
-                    "job %s: heartbeat failed (%s); lease ends in %.0f s",
-                    rj.job.job_id,
-                    exc.message,
-                    rj.lease_deadline - time.monotonic(),
-                )
-                continue
-            if resp.canceled:
-                self._stop_job(rj, "canceled")
-                return
-            rj.lease_deadline = time.monotonic() + self.lease_s
-
-    async def _report_failure(self, rj: RunningJob, err: ProcessingError) -> None:
-        log.warning(
-            "job %s failed (%s, %s): %s",
-            rj.job.job_id,
-            err.error_class.value,
-            "will be retried" if err.retryable else "final",
-            err.message,
-        )
-        try:
-            await self.client.fail(
-                rj.job.job_id,
-                rj.job.lease_token,
-                err.message,
-                err.error_class.value,
-                err.retryable,
-                max_time_s=max(rj.lease_deadline - time.monotonic(), 5.0),
-            )
-        except LeaseLost as exc:
-            log.info("job %s: failure not recorded, %s", rj.job.job_id, exc.code)
-        except Exception as exc:
-            log.warning("job %s: could not report the failure (%s)", rj.job.job_id, exc)
-
-    # ----- results --------------------------------------------------------------------------
-    async def _deliver(self, rj: RunningJob, result: ProcessResult) -> None:
-        """Spool the result (artifacts too), then send it until the server has it or the lease is gone."""
-        rj.progress.update("upload", 0.0, "sending result")
-        remaining = rj.lease_deadline - time.monotonic()
-        entry = await asyncio.to_thread(
-            self.delivery.spool,
-            rj.job.job_id,
-            rj.job.lease_token,
-            result,
-            time.time() + remaining + self.lease_s,
-        )
-        ok = await self.delivery.send(entry, max(remaining + self.lease_s, 5.0), rj.progress)
-        rj.outcome = "succeeded" if ok else "undelivered"
-        if ok:
-            rj.progress.update("upload", 1.0, "done")
+    def _job_done(self, run: JobRun, slot: Slot) -> None:
+        assert self.pool is not None
+        self.jobs.pop(run.job_id, None)
+        self.finished.append(run)
+        self.pool.give_back(slot)
+        self._slot_freed.set()
 
     async def deliver_spooled(self) -> int:
         """Send results a previous run could not deliver; returns how many the server took."""
         return await self.delivery.send_all()
-
-    async def _cleanup(self, rj: RunningJob) -> None:
-        """Remove the job's temp files, after its processor thread has let go of them."""
-        if rj.thread is not None and rj.thread.is_alive():
-            await asyncio.to_thread(rj.thread.join, 10.0)
-        await asyncio.to_thread(shutil.rmtree, rj.temp_dir, True)

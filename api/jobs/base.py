@@ -10,6 +10,7 @@ token gets exactly the stale-lease answer, so a leaked token tells its holder no
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,8 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from api.errors import JobCanceledError, MoragError, StaleLease
 from api.jobs.records import JobState, Lease, TaskStage
 from api.jobs.tables import JOBS as J
+from api.keystore import Principal
 from api.notifier import Notifier
 from api.settings import Settings
+
+# Presence is refreshed at most this often per worker and process (a long-polling claim re-runs
+# every second, heartbeats come per job): the presence TTL is a minute, so this costs nothing in
+# accuracy and saves a write on the hot path.
+PRESENCE_REFRESH_S = 5.0
 
 QUEUED, RUNNING = JobState.queued.value, JobState.running.value
 
@@ -50,6 +57,27 @@ class StoreBase:
         self.engine = engine
         self.settings = settings
         self.notifier = notifier
+        self._presence: dict[tuple[str | None, str, tuple[Any, ...]], float] = {}
+
+    def _presence_fresh_beat(self, key_id: str | None, worker_id: str) -> bool:
+        """Like :meth:`_presence_fresh` for heartbeats (they only refresh ``last_seen_at``)."""
+        key = (key_id, worker_id, ("heartbeat",))
+        now = time.monotonic()
+        if now - self._presence.get(key, -PRESENCE_REFRESH_S) < PRESENCE_REFRESH_S:
+            return True
+        self._presence[key] = now
+        return False
+
+    def _presence_fresh(self, who: Principal, worker_id: str, shape: tuple[Any, ...]) -> bool:
+        """True when this worker's row was written recently with the same lanes and types."""
+        key = (who.key_id, worker_id, shape)
+        now = time.monotonic()
+        if now - self._presence.get(key, -PRESENCE_REFRESH_S) < PRESENCE_REFRESH_S:
+            return True
+        if len(self._presence) > 10_000:  # a bound, not a cache policy: workers come and go
+            self._presence.clear()
+        self._presence[key] = now
+        return False
 
     def _live_since(self, now: datetime) -> datetime:
         return now - timedelta(seconds=self.settings.presence_ttl_s)

@@ -9,7 +9,6 @@ parameters: building the expression costs more Python time than PostgreSQL needs
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -19,9 +18,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.ids import new_token, utcnow
+from api.jobs import claim_pg
 from api.jobs.base import QUEUED, RUNNING, StoreBase
 from api.jobs.records import LeasedJob, TaskStage
 from api.jobs.tables import JOBS as J
+from api.jobs.tables import USERS as U
 from api.jobs.tables import WORKERS as W
 from api.keystore import Principal, Scope
 from protocol.states import DEFAULT_LANE, LaneKind, lane_name
@@ -59,17 +60,14 @@ _CLAIM_VALUES: dict[str, Any] = dict(
     progress=0.0,
     progress_message="claimed",
 )
-_claim_cache: dict[tuple[str, ClaimShape], Any] = {}
-
-# Presence is refreshed at most this often per worker and process (a long-polling claim re-runs
-# every second): the presence TTL is a minute, so this costs nothing in accuracy and saves a write.
-PRESENCE_REFRESH_S = 5.0
+_claim_cache: dict[tuple[str, ClaimShape, int], Any] = {}
 
 
 def claim_shape(who: Principal, lanes: list[LaneKind]) -> ClaimShape:
+    """Decided per claim from the key's user as it is now: a fallback turned on frees queued jobs."""
     if who.scope is Scope.shared_worker:
         return ClaimShape.shared
-    if LaneKind.cpu in lanes and LaneKind.gpu not in lanes:
+    if LaneKind.cpu in lanes and LaneKind.gpu not in lanes and who.cpu_fallback:
         return ClaimShape.cpu
     return ClaimShape.own
 
@@ -83,7 +81,16 @@ def lock_and_update(dialect: str, cand: Any, values: dict[str, Any], returning: 
     return update(J).where(J.c.id.in_(cand.scalar_subquery())).values(**values).returning(*returning)
 
 
-def _build_claim(dialect: str, shape: ClaimShape) -> Any:
+def _build_claim(dialect: str, shape: ClaimShape, n_lanes: int) -> Any:
+    if dialect == "postgresql" and shape is ClaimShape.shared:
+        return claim_pg.shared_claim(_P_NOW, _CLAIM_VALUES, RETURNED)
+    if dialect == "postgresql" and n_lanes > 0:
+        return claim_pg.lanes_claim(n_lanes, shape is ClaimShape.cpu, _P_NOW, _CLAIM_VALUES, RETURNED)
+    return _build_claim_generic(dialect, shape)
+
+
+def _build_claim_generic(dialect: str, shape: ClaimShape) -> Any:
+    """SQLite (one writer at a time, small queues): one statement over the lane list."""
     base = and_(
         J.c.state == QUEUED,
         J.c.run_after <= _P_NOW,
@@ -91,7 +98,9 @@ def _build_claim(dialect: str, shape: ClaimShape) -> Any:
     )
     order = (J.c.priority.desc(), J.c.id)
     if shape is ClaimShape.shared:
-        cond = and_(base, or_(J.c.lane == DEFAULT_LANE, J.c.shared_at <= _P_NOW))
+        # Users' jobs only while their owner allows the shared fallback (read now, not at enqueue).
+        allowed = J.c.user_id.in_(select(U.c.id).where(U.c.shared_fallback.is_(True)))
+        cond = and_(base, or_(J.c.lane == DEFAULT_LANE, and_(J.c.shared_at <= _P_NOW, allowed)))
         # Fairness: the first job of every user before the second job of any user.
         rank = func.row_number().over(partition_by=J.c.user_id, order_by=order)
         ranked = select(J.c.id.label("id"), rank.label("rn")).where(cond).subquery("ranked")
@@ -120,18 +129,20 @@ def claim_statement(
     """The one atomic claim for this worker's shape and the parameters that pick its lanes and
     types; the caller adds now, token, expires and the ids."""
     shape = claim_shape(who, lanes)
-    stmt = _claim_cache.get((dialect, shape))
-    if stmt is None:
-        stmt = _claim_cache[(dialect, shape)] = _build_claim(dialect, shape)
     params: dict[str, Any] = {"ctypes": list(content_types), "n": max_jobs}
+    own: list[str] = []
     if shape is ClaimShape.shared:
         params["top_n"] = max_jobs * 2 + 8
     else:
-        own = [lane_name(k, who.user_id) for k in lanes if k is not LaneKind.default]
+        own = sorted({lane_name(k, who.user_id) for k in lanes if k is not LaneKind.default})
+        params.update({f"lane{i}": lane for i, lane in enumerate(own)})
         if shape is ClaimShape.cpu:
             params["gpu_lane"] = lane_name(LaneKind.gpu, who.user_id)
-            own.append(params["gpu_lane"])
-        params["lanes"] = own
+        params["lanes"] = [*own, params["gpu_lane"]] if shape is ClaimShape.cpu else own
+    key = (dialect, shape, len(own))
+    stmt = _claim_cache.get(key)
+    if stmt is None:
+        stmt = _claim_cache[key] = _build_claim(dialect, shape, len(own))
     return stmt, params
 
 
@@ -155,19 +166,6 @@ def _leased(rows: list[Row[Any]]) -> list[LeasedJob]:
 
 
 class ClaimStore(StoreBase):
-    _presence: dict[tuple[str | None, str, tuple[Any, ...]], float]
-
-    def _presence_fresh(self, who: Principal, worker_id: str, shape: tuple[Any, ...]) -> bool:
-        """True when this worker's row was written recently with the same lanes and types."""
-        key = (who.key_id, worker_id, shape)
-        now = time.monotonic()
-        if now - self._presence.get(key, -PRESENCE_REFRESH_S) < PRESENCE_REFRESH_S:
-            return True
-        if len(self._presence) > 10_000:  # a bound, not a cache policy: workers come and go
-            self._presence.clear()
-        self._presence[key] = now
-        return False
-
     async def _upsert_worker(
         self,
         conn: AsyncConnection,

@@ -13,7 +13,7 @@ from sqlalchemy import bindparam, case, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.background import backoff_s
-from api.errors import JobCanceledError, StaleLease
+from api.errors import JobCanceledError, MoragError, StaleLease
 from api.ids import utcnow
 from api.jobs.base import QUEUED, RUNNING, StoreBase
 from api.jobs.records import FailOutcome, HeartbeatOutcome, JobEvent, JobKind, JobState, Lease, TaskStage
@@ -60,11 +60,14 @@ class LeaseStore(StoreBase):
         async with self.engine.begin() as conn:
             row = await self._guarded_update(conn, lease, values, (J.c.worker_id,))
             if row is not None:
-                await conn.execute(
-                    update(W)
-                    .where(W.c.key_id == lease.key_id, W.c.worker_id == row.worker_id)
-                    .values(last_seen_at=now)
-                )
+                # Presence, at most every PRESENCE_REFRESH_S per worker: a worker with 8 jobs
+                # heartbeats 8 times a lease third, and one write a few seconds is plenty for the TTL.
+                if not self._presence_fresh_beat(lease.key_id, str(row.worker_id)):
+                    await conn.execute(
+                        update(W)
+                        .where(W.c.key_id == lease.key_id, W.c.worker_id == row.worker_id)
+                        .values(last_seen_at=now)
+                    )
                 return HeartbeatOutcome(expires, False)
             refusal = await self._refusal(conn, lease)
         if isinstance(refusal, JobCanceledError):
@@ -83,29 +86,50 @@ class LeaseStore(StoreBase):
 
         The same completion again (same lease and key, result already in) gets the same answer.
         """
-        params = {"result": {"markdown": markdown, "metadata": metadata}, "now": utcnow()}
+        (outcome,) = await self.complete_many([(lease, markdown, metadata)])
+        if isinstance(outcome, MoragError):
+            raise outcome
+        return outcome
+
+    async def complete_many(
+        self, results: list[tuple[Lease, str, dict[str, Any]]]
+    ) -> list[JobEvent | MoragError]:
+        """Several completions in one transaction (one commit, one NOTIFY); per result its event or
+        why it was refused (stale lease, canceled). Nothing is acknowledged before the commit."""
+        now = utcnow()
+        out: list[JobEvent | MoragError] = []
+        stored = False
         async with self.engine.begin() as conn:
-            row = await self._guarded_update(conn, lease, _COMPLETE_VALUES, _EVENT_COLS, params)
-            if row is not None:
+            for lease, markdown, metadata in results:
+                params = {"result": {"markdown": markdown, "metadata": metadata}, "now": now}
+                row = await self._guarded_update(conn, lease, _COMPLETE_VALUES, _EVENT_COLS, params)
+                if row is not None:
+                    stored = True
+                    out.append(_event(lease.job_id, row))
+                else:
+                    out.append(await self._completed_or_refused(conn, lease))
+            if stored:
                 await self.notifier.publish(conn)
-        if row is not None:
+        if stored:
             self.notifier.wake()  # after the commit: a waiter woken now reads the result
-            return _event(lease.job_id, row)
-        async with self.engine.begin() as conn:
-            done = (
-                await conn.execute(
-                    select(*_EVENT_COLS).where(
-                        J.c.id == lease.job_id,
-                        J.c.lease_token == lease.token,
-                        J.c.worker_key_id == lease.key_id,
-                        J.c.stage != TaskStage.process.value,
-                        J.c.state.in_([RUNNING, JobState.succeeded.value]),
-                    )
+        return out
+
+    async def _completed_or_refused(self, conn: AsyncConnection, lease: Lease) -> JobEvent | MoragError:
+        """A repeated completion (same lease and key, result in) gets the same answer; else why not."""
+        done = (
+            await conn.execute(
+                select(*_EVENT_COLS).where(
+                    J.c.id == lease.job_id,
+                    J.c.lease_token == lease.token,
+                    J.c.worker_key_id == lease.key_id,
+                    J.c.stage != TaskStage.process.value,
+                    J.c.state.in_([RUNNING, JobState.succeeded.value]),
                 )
-            ).first()
-            if done is not None:
-                return _event(lease.job_id, done)
-            raise await self._refusal(conn, lease)
+            )
+        ).first()
+        if done is not None:
+            return _event(lease.job_id, done)
+        return await self._refusal(conn, lease)
 
     async def fail(self, lease: Lease, error: str, error_class: ErrorClass, retryable: bool) -> FailOutcome:
         """Record a failure: retry later, or end ``failed`` / ``dead``; a ``shutdown`` gives it back."""

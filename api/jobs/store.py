@@ -13,8 +13,6 @@ Each concern lives in its own module and the store puts them together:
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.jobs.claim import ClaimStore
@@ -33,4 +31,3 @@ class JobStore(SubmitStore, ClaimStore, LeaseStore, ReadStore, UpkeepStore, Inde
 
     def __init__(self, engine: AsyncEngine, settings: Settings, notifier: Notifier) -> None:
         super().__init__(engine, settings, notifier)
-        self._presence: dict[tuple[str | None, str, tuple[Any, ...]], float] = {}

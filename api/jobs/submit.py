@@ -15,6 +15,7 @@ from api.jobs.records import JobEvent, JobKind, JobState, NewJob, TaskStage
 from api.jobs.tables import DELIVERIES as D
 from api.jobs.tables import FILES as F
 from api.jobs.tables import JOBS as J
+from api.jobs.tables import USERS as U
 from api.jobs.tables import WORKERS as W
 from api.jobs.unserved import wanted_message
 from api.keystore import Principal
@@ -41,21 +42,22 @@ class SubmitStore(StoreBase):
     def _job_row(
         self, owner: Principal, job: NewJob, now: datetime, live: tuple[bool, bool]
     ) -> dict[str, Any]:
-        """The row of one queued job in its lane, with fallback times from the owner's live lanes."""
+        """The row of one queued job in its lane, with fallback times from the owner's live lanes.
+
+        The times are set whatever the owner's fallback choices: those are applied when a job is
+        claimed (``api.jobs.claim``), so turning a fallback on later also frees jobs already queued.
+        """
         settings = self.settings
         user_id = owner.user_id
         kind = LaneKind.default if user_id is None else job.lane_kind
         fallback_at = shared_at = None
         if user_id is not None and kind is not LaneKind.default:
             gpu_live, cpu_live = live
-            if kind is LaneKind.gpu and owner.cpu_fallback:
+            if kind is LaneKind.gpu:
                 fallback_at = now if not gpu_live else now + timedelta(seconds=settings.fallback_after_s)
-            if owner.shared_fallback:
-                own_live = (
-                    (gpu_live or (cpu_live and owner.cpu_fallback)) if kind is LaneKind.gpu else cpu_live
-                )
-                wait = timedelta(seconds=settings.shared_fallback_after_s)
-                shared_at = now if not own_live else now + wait
+            own_live = (gpu_live or (cpu_live and owner.cpu_fallback)) if kind is LaneKind.gpu else cpu_live
+            wait = timedelta(seconds=settings.shared_fallback_after_s)
+            shared_at = now if not own_live else now + wait
         return dict(
             id=new_id(),
             user_id=user_id,
@@ -97,8 +99,9 @@ class SubmitStore(StoreBase):
             if owner.user_id is not None:
                 live = self._live_lanes(online, owner.user_id)
             rows = [self._job_row(owner, job, now, live) for job in jobs]
+            choices = {"cpu_fallback": owner.cpu_fallback, "shared_fallback": owner.shared_fallback}
             for row in rows:  # a job no online worker can take says so from its insert on
-                row["progress_message"] = wanted_message(row, online)
+                row["progress_message"] = wanted_message({**row, **choices}, online)
             await conn.execute(J.insert(), rows)  # one executemany for the whole batch
             await self.notifier.publish(conn)
         self.notifier.wake()
@@ -142,11 +145,13 @@ class SubmitStore(StoreBase):
         from zero, the webhook log started over; returns its new state."""
         now = utcnow()
         async with self.engine.begin() as conn:
-            row = (
-                (await conn.execute(select(J).where(J.c.id == job_id, owner_is(user_id)).with_for_update()))
-                .mappings()
-                .first()
+            q = (
+                select(J, U.c.cpu_fallback, U.c.shared_fallback)  # the owner's choices, for the note
+                .select_from(J.outerjoin(U, U.c.id == J.c.user_id))
+                .where(J.c.id == job_id, owner_is(user_id))
+                .with_for_update(of=J)
             )
+            row = (await conn.execute(q)).mappings().first()
             if row is None:
                 raise NotFound("no such task", code="task_not_found")
             if row["state"] not in _RETRYABLE:

@@ -12,5 +12,4 @@ WORKERS: Table = SQLModel.metadata.tables["workers"]
 DELIVERIES: Table = SQLModel.metadata.tables["webhook_deliveries"]
 ARTIFACTS: Table = SQLModel.metadata.tables["artifacts"]
 FILES: Table = SQLModel.metadata.tables["files"]
-#: read only, for the owner's name in the admin overview
-USERS: Table = SQLModel.metadata.tables["users"]
+USERS: Table = SQLModel.metadata.tables["users"]  # read only: owners' names and fallback choices

@@ -19,15 +19,24 @@ REPLACEABLE = (None, "retried")
 
 
 def can_take(worker: Mapping[str, Any], job: Mapping[str, Any]) -> bool:
-    """Whether this (online) worker could claim this queued job now or once its fallback is due."""
+    """Whether this (online) worker could claim this queued job now or once its fallback is due.
+
+    ``job`` carries its owner's fallback choices as they are now (``cpu_fallback``,
+    ``shared_fallback``): the claim applies them, not the enqueue (``api.jobs.claim``).
+    """
     if job["content_type"] not in (worker["content_types"] or "").split(","):
         return False
     if job["lane"] == DEFAULT_LANE or worker["shared"]:
-        return bool(worker["shared"]) and (job["lane"] == DEFAULT_LANE or job["shared_at"] is not None)
+        if not worker["shared"]:
+            return False
+        return job["lane"] == DEFAULT_LANE or bool(job["shared_at"] is not None and job["shared_fallback"])
     if worker["user_id"] != job["user_id"]:
         return False
     if job["lane"].startswith("gpu-"):
-        return bool(worker["serves_gpu"] or (worker["serves_cpu"] and job["fallback_at"] is not None))
+        if worker["serves_gpu"]:
+            return True
+        # A CPU-only worker of the owner takes GPU-lane jobs once their CPU fallback is due.
+        return bool(worker["serves_cpu"] and job["fallback_at"] is not None and job["cpu_fallback"])
     return bool(worker["serves_cpu"])
 
 

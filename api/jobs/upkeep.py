@@ -14,6 +14,7 @@ from api.jobs.tables import ARTIFACTS as A
 from api.jobs.tables import DELIVERIES as D
 from api.jobs.tables import FILES as F
 from api.jobs.tables import JOBS as J
+from api.jobs.tables import USERS as U
 from api.jobs.tables import WORKERS as W
 from api.jobs.unserved import wanted_message
 from protocol.errors import ErrorClass
@@ -62,6 +63,8 @@ class UpkeepStore(StoreBase):
         live = select(W.c.user_id).where(W.c.shared.is_(False), W.c.last_seen_at > self._live_since(now))
         gpu_live = live.where(W.c.serves_gpu)
         cpu_live = live.where(W.c.serves_cpu)
+        # A live CPU worker keeps a GPU job from the shared lane only while its CPU fallback is on.
+        cpu_live_gpu = cpu_live.where(W.c.user_id.in_(select(U.c.id).where(U.c.cpu_fallback.is_(True))))
         async with self.engine.begin() as conn:
             a = await conn.execute(
                 update(J)
@@ -75,7 +78,7 @@ class UpkeepStore(StoreBase):
                     J.c.state == QUEUED,
                     J.c.shared_at > now,
                     or_(
-                        and_(gpu_lane, J.c.user_id.not_in(gpu_live), J.c.user_id.not_in(cpu_live)),
+                        and_(gpu_lane, J.c.user_id.not_in(gpu_live), J.c.user_id.not_in(cpu_live_gpu)),
                         and_(~gpu_lane, J.c.user_id.not_in(cpu_live)),
                     ),
                 )
@@ -169,7 +172,10 @@ class UpkeepStore(StoreBase):
                         J.c.fallback_at,
                         J.c.shared_at,
                         J.c.progress_message,
+                        U.c.cpu_fallback,  # the owner's choices as they are now (applied at claim)
+                        U.c.shared_fallback,
                     )
+                    .select_from(J.outerjoin(U, U.c.id == J.c.user_id))
                     .where(J.c.state == QUEUED)
                     .order_by(J.c.id)
                     .limit(limit)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 
@@ -14,6 +16,17 @@ from protocol import paths, signing
 from protocol.states import JobState
 
 router = APIRouter(tags=["worker"])
+
+
+class LargeReadFileResponse(FileResponse):
+    """Starlette's FileResponse (Range, HEAD, ``http.response.pathsend`` where the ASGI server offers
+    it) with reads of ``chunk_size`` bytes. uvicorn has no pathsend/zero-copy extension, so every
+    read is a thread hop plus a socket write: the default 64 KiB reads cap a download at a fraction
+    of what the disk and the socket do (docs/benchmarks.md, "Transfer")."""
+
+    def __init__(self, *args: Any, chunk_size: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.chunk_size = chunk_size
 
 
 @router.get(
@@ -49,4 +62,9 @@ async def download(
     path = filestore.file_path(state.settings, f)
     if not path.exists():
         raise denied
-    return FileResponse(path, media_type="application/octet-stream", filename=f["original_name"] or file_id)
+    return LargeReadFileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=f["original_name"] or file_id,
+        chunk_size=state.settings.download_chunk_bytes,
+    )

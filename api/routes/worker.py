@@ -11,7 +11,7 @@ from starlette.requests import ClientDisconnect
 from api import artifacts
 from api.auth import worker_access
 from api.claims import claim_answer
-from api.errors import BadRequest
+from api.errors import BadRequest, MoragError
 from api.jobs import Lease
 from api.keystore import Principal, Scope
 from api.state import AppState, get_state
@@ -21,6 +21,9 @@ from protocol.models import (
     ArtifactResponse,
     ClaimRequest,
     ClaimResponse,
+    CompleteBatchItem,
+    CompleteBatchRequest,
+    CompleteBatchResponse,
     CompleteRequest,
     CompleteResponse,
     FailRequest,
@@ -160,6 +163,24 @@ async def complete(
     )
     state.events.publish(event)
     return CompleteResponse(job_id=body.job_id, status=event.state)
+
+
+@router.post(paths.COMPLETE_BATCH, response_model=CompleteBatchResponse)
+async def complete_batch(
+    body: CompleteBatchRequest, who: Principal = Depends(worker_access), state: AppState = Depends(get_state)
+) -> CompleteBatchResponse:
+    """Deliver several results in one request and one transaction; each is stored or refused alone."""
+    results = [(Lease(r.job_id, r.lease_token, who.key_id), r.markdown, r.metadata) for r in body.results]
+    outcomes = await state.jobs.complete_many(results)
+    items = []
+    for r, outcome in zip(body.results, outcomes, strict=True):
+        if isinstance(outcome, MoragError):
+            error = ErrorBody(code=outcome.code, message=outcome.message)
+            items.append(CompleteBatchItem(job_id=r.job_id, error=error))
+        else:
+            state.events.publish(outcome)
+            items.append(CompleteBatchItem(job_id=r.job_id, status=outcome.state))
+    return CompleteBatchResponse(results=items)
 
 
 @router.post(paths.FAIL, response_model=FailResponse)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import event
 
 from api import keystore
 from api.app import create_app
@@ -84,14 +85,41 @@ async def test_both_header_forms_and_refusals(api):
     assert r.status_code == 403
 
 
-async def test_revocation_takes_effect_on_next_request(api):
+async def test_revocation_takes_effect_within_the_key_cache_ttl(api):
+    """Keys are cached per process for MORAG_KEY_CACHE_TTL_S (1 s): a revocation made anywhere
+    (here straight in the database, as the CLI does) is seen within that time."""
     client, _, app = api
     engine = app.state.morag.engine
+    assert app.state.morag.settings.key_cache_ttl_s == 1.0
     key_id, key = await keystore.create_key(engine, "alice", Scope.client)
     assert (await client.get("/api/v1/status/", headers=bearer(key))).status_code == 200
     await keystore.revoke_key(engine, key_id)
-    r = await client.get("/api/v1/status/", headers=bearer(key))
+    revoked_at = time.monotonic()
+    while (r := await client.get("/api/v1/status/", headers=bearer(key))).status_code == 200:
+        assert time.monotonic() - revoked_at < 1.0, "still served past the cache TTL"
+        await asyncio.sleep(0.05)
     assert r.status_code == 401 and "revoked" in r.json()["message"]
+
+
+async def test_an_authenticated_key_is_looked_up_once_per_ttl(api):
+    client, keys, app = api
+    engine = app.state.morag.engine
+    lookups = []
+
+    def count(conn, cursor, statement, parameters, context, many):
+        if "api_keys" in statement:
+            lookups.append(statement)
+
+    app.state.morag.keys.ttl_s = 60.0
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        for _ in range(5):
+            assert (
+                await client.get("/api/v1/status/", headers=bearer(keys[("alice", "client")]))
+            ).status_code == 200
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert len(lookups) <= 1
 
 
 async def test_keys_are_stored_only_as_hashes(api):

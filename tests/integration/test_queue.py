@@ -261,3 +261,29 @@ async def test_concurrent_claims_never_hand_a_job_to_two_workers(store, database
     async with store.engine.begin() as conn:
         states = (await conn.execute(select(J.c.state).where(J.c.state != "succeeded"))).all()
     assert states == []
+
+
+async def test_turning_a_fallback_on_frees_jobs_already_queued(store):
+    """Fallback is decided when a job is claimed, not when it was queued (issue 14)."""
+    from api import keystore
+
+    dave, _ = await make_user(store.engine, "dave", shared_fallback=False)
+    await keystore.set_user_fallback(store.engine, "dave", cpu=False)
+    shared, _ = await make_user(store.engine, "operator", Scope.shared_worker)
+    store.settings.fallback_after_s = 0
+    store.settings.shared_fallback_after_s = 0
+    dave = (await make_user(store.engine, "dave"))[0]  # a fresh key: the principal as stored now
+    gpu_job = await submit(store, dave, "audio", GPU)  # dave has no GPU worker: CPU fallback is due
+    cpu_job = await submit(store, dave, "document", CPU)
+    await store.jobs.sweep_fallback()
+    assert await claim(store, dave, "cpu-box", lanes=(CPU,), content_types=("audio",)) == []
+    assert await claim(store, shared, "op", content_types=("document", "audio")) == []
+    # dave turns his CPU fallback on: his CPU worker takes the GPU job already queued.
+    await keystore.set_user_fallback(store.engine, "dave", cpu=True)
+    dave = (await make_user(store.engine, "dave"))[0]
+    (r,) = await claim(store, dave, "cpu-box", lanes=(CPU,), content_types=("audio",))
+    assert r.id == gpu_job
+    # ... and his shared fallback: the operator's shared worker takes his queued CPU job.
+    await keystore.set_user_fallback(store.engine, "dave", shared=True)
+    (r,) = await claim(store, shared, "op", content_types=("document",))
+    assert r.id == cpu_job

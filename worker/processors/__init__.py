@@ -21,6 +21,16 @@ REGISTRY: dict[str, str] = {
     "image": "worker.processors.image:ImageProcessor",
 }
 
+# The pyproject extra that brings each processor's libraries (docs/worker-setup.md lists them).
+EXTRAS = {
+    "audio": "media",
+    "video": "media",
+    "youtube": "media",
+    "web": "web",
+    "document": "documents",
+    "image": "documents",
+}
+
 
 @cache
 def load_processor(content_type: str) -> Processor | None:
@@ -43,7 +53,8 @@ def availability(content_type: str) -> tuple[bool, str]:
     if proc is None:
         return (
             False,
-            f"the processor for {content_type!r} cannot be imported: pip install '.[media,documents]'",
+            f"the processor for {content_type!r} cannot be imported: "
+            f"pip install '.[worker,{EXTRAS.get(content_type, 'media')}]'",
         )
     return proc.available()
 

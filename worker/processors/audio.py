@@ -121,6 +121,17 @@ def decode(path: Path) -> Any:
     return audio
 
 
+def transcription_progress(end: float, duration: float, low: float, high: float) -> tuple[float, str]:
+    """(fraction, message) after a segment ending at ``end``; Whisper's last segment may end past
+    the audio's duration (it rounds to its 20 ms frames), which must not read "00:02 of 00:01"."""
+    done = min(max(end, 0.0), duration)
+    fraction = low + (high - low) * (done / duration if duration > 0 else 1.0)
+    return (
+        fraction,
+        f"transcribed {transcript.format_timestamp(done)} of {transcript.format_timestamp(duration)}",
+    )
+
+
 def transcribe_file(
     path: Path, job: JobInput, config: ProcessorConfig, span: tuple[float, float] = (0.0, 1.0)
 ) -> Transcription:
@@ -156,12 +167,7 @@ def transcribe_file(
                     for w in seg.words or []
                 ]
             )
-            fraction = low + (high - low) * min(1.0, float(seg.end) / duration)
-            job.progress(
-                fraction,
-                f"transcribed {transcript.format_timestamp(seg.end)} of "
-                f"{transcript.format_timestamp(duration)}",
-            )
+            job.progress(*transcription_progress(float(seg.end), duration, low, high))
     except Exception as exc:
         if is_out_of_memory(exc):
             raise OutOfMemory(f"out of memory transcribing on {loaded.device}: {exc}") from exc
@@ -182,7 +188,7 @@ def transcribe_file(
 def media_available() -> tuple[bool, str]:
     """(True, "") when faster-whisper is installed, else how to install it."""
     if importlib.util.find_spec("faster_whisper") is None:
-        return False, "faster-whisper is not installed: pip install '.[media]'"
+        return False, "faster-whisper is not installed: pip install '.[worker,media]'"
     return True, ""
 
 

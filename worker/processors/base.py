@@ -33,6 +33,7 @@ class ProcessorConfig:
     cookies_from_browser: str | None = None
     max_download_bytes: int = 2 * 1024**3
     fetch_timeout_s: float = 60.0
+    ffmpeg_timeout_s: float = 600.0  # the longest one ffmpeg/ffprobe call may run
 
 
 @dataclass

@@ -84,6 +84,23 @@ def sheet_titles(doc: DoclingDocument) -> dict[int, str]:
     return titles
 
 
+def separate_tables(md: str) -> str:
+    """A blank line before every table that follows other text directly (docling writes a table
+    right under a list item, and renderers then read the table as part of the list)."""
+    lines = md.split("\n")
+    out: list[str] = []
+    fenced = False
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        is_row = not fenced and line.lstrip().startswith("|")
+        prev = lines[i - 1] if i else ""
+        if is_row and prev.strip() and not prev.lstrip().startswith(("|", "```")):
+            out.append("")
+        out.append(line)
+    return "\n".join(out)
+
+
 def render_docling(
     docs: list[DoclingDocument], paginated: bool, marker: str = "<!-- page {n} -->"
 ) -> Rendered:
@@ -95,11 +112,11 @@ def render_docling(
     out = Rendered()
     for doc in docs:
         if not paginated:
-            out.add(doc.export_to_markdown() + "\n\n")
+            out.add(separate_tables(doc.export_to_markdown()) + "\n\n")
             continue
         titles = sheet_titles(doc)
         for page_no in sorted(doc.pages):
-            body = doc.export_to_markdown(page_no=page_no)
+            body = separate_tables(doc.export_to_markdown(page_no=page_no))
             if page_no in titles:
                 body = f"## {titles[page_no]}\n\n{body}"
                 out.section(titles[page_no], 2, page_no)

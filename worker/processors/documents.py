@@ -132,7 +132,7 @@ class DocumentProcessor:
         """docling (and pypdfium2, which it brings) must be importable."""
         for mod in ("docling", "pypdfium2"):
             if importlib.util.find_spec(mod) is None:
-                return False, f"{mod} is not installed: pip install '.[documents]'"
+                return False, f"{mod} is not installed: pip install '.[worker,documents]'"
         return True, ""
 
     def process(self, job: JobInput, config: ProcessorConfig) -> ProcessResult:

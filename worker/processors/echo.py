@@ -1,7 +1,14 @@
-"""The built-in ``echo`` processor: returns its input as markdown (proves the protocol)."""
+"""The built-in ``echo`` processor: returns its input as markdown (proves the protocol).
+
+With ``MORAG_WORKER_TEST_HOOKS=1`` in the worker's environment (tests only) it also takes the
+options ``spin_s`` (burn CPU that long without reporting progress, as native code does) and
+``crash`` (``segfault`` | ``kill`` | ``exit``: die the way a broken library or the OOM killer
+makes a process die). Without the variable those options are refused.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 
 from worker.errors import BadInput
@@ -28,6 +35,7 @@ class EchoProcessor:
         else:
             raise BadInput("echo job has neither a file nor a URL")
         self._sleep(job)
+        test_hooks(job)
         job.progress(1.0, "done")
         md = f"# {source}\n\n{text}\n"
         return ProcessResult(markdown=md, metadata={"source": source, "characters": len(text)})
@@ -43,3 +51,32 @@ class EchoProcessor:
         while (left := end - time.monotonic()) > 0:
             time.sleep(min(left, 0.1))
             job.progress(0.1 + 0.8 * (1 - max(left - 0.1, 0) / total), "sleeping")
+
+
+TEST_HOOKS_VAR = "MORAG_WORKER_TEST_HOOKS"
+
+
+def test_hooks(job: JobInput) -> None:
+    """The options ``spin_s`` and ``crash``, honoured only when the tests enabled them."""
+    spin, crash = job.options.get("spin_s"), job.options.get("crash")
+    if spin is None and crash is None:
+        return
+    if os.environ.get(TEST_HOOKS_VAR) != "1":
+        raise BadInput(f"echo options spin_s and crash are for tests only ({TEST_HOOKS_VAR}=1)")
+    if spin is not None:
+        end = time.monotonic() + min(float(spin), 3600.0)
+        n = 0
+        while time.monotonic() < end:
+            n = (n * 31 + 7) % 1_000_003
+    if crash == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+    elif crash == "kill":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif crash == "exit":
+        os._exit(3)
+    elif crash is not None:
+        raise BadInput(f"echo option crash must be segfault, kill or exit, not {crash!r}")

@@ -108,7 +108,7 @@ class ImageProcessor:
         """Pillow, pytesseract and the tesseract program must be present."""
         for mod in ("PIL", "pytesseract"):
             if importlib.util.find_spec(mod) is None:
-                return False, f"{mod} is not installed: pip install '.[documents]'"
+                return False, f"{mod} is not installed: pip install '.[worker,documents]'"
         if shutil.which("tesseract") is None:
             return False, "the tesseract program is not installed (apt install tesseract-ocr)"
         return True, ""

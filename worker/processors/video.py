@@ -7,16 +7,36 @@ describe it, and the markdown says there is nothing to transcribe.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
-from worker.errors import BadInput
+from worker.errors import BadInput, ProcessingTimeout
 from worker.processors import transcript
 from worker.processors.audio import SAMPLE_RATE, Transcription, media_available, transcribe_file
 from worker.processors.base import JobInput, ProcessorConfig, ProcessResult
 
 MAX_KEYFRAMES = 50
 FRAME_WIDTH = 640
+FFMPEG_TIMEOUT_S = 600.0  # the default of --ffmpeg-timeout
+
+
+def run_ffmpeg(stream: Any, path: Path, what: str, timeout_s: float) -> None:
+    """Run an ffmpeg-python stream, killed after ``timeout_s`` (a stuck decode must not hold a slot)."""
+    import ffmpeg
+
+    proc = stream.run_async(pipe_stdout=True, pipe_stderr=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        proc.communicate()
+        raise ProcessingTimeout(
+            f"ffmpeg took longer than {timeout_s:g} s to {what} of {path.name} "
+            "(raise --ffmpeg-timeout / MORAG_WORKER_FFMPEG_TIMEOUT for very long media)"
+        ) from exc
+    if proc.returncode:
+        raise ffmpeg.Error("ffmpeg", out, err)
 
 
 def _ffmpeg_message(exc: Exception) -> str:
@@ -33,12 +53,31 @@ def _fps(rate: str | None) -> float | None:
         return None
 
 
-def probe(path: Path) -> dict[str, Any]:
+def ffprobe(path: Path, timeout_s: float) -> dict[str, Any]:
+    """``ffmpeg.probe`` with a time limit (ffmpeg-python's has none)."""
+    import json
+
+    import ffmpeg
+
+    args = ["ffprobe", "-show_format", "-show_streams", "-of", "json", str(path)]
+    try:
+        done = subprocess.run(args, capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise ProcessingTimeout(
+            f"ffprobe took longer than {timeout_s:g} s on {path.name} (--ffmpeg-timeout)"
+        ) from exc
+    if done.returncode != 0:
+        raise ffmpeg.Error("ffprobe", done.stdout, done.stderr)
+    result: dict[str, Any] = json.loads(done.stdout.decode("utf-8"))
+    return result
+
+
+def probe(path: Path, timeout_s: float = FFMPEG_TIMEOUT_S) -> dict[str, Any]:
     """Duration, container, and the first video/audio stream's codecs, resolution and fps."""
     import ffmpeg
 
     try:
-        info = ffmpeg.probe(str(path))
+        info = ffprobe(path, timeout_s)
     except ffmpeg.Error as exc:
         raise BadInput(f"cannot read video {path.name}: {_ffmpeg_message(exc)}") from exc
     streams = info.get("streams", [])
@@ -74,39 +113,41 @@ def probe(path: Path) -> dict[str, Any]:
     return meta
 
 
-def extract_audio(path: Path, out: Path) -> Path:
+def extract_audio(path: Path, out: Path, timeout_s: float = FFMPEG_TIMEOUT_S) -> Path:
     """The first audio track as a 16 kHz mono WAV (what Whisper wants)."""
     import ffmpeg
 
     try:
-        (
+        stream = (
             ffmpeg.input(str(path))
             .output(str(out), vn=None, ac=1, ar=SAMPLE_RATE, format="wav")
             .overwrite_output()
-            .run(quiet=True)
         )
+        run_ffmpeg(stream, path, "extract the audio track", timeout_s)
     except ffmpeg.Error as exc:
         raise BadInput(f"cannot extract the audio track of {path.name}: {_ffmpeg_message(exc)}") from exc
     return out
 
 
-def _frame(path: Path, at: float, out: Path) -> Path | None:
+def _frame(path: Path, at: float, out: Path, timeout_s: float = FFMPEG_TIMEOUT_S) -> Path | None:
     import ffmpeg
 
     try:
-        (
+        stream = (
             ffmpeg.input(str(path), ss=max(0.0, at))  # input-side seek: fast, lands on a keyframe
             .filter("scale", f"min({FRAME_WIDTH},iw)", -2)
             .output(str(out), vframes=1, **{"q:v": 3})
             .overwrite_output()
-            .run(quiet=True)
         )
+        run_ffmpeg(stream, path, "extract a frame", timeout_s)
     except ffmpeg.Error as exc:
         raise BadInput(f"cannot extract a frame of {path.name}: {_ffmpeg_message(exc)}") from exc
     return out if out.is_file() and out.stat().st_size else None
 
 
-def frames(path: Path, job: JobInput, duration: float) -> tuple[list[Path], list[dict[str, Any]]]:
+def frames(
+    path: Path, job: JobInput, duration: float, timeout_s: float = FFMPEG_TIMEOUT_S
+) -> tuple[list[Path], list[dict[str, Any]]]:
     """Thumbnail (option ``thumbnails``) and N evenly spaced keyframes (option ``keyframes``)."""
     artifacts: list[Path] = []
     listed: list[dict[str, Any]] = []
@@ -123,7 +164,7 @@ def frames(path: Path, job: JobInput, duration: float) -> tuple[list[Path], list
     # Evenly spaced over the whole video: the first N I-frames would all sit in the first minute.
     plan += [("keyframe", f"keyframe_{i:03d}.jpg", duration * (i + 0.5) / n) for i in range(n)]
     for kind, name, at in plan:
-        out = _frame(path, at, job.temp_dir / name)
+        out = _frame(path, at, job.temp_dir / name, timeout_s)
         if out is not None:
             artifacts.append(out)
             listed.append({"kind": kind, "file": name, "time": round(at, 3)})
@@ -157,13 +198,13 @@ class VideoProcessor:
             raise BadInput("a video job needs an uploaded file")
         name = job.file_name or job.path.name
         job.progress(0.0, "probing video")
-        meta = probe(job.path)
-        artifacts, listed = frames(job.path, job, meta["duration"])
+        meta = probe(job.path, config.ffmpeg_timeout_s)
+        artifacts, listed = frames(job.path, job, meta["duration"], config.ffmpeg_timeout_s)
         job.progress(0.1, f"extracted {len(artifacts)} frame(s)")
         result: Transcription | None = None
         note = "The video has no audio track."
         if meta["has_audio"]:
-            wav = extract_audio(job.path, job.temp_dir / "audio.wav")
+            wav = extract_audio(job.path, job.temp_dir / "audio.wav", config.ffmpeg_timeout_s)
             try:
                 result = transcribe_file(wav, job, config, span=(0.15, 1.0))
             except BadInput as exc:

@@ -112,7 +112,7 @@ class WebProcessor:
         """httpx and trafilatura must be importable."""
         for mod in ("httpx", "trafilatura"):
             if importlib.util.find_spec(mod) is None:
-                return False, f"{mod} is not installed: pip install '.[worker,documents]'"
+                return False, f"{mod} is not installed: pip install '.[worker,web]'"
         return True, ""
 
     def process(self, job: JobInput, config: ProcessorConfig) -> ProcessResult:

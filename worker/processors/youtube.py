@@ -20,6 +20,7 @@ from worker.errors import AuthRequired, BadInput, JobCanceled, ProcessingError, 
 from worker.processors import transcript
 from worker.processors.audio import media_available, transcribe_file
 from worker.processors.base import JobInput, ProcessorConfig, ProcessResult
+from worker.processors.js_runtime import yt_dlp_options
 from worker.processors.transcript import Segment
 
 COOKIE_HINT = (
@@ -152,7 +153,7 @@ class YoutubeProcessor:
 
     def available(self) -> tuple[bool, str]:
         if importlib.util.find_spec("yt_dlp") is None:
-            return False, "yt-dlp is not installed: pip install '.[media]'"
+            return False, "yt-dlp is not installed: pip install '.[worker,media]'"
         return media_available()
 
     def _options(
@@ -186,6 +187,7 @@ class YoutubeProcessor:
             "fragment_retries": 2,
             "extractor_retries": 1,
             "cachedir": False,
+            **yt_dlp_options(),  # Deno for YouTube's JavaScript challenges
         }
 
     def process(self, job: JobInput, config: ProcessorConfig) -> ProcessResult:

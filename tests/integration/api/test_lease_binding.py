@@ -124,3 +124,50 @@ def test_the_access_log_never_shows_a_download_signature_or_a_lease_token() -> N
     line = record.getMessage()
     assert "c2VjcmV0LXNpZw" not in line and "tok-123" not in line
     assert "job=J1&exp=1700000000&sig=[redacted]" in line
+
+
+async def test_several_results_in_one_request_are_stored_in_one_transaction(env: Env) -> None:
+    env.state.keys.ttl_s = 60.0  # the key stays cached: the only commit counted is the batch's
+    for _ in range(3):
+        resp = await env.client.post(
+            "/process/file?wait_s=0",
+            headers=env.alice,
+            files={"file": ("n.txt", b"hello")},
+            data={"content_type": "echo"},
+        )
+        assert resp.status_code == 202, resp.text
+    resp = await env.client.post(
+        "/worker/claim",
+        headers=env.worker,
+        json={"worker_id": "w", "lanes": ["cpu"], "content_types": ["echo"], "wait_s": 1, "max_jobs": 3},
+    )
+    jobs = resp.json()["jobs"]
+    assert len(jobs) == 3
+    commits: list[str] = []
+
+    def count(conn: Any, *_: Any) -> None:
+        commits.append("commit")
+
+    from sqlalchemy import event
+
+    results = [
+        {"job_id": j["job_id"], "lease_token": j["lease_token"], "markdown": f"# {i}"}
+        for i, j in enumerate(jobs)
+    ]
+    results.append({"job_id": jobs[0]["job_id"], "lease_token": "stale", "markdown": "forged"})
+    event.listen(env.state.engine.sync_engine, "commit", count)
+    try:
+        batch = await env.client.post("/worker/complete-batch", headers=env.worker, json={"results": results})
+    finally:
+        event.remove(env.state.engine.sync_engine, "commit", count)
+    assert batch.status_code == 200, batch.text
+    got = batch.json()["results"]
+    assert [g["status"] for g in got[:3]] == ["succeeded"] * 3
+    assert got[3]["status"] is None and got[3]["error"]["code"] == "stale_lease"
+    assert len(commits) == 1  # one transaction for the whole batch
+    for i, j in enumerate(jobs):
+        status = (await env.client.get(f"/api/v1/status/{j['job_id']}", headers=env.alice)).json()
+        assert status["status"] == "succeeded" and status["result"]["markdown"] == f"# {i}"
+    # The same batch again (a retry after a lost answer) gets the same answers and changes nothing.
+    again = await env.client.post("/worker/complete-batch", headers=env.worker, json={"results": results[:3]})
+    assert [g["status"] for g in again.json()["results"]] == ["succeeded"] * 3

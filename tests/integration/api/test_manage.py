@@ -319,6 +319,39 @@ async def test_a_queued_task_nobody_can_take_says_so(env: Env) -> None:
     assert [t["task_id"] for t in rest] == [second] and rest[0]["message"] is None
 
 
+async def test_the_note_follows_the_owners_fallback_choice_as_it_is_now(env: Env) -> None:
+    """Fallback choices apply at claim time, so the note reads them now, not at enqueue."""
+    async with env.state.engine.begin() as conn:  # an operator's shared worker that takes web
+        now = utcnow()
+        await conn.execute(
+            W.insert().values(
+                key_id="k" * 32,
+                worker_id="shared-1",
+                user_id=0,
+                shared=True,
+                serves_gpu=False,
+                serves_cpu=True,
+                content_types="web",
+                first_seen_at=now,
+                last_seen_at=now,
+            )
+        )
+    await keystore.set_user_fallback(env.state.engine, "alice", shared=False)
+    task_id = await _ingest(env)
+
+    async def message() -> str | None:
+        body = (await env.client.get(f"/api/v1/status/{task_id}", headers=env.alice)).json()
+        return body["message"]  # type: ignore[no-any-return]
+
+    assert (await message() or "").startswith("waiting: no online worker")
+    await keystore.set_user_fallback(env.state.engine, "alice", shared=True)
+    assert await env.state.jobs.note_unserved() == 1
+    assert await message() is None
+    await keystore.set_user_fallback(env.state.engine, "alice", shared=False)
+    await env.state.jobs.note_unserved()
+    assert (await message() or "").startswith("waiting: no online worker")
+
+
 async def test_a_retried_task_nobody_can_take_says_so_at_once(env: Env) -> None:
     task_id = await _ingest(env)
     (job,) = await claim(env, ["web"], wait_s=0)

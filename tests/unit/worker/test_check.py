@@ -107,10 +107,46 @@ def test_processors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert by_name(checks)["processor audio"].status == "warn" and "audio" not in served
 
 
-def test_ffmpeg(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ffmpeg_is_needed_for_video_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(chk.shutil, "which", lambda name: None)
-    assert chk.check_ffmpeg(["audio"]).status == "fail"
-    assert chk.check_ffmpeg(["echo"]).status == "warn"
+    assert chk.check_ffmpeg(cfg(tmp_path, content_types=["audio", "youtube"])).status == "warn"
+    assert chk.check_ffmpeg(cfg(tmp_path, content_types=None)).status == "warn"
+    video = chk.check_ffmpeg(cfg(tmp_path, content_types=["audio", "video"]))
+    assert video.status == "fail" and "video is not offered" in video.detail
+    from worker.processors import availability
+
+    assert availability("video")[0] is False  # the worker does not offer video without it
+    if availability("audio")[0]:
+        assert chk.check_processors(cfg(tmp_path, content_types=["audio"]))[0][0].status != "fail"
+
+
+def test_youtube_needs_deno_and_yt_dlp_ejs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.processors import js_runtime
+
+    monkeypatch.setattr(js_runtime, "deno_path", lambda: None)
+    asked = chk.check_youtube(cfg(tmp_path, content_types=["youtube"]), ["youtube"])
+    assert asked is not None and asked.status == "fail" and "Deno" in asked.detail
+    assert "deno and yt-dlp-ejs" in asked.fix
+    default = chk.check_youtube(cfg(tmp_path, content_types=None), ["youtube", "audio"])
+    assert default is not None and default.status == "warn"
+    assert chk.check_youtube(cfg(tmp_path), ["echo"]) is None
+    monkeypatch.setattr(js_runtime, "deno_path", lambda: "/opt/deno")
+    monkeypatch.setattr(js_runtime.importlib.util, "find_spec", lambda name: object())
+    ok = chk.check_youtube(cfg(tmp_path, content_types=["youtube"]), ["youtube"])
+    assert ok is not None and ok.status == "ok" and "/opt/deno" in ok.detail
+    assert js_runtime.yt_dlp_options() == {"js_runtimes": {"deno": {"path": "/opt/deno"}}}
+
+
+def test_https_against_a_plain_http_server_says_so() -> None:
+    fix = chk.unreachable_fix(
+        "https://m.example:8000",
+        "cannot reach: ConnectError: [SSL: WRONG_VERSION_NUMBER] wrong version number",
+    )
+    assert "plain HTTP" in fix and "--server http://m.example:8000" in fix
+    assert "CA" in chk.unreachable_fix(
+        "https://m", "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"
+    )
+    assert "curl https://m/health" in chk.unreachable_fix("https://m", "ConnectError: refused")
 
 
 def test_whisper_model(tmp_path: Path) -> None:

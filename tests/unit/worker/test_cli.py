@@ -154,3 +154,42 @@ def test_json_log_lines_carry_job_progress(capsys: pytest.CaptureFixture[str]) -
     assert [(ln["phase"], ln["job_id"]) for ln in lines] == [("download", "J1"), ("processing", "J1")]
     assert lines[1]["progress"] == pytest.approx(0.525) and "halfway" in lines[1]["msg"]
     assert progress.snapshot() == (pytest.approx(0.525), "processing: halfway")
+
+
+def test_a_bad_number_in_the_environment_is_a_message_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_config([], env={"MORAG_WORKER_API_KEY": "K", "MORAG_WORKER_CONCURRENCY": "abc"})
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "MORAG_WORKER_CONCURRENCY='abc' is not a whole number" in err
+    assert "Traceback" not in err
+    with pytest.raises(SystemExit):
+        parse_config([], env={"MORAG_WORKER_API_KEY": "K", "MORAG_WORKER_ONCE": "maybe"})
+    assert "MORAG_WORKER_ONCE='maybe' is not true or false" in capsys.readouterr().err
+
+
+def test_version_and_help_name_the_check_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from worker import __version__
+
+    with pytest.raises(SystemExit) as info:
+        parse_config(["--version"], env={})
+    assert info.value.code == 0 and __version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        parse_config(["--help"], env={})
+    out = capsys.readouterr().out
+    assert "[check]" in out and "check    validate the setup" in out
+
+
+def test_an_unwritable_temp_dir_exits_2_with_a_message(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    out = subprocess.run(
+        [sys.executable, "-m", "worker", "--api-key", "K", "--temp-dir", str(blocker / "sub")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "--temp-dir" in out.stderr and "not writable" in out.stderr and "Traceback" not in out.stderr

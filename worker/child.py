@@ -1,0 +1,91 @@
+"""The child side of a processing slot: a long-lived process that runs one job at a time.
+
+The parent (``worker.slots.ProcessSlot``) starts it with the ``spawn`` method and speaks over one
+``multiprocessing`` pipe. Messages are tuples:
+
+    parent -> child   ("job", {JobInput fields})       run one job
+                      ("quit",)                         exit after the current job
+    child -> parent   ("ready", pid)                    started, imports done
+                      ("progress", fraction, message)   at most every PROGRESS_EVERY_S, and the last
+                      ("result", ProcessResult)
+                      ("error", class name, message, error class, retryable)
+                      ("canceled",)
+
+Models a processor loads stay loaded in this process between jobs (processors cache them), so a
+GPU worker pays the load once per slot, not per job. The parent stops a job by killing the whole
+process (SIGTERM, then SIGKILL): native code in Whisper or docling cannot be interrupted otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from worker.errors import JobCanceled, ProcessingError
+from worker.executor import classify, execute
+from worker.processors.base import JobInput, ProcessorConfig
+
+PROGRESS_EVERY_S = 0.1
+log = logging.getLogger("morag.worker.child")
+
+
+def error_message(exc: ProcessingError) -> tuple[str, str, str, str, bool]:
+    return ("error", type(exc).__name__, exc.message, exc.error_class.value, exc.retryable)
+
+
+def run_one(conn: Connection, fields: dict[str, Any], config: ProcessorConfig) -> None:
+    """Run one job and send its outcome (never raises, except when the pipe is gone)."""
+    last = [0.0]
+
+    def progress(fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if fraction >= 1.0 or now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
+            conn.send(("progress", float(fraction), str(message)))
+
+    try:
+        result = execute(JobInput(**fields, progress=progress), config)
+    except JobCanceled:
+        conn.send(("canceled",))
+        return
+    except (BrokenPipeError, EOFError):
+        raise
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        err = classify(exc)
+        conn.send(("canceled",) if isinstance(err, JobCanceled) else error_message(err))
+        return
+    try:
+        conn.send(("result", result))
+    except (BrokenPipeError, EOFError):
+        raise
+    except Exception as exc:  # metadata that cannot be pickled: say so instead of hanging
+        err = ProcessingError(f"the result could not be handed to the worker: {type(exc).__name__}: {exc}")
+        conn.send(error_message(err))
+
+
+def child_main(conn: Connection, config: ProcessorConfig, log_format: str) -> None:
+    """Entry point of the child process."""
+    # Ctrl-C reaches the whole process group; the parent decides when work stops (its grace period).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from worker.progress import setup_logging
+
+    setup_logging(log_format)
+    import os
+
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if msg[0] != "job":
+            return
+        try:
+            run_one(conn, msg[1], config)
+        except (BrokenPipeError, EOFError, OSError):
+            return
