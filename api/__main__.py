@@ -79,7 +79,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
         else:
             await _keys(engine, args)
     finally:
-        await engine.dispose()
+        await db.dispose(engine)
 
 
 async def _users(engine: Any, args: argparse.Namespace) -> None:

@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 
 from api import db, logfilter, openapi_doc
 from api.background import BackgroundService
+from api.bodylimit import JSONBodyLimit
 from api.cookies import CookieSource
 from api.errors import documented, install_handlers
 from api.events import JobEvents
@@ -21,8 +22,9 @@ from api.jobs import JobStore
 from api.keycache import KeyCache
 from api.logging_setup import RequestContextMiddleware
 from api.maintenance import upkeep_services
-from api.metrics import MetricsMiddleware
+from api.metrics import MetricsListener, MetricsMiddleware
 from api.notifier import Notifier
+from api.ratelimit import RateLimit
 from api.routes import files, manage, ops, search, tasks, ui, worker
 from api.settings import Settings
 from api.state import AppState
@@ -39,7 +41,7 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         url = settings.resolved_database_url()
         if run_migrations:
             await db.upgrade(url)
@@ -52,8 +54,8 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         indexer = Indexer(index_config(settings))  # models load lazily
         indexing = IndexingStage(jobs, settings, indexer, events)
         webhook_sender = WebhookSender(jobs, settings, secret)
-        # What a job's change triggers, all of it: indexing (ingest results) and webhooks (final jobs).
-        events.listen(indexing, webhook_sender)
+        # What a job's change triggers, all of it: indexing (ingest results), webhooks (final jobs), metrics.
+        events.listen(indexing, webhook_sender, MetricsListener())
         services: list[BackgroundService] = [*upkeep_services(jobs, settings), indexing, webhook_sender]
         app.state.morag = AppState(
             settings=settings,
@@ -77,7 +79,7 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
                 await service.stop()
             await indexer.close()
             await notifier.stop()
-            await engine.dispose()
+            await db.dispose(engine)
 
     app = FastAPI(
         title="morag-remote",
@@ -91,10 +93,14 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     )
     openapi_doc.install(app)  # bearer security scheme, examples (api/openapi_doc.py)
     install_handlers(app)
+    # Each add_middleware wraps the ones before it: the limits run inside the request context and
+    # metrics, so a 413 or 429 is logged and counted like any answer, yet no body is read before them.
+    app.add_middleware(JSONBodyLimit, settings=settings)
+    app.add_middleware(RateLimit, settings=settings)  # refused before the body is read
     app.add_middleware(MetricsMiddleware)  # request durations, upload bytes (api/metrics.py)
     app.add_middleware(RequestContextMiddleware)  # request id, task id, access log (api/logging_setup.py)
     # Every worker route may answer these (docs/protocol.md, "Status codes a worker can get").
-    app.include_router(worker.router, responses=documented(401, 403, 404, 409, 422))
+    app.include_router(worker.router, responses=documented(401, 403, 404, 409, 413, 422, 429))
     app.include_router(files.router)
     app.include_router(tasks.router)
     app.include_router(search.router)

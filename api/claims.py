@@ -10,17 +10,21 @@ import time
 
 from api import filestore
 from api.jobs import LeasedJob
+from api.keystore import Principal
 from api.state import AppState
 from protocol import signing
 from protocol.models import ClaimedJob
 
 
-async def claim_answer(state: AppState, base_url: str, leased: list[LeasedJob]) -> list[ClaimedJob]:
-    """The wire form of ``leased`` jobs, with signed download links and the users' cookies."""
+async def claim_answer(
+    state: AppState, who: Principal, base_url: str, leased: list[LeasedJob]
+) -> list[ClaimedJob]:
+    """The wire form of ``leased`` jobs for the claiming key ``who``: signed download links, and the
+    users' cookies where ``who`` may have them (a shared worker only when the owner opted in)."""
     settings = state.settings
     files = await filestore.get_files(state.engine, [j.file_id for j in leased if j.file_id])
     wanted = [(j.user_id, j.source_url) for j in leased if j.source_url and j.user_id is not None]
-    cookies = await state.cookies.for_urls(wanted) if wanted else {}
+    cookies = await state.cookies.for_worker(who, wanted) if wanted else {}
     exp = int(time.time() + settings.signed_url_ttl_s)
     out = []
     for j in leased:

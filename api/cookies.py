@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.errors import BadRequest, NotFound
 from api.ids import utcnow
+from api.keystore import Principal, Scope, users_sharing_cookies
 from api.models import UserCookie
 
 C = UserCookie.__table__  # type: ignore[attr-defined]
@@ -184,11 +185,24 @@ def parse_lines(text: str) -> list[CookieLine]:
 
 
 class CookieSource:
-    """Hands workers the cookies of their jobs' users: one query for a whole claim."""
+    """Hands workers the cookies of their jobs' users (as far as each worker may see them)."""
 
     def __init__(self, engine: AsyncEngine, secret: bytes) -> None:
         self.engine = engine
         self.fernet = fernet_for(secret)
 
-    async def for_urls(self, wanted: list[tuple[int, str]]) -> dict[tuple[int, str], str | None]:
-        return await cookies_for_urls(self.engine, self.fernet, wanted)
+    async def for_worker(
+        self, who: Principal, wanted: list[tuple[int, str]]
+    ) -> dict[tuple[int, str], str | None]:
+        """Per (user, url): the job owner's cookies as the claiming worker may see them.
+
+        A user's own workers get them; a shared (operator) worker only when the user turned
+        ``share_with_shared_workers`` on (``PUT /api/v1/cookies/sharing``), off by default. Pairs
+        left out get no cookies. One query for the owners' choices, one for the cookies.
+        """
+        others = {user for user, _ in wanted if user != who.user_id}
+        sharing: set[int] = set()
+        if others and who.scope is Scope.shared_worker:
+            sharing = await users_sharing_cookies(self.engine, others)
+        allowed = [(user, url) for user, url in wanted if user == who.user_id or user in sharing]
+        return await cookies_for_urls(self.engine, self.fernet, allowed) if allowed else {}

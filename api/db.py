@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 #: PostgreSQL advisory lock held while migrating (alembic/env.py): any number of processes may start
 #: together on a fresh database. The number is arbitrary but fixed ("morag" in ASCII).
 MIGRATION_LOCK_KEY = 0x6D6F726167
+# The worker thread of every aiosqlite connection an engine opened (see ``dispose``).
+_SQLITE_THREADS: weakref.WeakKeyDictionary[Engine, list[threading.Thread]] = weakref.WeakKeyDictionary()
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -21,6 +27,22 @@ def make_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         # One connection: transactions queue in-process instead of spinning on SQLite's lock.
         engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=60)
+        threads = _SQLITE_THREADS.setdefault(engine.sync_engine, [])
+
+        def _open(*args: Any, **kw: Any) -> Any:
+            import aiosqlite
+
+            conn = aiosqlite.connect(*args, **kw)
+            thread = getattr(conn, "_thread", None)
+            if isinstance(thread, threading.Thread):
+                thread.daemon = True
+                threads[:] = [t for t in threads if t.is_alive()] + [thread]
+            return conn
+
+        @event.listens_for(engine.sync_engine, "do_connect")
+        def _on_do_connect(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+            # Every connection's thread, also one whose opening a cancellation cut short.
+            cparams["async_creator_fn"] = _open
 
         @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -45,6 +67,22 @@ def make_engine(url: str) -> AsyncEngine:
         pool_recycle=1800,  # no pre-ping: it costs a round trip on every checkout of the queue's hot path
         connect_args={"server_settings": {"idle_in_transaction_session_timeout": "30000"}},
     )
+
+
+async def dispose(engine: AsyncEngine, timeout: float = 5.0) -> None:
+    """``engine.dispose()``, then (SQLite) wait until its connections' threads have ended.
+
+    A task cancelled while its connection opens or queries (a background loop stopped at shutdown)
+    leaves that aiosqlite connection's thread running after ``dispose`` returns; the thread then
+    reports to the event loop. Were the loop closed by then (``asyncio.run`` returning, a test
+    ending), the thread dies with "Event loop is closed". Waiting here, loop still running, prevents it.
+    """
+    await engine.dispose()
+    threads = _SQLITE_THREADS.get(engine.sync_engine, [])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while any(t.is_alive() for t in threads) and loop.time() < deadline:
+        await asyncio.sleep(0.005)
 
 
 def migrations_dir() -> Path:
@@ -73,7 +111,10 @@ def upgrade_sync(url: str) -> None:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            db_file = Path(path)
+            db_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not db_file.exists():  # created private: keys' hashes, cookies, results live in it
+                os.close(os.open(db_file, os.O_CREAT | os.O_WRONLY, 0o600))
     command.upgrade(alembic_config(url), "head")
 
 

@@ -13,6 +13,9 @@
     ├── Unprocessable       422 validation_error
     └── InsufficientStorage 507 insufficient_storage
 
+Foreign exceptions: a database that cannot be reached (connection refused or dropped, pool
+exhausted, SQLite locked) is 503 ``database_unavailable`` with Retry-After, never a 500.
+
 Every answer body is ``protocol.errors.ErrorBody``: ``{"code", "message", "detail"}``.
 """
 
@@ -24,7 +27,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from protocol.errors import ErrorBody
@@ -126,13 +130,17 @@ _STATUS_CODES = {
 }
 
 
+DATABASE_RETRY_AFTER_S = 2
+
 _DOCUMENTED = {
     400: "Bad input (stable `code` says which)",
     401: "A valid API key is required (`unauthorized`)",
     403: "The key's scope does not allow this (`wrong_scope`)",
     404: "Unknown object, or another user's",
     409: "Conflicts with the object's state (`stale_lease`, `job_canceled`, `task_finished`, ...)",
+    413: "The body or a stored field is over its limit (`body_too_large`, `field_too_large`, ...)",
     422: "Malformed JSON (`invalid_json`) or a field of the wrong type or value (`validation_error`)",
+    429: "Too many requests for this key (`rate_limited`); Retry-After says when to try again",
     503: "A service the server needs is unavailable; try again shortly",
 }
 
@@ -180,7 +188,7 @@ def install_handlers(app: FastAPI) -> None:
         # follow: for a client that is malformed JSON like any other, so the same 422 invalid_json.
         if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError | RecursionError):
             return error_response(422, "invalid_json", f"the body is not valid JSON: {exc.__cause__}")
-        code = _STATUS_CODES.get(exc.status_code, "http_error")
+        code = getattr(exc, "code", None) or _STATUS_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(DataError)
@@ -191,6 +199,23 @@ def install_handlers(app: FastAPI) -> None:
         return error_response(
             422, "invalid_data", "a value in the request cannot be stored (invalid characters or range)"
         )
+
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s: %s", type(exc).__name__, str(exc)[:300])
+        resp = error_response(
+            503, "database_unavailable", "the database is unavailable right now; try again shortly"
+        )
+        resp.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+        return resp
+
+    for kind in (OperationalError, InterfaceError, PoolTimeout, ConnectionError, TimeoutError):
+        app.add_exception_handler(kind, _database_down)
+
+    @app.exception_handler(DBAPIError)
+    async def _dbapi(request: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated:  # the connection dropped under the statement
+            return await _database_down(request, exc)
+        return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -33,8 +33,30 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 def files_dir(settings: Settings) -> Path:
     path = settings.data_dir / "files"
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+MAX_NAME_BYTES = 255
+
+
+def safe_name(name: str | None) -> str | None:
+    """An uploaded file's name as a plain file name: no folders, no control characters, no ``..``,
+    at most 255 bytes (the extension kept), so a worker can write it anywhere."""
+    if not name:
+        return None
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if ch.isprintable()).strip()
+    if base in ("", ".", ".."):
+        return "upload"
+    if len(base.encode()) > MAX_NAME_BYTES:
+        stem, dot, ext = base.rpartition(".")
+        ext = f".{ext}" if dot and stem and len(ext.encode()) <= 16 else ""
+        stem = base[: len(base) - len(ext)] if ext else base
+        budget = MAX_NAME_BYTES - len(ext.encode())
+        stem = stem.encode()[:budget].decode("utf-8", "ignore")
+        base = stem + ext
+    return base
 
 
 def detect_mime(head: bytes) -> str:
@@ -65,7 +87,7 @@ class FileSink:
         """``final`` and ``limit`` (bytes, setting name, error code) let artifact uploads reuse it."""
         self.settings = settings
         self.user_id = user_id
-        self.original_name = (original_name or "")[:500] or None
+        self.original_name = safe_name(original_name)
         self.file_id = new_id()
         self.final = final or files_dir(settings) / self.file_id
         self.partial = self.final.with_suffix(".part")
@@ -76,6 +98,7 @@ class FileSink:
         self._out: IO[bytes] | None = None
         try:
             self._out = open(self.partial, "wb")
+            os.chmod(self.partial, 0o600)  # before a byte is written; the folder is 0700 anyway
         except OSError as exc:
             raise _storage_error(exc) from exc
 

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -125,13 +126,51 @@ async def revoke_key(engine: AsyncEngine, key_id: str) -> None:
         raise NotFound(f"no active key {key_id!r}", code="key_not_found")
 
 
+async def get_cookie_sharing(engine: AsyncEngine, user_id: int) -> bool:
+    """Whether the user lets shared (operator) workers receive their site cookies."""
+    async with engine.begin() as conn:
+        value = (await conn.execute(select(USERS.c.share_cookies).where(USERS.c.id == user_id))).scalar()
+    return bool(value)
+
+
+async def users_sharing_cookies(engine: AsyncEngine, user_ids: set[int]) -> set[int]:
+    """Those of ``user_ids`` who let shared (operator) workers receive their site cookies."""
+    async with engine.begin() as conn:
+        rows = await conn.execute(
+            select(USERS.c.id).where(USERS.c.id.in_(list(user_ids)), USERS.c.share_cookies.is_(True))
+        )
+    return {int(r.id) for r in rows}
+
+
+async def set_cookie_sharing(engine: AsyncEngine, user_id: int, share: bool) -> None:
+    """Turn sending the user's cookies to shared workers on or off."""
+    async with engine.begin() as conn:
+        await conn.execute(update(USERS).where(USERS.c.id == user_id).values(share_cookies=share))
+
+
+LAST_USED_RESOLUTION_S = 60.0  # `keys list` shows last use to the minute: one write a minute per key
+
+
+async def _touch(engine: AsyncEngine, key_id: str, last_used: datetime | None) -> None:
+    """Record the key's use, at most once a minute (not a write per request)."""
+    now = utcnow()
+    if last_used is not None:
+        if last_used.tzinfo is None:  # SQLite gives naive UTC
+            last_used = last_used.replace(tzinfo=UTC)
+        if (now - last_used).total_seconds() < LAST_USED_RESOLUTION_S:
+            return
+    async with engine.begin() as conn:
+        await conn.execute(update(KEYS).where(KEYS.c.id == key_id).values(last_used_at=now))
+
+
 async def authenticate(engine: AsyncEngine, key: str) -> Principal | None:
     """The principal for a presented key, or None when unknown or revoked."""
     digest = hash_key(key)
     async with engine.begin() as conn:
         row = (
             await conn.execute(
-                select(KEYS.c.id, KEYS.c.key_hash, KEYS.c.scope, KEYS.c.revoked_at, USERS.c.id.label("uid"),
+                select(KEYS.c.id, KEYS.c.key_hash, KEYS.c.scope, KEYS.c.revoked_at, KEYS.c.last_used_at,
+                       USERS.c.id.label("uid"),
                        USERS.c.name, USERS.c.cpu_fallback, USERS.c.shared_fallback)
                 .join(USERS, USERS.c.id == KEYS.c.user_id)
                 .where(KEYS.c.key_hash == digest)
@@ -140,6 +179,7 @@ async def authenticate(engine: AsyncEngine, key: str) -> Principal | None:
     # The lookup is by hash; compare again in constant time so timing says nothing.
     if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at is not None:
         return None
+    await _touch(engine, row.id, row.last_used_at)
     return Principal(
         key_id=row.id,
         user_id=row.uid,

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.ids import utcnow
+from api.jobs.records import JobEvent, JobState, TaskStage
 from api.models import DateTime
 from protocol.states import ContentType, lane_kind_for
 
@@ -273,3 +274,22 @@ async def render(
     state = CollectorRegistry(auto_describe=False)
     state.register(_Static([*await _queue_families(engine, worker_ttl_s), *(extra or [])]))
     return body + generate_latest(state)
+
+
+# --- Job events ---------------------------------------------------------------------------------
+
+class MetricsListener:
+    """Counts what job events say (listed with the other listeners in ``api.app``)."""
+
+    def job_changed(self, event: JobEvent) -> None:
+        lane = event.lane
+        if lane is None:
+            return  # not a worker's report (a cancel, the indexing stage finishing)
+        if event.state is JobState.queued:
+            count_retry(lane)
+        elif event.state is JobState.dead:
+            count_dead(lane)
+        elif event.seconds_since_claim is not None and (
+            event.state is JobState.succeeded or event.stage is TaskStage.indexing
+        ):
+            observe_processing(event.content_type or "unknown", event.seconds_since_claim)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Dialect, Index, text
+from sqlalchemy import JSON, Column, Dialect, Index, false, text
 from sqlalchemy import DateTime as SADateTime
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -42,6 +42,8 @@ class User(SQLModel, table=True):
     # A GPU-lane job may fall back to this user's CPU workers / to shared (operator) workers.
     cpu_fallback: bool = Field(default=True)
     shared_fallback: bool = Field(default=True)
+    # The user's site cookies go along with jobs that shared (operator) workers run: opt-in.
+    share_cookies: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 class ApiKey(SQLModel, table=True):

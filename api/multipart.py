@@ -63,11 +63,19 @@ class _Collector:
         return out
 
 
+MAX_BOUNDARY = 256
+
+
 def _boundary(request: Request) -> bytes:
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or not params.get(b"boundary"):
         raise BadRequest("the body must be multipart/form-data", code="expected_multipart")
-    return params[b"boundary"]
+    boundary: bytes = params[b"boundary"]
+    if len(boundary) > MAX_BOUNDARY:  # RFC 2046: 1 to 70 characters; the parser refuses > 256
+        raise BadRequest(
+            f"the multipart boundary is longer than {MAX_BOUNDARY} characters", code="malformed_multipart"
+        )
+    return boundary
 
 
 def _check_length(request: Request, settings: Settings) -> None:

@@ -115,6 +115,13 @@ class CookieDomain(BaseModel):
     updated_at: datetime
 
 
+class CookieSharing(BaseModel):
+    share_with_shared_workers: bool = Field(
+        description="Send your site cookies along when the operator's shared workers run your jobs "
+        "(off by default: only your own workers get them)."
+    )
+
+
 class CookieList(BaseModel):
     domains: list[CookieDomain]
     total: int

@@ -6,11 +6,22 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from api.logging_setup import configure_logging, log_config
 from api.settings import Settings
 
 log = logging.getLogger("morag.serve")
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's connection limits and timeouts from the settings (idle and slow clients are closed)."""
+    return {
+        "timeout_keep_alive": settings.http_keep_alive_s,
+        "limit_concurrency": settings.http_limit_concurrency,
+        "h11_max_incomplete_event_size": settings.http_max_header_bytes,
+        "timeout_graceful_shutdown": settings.http_graceful_shutdown_s,
+    }
 
 
 def serve(
@@ -27,13 +38,14 @@ def serve(
         "log_config": log_config(level, json_lines=settings.log_json),
         "log_level": level,
         "access_log": False,  # api.logging_setup writes the access log (request id, redaction)
+        **server_options(settings),
     }
     if workers > 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         _prometheus_multiproc_dir()  # before prometheus_client is imported: it reads this once
     if workers <= 1:
         from api.app import create_app
 
-        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+        uvicorn.run(create_app(settings), **common)
         return
     if settings.is_sqlite:
         log.warning("%d processes on SQLite: writes queue behind one lock; use PostgreSQL", workers)
@@ -45,7 +57,7 @@ def serve(
             settings.data_dir / "qdrant",
         )
     # Each process builds its own app from the same environment (Settings() in create_app).
-    uvicorn.run("api.app:create_app", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+    uvicorn.run("api.app:create_app", factory=True, workers=workers, **common)
 
 
 def _prometheus_multiproc_dir() -> None:

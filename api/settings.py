@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger("morag.settings")
@@ -25,7 +27,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="postgresql+asyncpg://... for PostgreSQL; default SQLite in data_dir."
     )
-    secret_key: str | None = Field(
+    secret_key: SecretStr | None = Field(
         None,
         description="Signs download URLs and webhooks, encrypts cookies. Default: generated once "
         "and kept in data_dir/secret.key.",
@@ -97,6 +99,62 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="Files on disk (or file rows) that no job uses are removed after this long."
     )
 
+    # HTTP server (python -m api serve)
+    http_keep_alive_s: int = Field(
+        5, ge=1, description="An idle keep-alive connection is closed after this many seconds."
+    )
+    http_limit_concurrency: int = Field(
+        2000,
+        ge=10,
+        description="Most connections and requests at once; past it new ones are answered 503 "
+        "(long-polling workers count: keep it above the number of workers).",
+    )
+    http_max_header_bytes: int = Field(
+        64 * 1024, ge=4096, description="Largest request line plus headers; past it the connection is closed."
+    )
+    http_graceful_shutdown_s: int = Field(
+        35, ge=0, description="On shutdown, open requests (long-polls: up to 30 s) get this long to finish."
+    )
+
+    # Per-key limits (429 rate_limited with Retry-After past them; in-process)
+    rate_submit_per_s: float = Field(
+        20.0, gt=0, description="Submissions (/process/*, /api/v1/ingest*) a key may make per second."
+    )
+    rate_submit_burst: float = Field(
+        200.0, ge=1, description="Submissions a key may make at once before the rate applies."
+    )
+    rate_claim_per_s: float = Field(
+        50.0, gt=0, description="Claims (POST /worker/claim) a key may make per second."
+    )
+    rate_claim_burst: float = Field(
+        200.0, ge=1, description="Claims a key may make at once before the rate applies."
+    )
+    max_uploads_per_key: int = Field(
+        8, ge=1, description="Multipart uploads one key may have in progress at once."
+    )
+    max_polls_per_key: int = Field(
+        32,
+        ge=1,
+        description="Claims (long-polls) one key may have open at once; run more workers with more keys.",
+    )
+
+    # Request size limits (413 past them)
+    max_json_bytes: int = Field(
+        1024 * 1024, gt=0, description="Largest JSON body on client routes; refused before it is read past."
+    )
+    max_batch_json_bytes: int = Field(
+        10 * 1024 * 1024, gt=0, description="Largest JSON body of POST /api/v1/ingest/batch."
+    )
+    max_worker_json_bytes: int = Field(
+        32 * 1024 * 1024,
+        gt=0,
+        description="Largest JSON body on worker routes (a completion carries the whole markdown result).",
+    )
+    max_options_bytes: int = Field(64 * 1024, gt=0, description="Largest `options` stored with a job.")
+    max_metadata_bytes: int = Field(
+        256 * 1024, gt=0, description="Largest `metadata` stored with a job (and with each of its chunks)."
+    )
+
     # Client API
     process_wait_default_s: float = Field(
         60.0, ge=0, le=600, description="How long /process/* waits for the result when wait_s is not given."
@@ -136,7 +194,7 @@ class Settings(BaseSettings):
         "reads 256 tokens (~1,100 characters): larger chunks are embedded by their start only.",
     )
     chunk_overlap: int = Field(150, ge=0, description="Characters shared by consecutive chunks.")
-    gemini_api_key: str | None = Field(
+    gemini_api_key: SecretStr | None = Field(
         None, description="Embed with Gemini (google-genai) when set; else the local MiniLM model."
     )
     gemini_model: str = Field("gemini-embedding-001", description="Gemini embedding model.")
@@ -146,7 +204,7 @@ class Settings(BaseSettings):
     qdrant_url: str | None = Field(
         None, description="Qdrant server URL; default: local mode in data_dir/qdrant."
     )
-    qdrant_api_key: str | None = Field(None, description="Qdrant server API key.")
+    qdrant_api_key: SecretStr | None = Field(None, description="Qdrant server API key.")
     collection: str = Field("morag", description="Qdrant collection name.")
     distance: str = Field("cosine", pattern="^(cosine|dot|euclid|manhattan)$", description="Vector distance.")
     index_interval_s: float = Field(
@@ -189,6 +247,13 @@ class Settings(BaseSettings):
             )
         return self
 
+    def __repr_args__(self) -> Any:
+        """As pydantic's, with the password of ``database_url`` hidden (secrets are SecretStr)."""
+        for name, value in super().__repr_args__():
+            if name == "database_url" and isinstance(value, str):
+                value = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1**********@", value)
+            yield name, value
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
@@ -200,8 +265,8 @@ class Settings(BaseSettings):
 
     def secret_bytes(self) -> bytes:
         """The server secret; generated once into data_dir/secret.key when not configured."""
-        if self.secret_key:
-            return self.secret_key.encode()
+        if self.secret_key and self.secret_key.get_secret_value():
+            return self.secret_key.get_secret_value().encode()
         path = self.data_dir / "secret.key"
         if not path.exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)

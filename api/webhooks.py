@@ -32,6 +32,7 @@ from api.background import BackgroundService
 from api.ids import utcnow
 from api.jobs import JobEvent, JobRecord, JobStore, is_final
 from api.settings import Settings
+from protocol import netguard
 from protocol.signing import sign_body
 from protocol.urlguard import UnsafeURL, check_url
 
@@ -84,7 +85,11 @@ class WebhookSender(BackgroundService):
         self.jobs = jobs
         self.settings = settings
         self.secret = secret
-        self.client = httpx.AsyncClient(timeout=settings.webhook_timeout_s, follow_redirects=False)
+        # The guard is enforced where the socket connects (no second lookup: no DNS rebinding).
+        guarded = netguard.async_transport(allow_private=settings.webhook_allow_private)
+        self.client = httpx.AsyncClient(
+            timeout=settings.webhook_timeout_s, follow_redirects=False, transport=guarded
+        )
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
     async def stop(self) -> None:

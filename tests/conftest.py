@@ -107,7 +107,7 @@ class Store:
 
 @pytest.fixture
 async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Store]:
-    from api.db import make_engine
+    from api.db import dispose, make_engine
     from api.jobs import JobStore
     from api.notifier import Notifier
     from api.settings import Settings
@@ -117,4 +117,4 @@ async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Store]:
     notifier = Notifier()
     jobs = JobStore(engine, settings, notifier)
     yield Store(engine=engine, settings=settings, notifier=notifier, jobs=jobs)
-    await engine.dispose()
+    await dispose(engine)  # waits for SQLite connection threads while the loop still runs

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from api.indexing.errors import InvalidChunkOptions
@@ -15,7 +15,7 @@ class IndexConfig:
     chunk_size: int = 1000  # characters; MiniLM reads 256 tokens (~1,100 characters)
     chunk_overlap: int = 150  # characters
     # Gemini is used when a key is set; otherwise the local MiniLM model (no network needed).
-    gemini_api_key: str | None = None
+    gemini_api_key: str | None = field(default=None, repr=False)  # secrets stay out of repr
     gemini_model: str = "gemini-embedding-001"
     gemini_dimensions: int = 768
     gemini_timeout_s: float = 60.0
@@ -26,7 +26,7 @@ class IndexConfig:
     local_batch_size: int = 16  # texts per onnxruntime run
     # Qdrant: a server when qdrant_url is set, else local mode in qdrant_path (":memory:" if None).
     qdrant_url: str | None = None
-    qdrant_api_key: str | None = None
+    qdrant_api_key: str | None = field(default=None, repr=False)
     qdrant_path: str | None = None
     qdrant_timeout_s: float = 10.0
     collection: str = "morag"

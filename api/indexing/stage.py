@@ -37,13 +37,13 @@ def index_config(settings: Settings) -> IndexConfig:
     return IndexConfig(
         chunk_size=settings.chunk_size,
         chunk_overlap=min(settings.chunk_overlap, settings.chunk_size - 1),
-        gemini_api_key=settings.gemini_api_key,
+        gemini_api_key=settings.gemini_api_key.get_secret_value() if settings.gemini_api_key else None,
         gemini_model=settings.gemini_model,
         gemini_dimensions=settings.gemini_dimensions,
         embed_batch_size=settings.embed_batch_size,
         embed_max_retries=settings.embed_max_retries,
         qdrant_url=settings.qdrant_url,
-        qdrant_api_key=settings.qdrant_api_key,
+        qdrant_api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
         qdrant_path=None if settings.qdrant_url else str(settings.data_dir / "qdrant"),
         collection=settings.collection,
         distance=settings.distance,  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
-"""Changes a worker makes to the jobs it holds: heartbeat, complete, fail (or give back).
+"""Changes a worker makes to the jobs it holds: heartbeat, complete, fail (or give back), and the
+give-back of jobs claimed for a worker that left during its long-poll.
 
 Each goes through the one fence in :mod:`api.jobs.base`: the job id, its current lease token, the
 key that claimed it, ``running`` in the ``process`` stage.
@@ -6,7 +7,7 @@ key that claimed it, ``running`` in the ``process`` stage.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, case, literal, select, update
@@ -16,17 +17,37 @@ from api.background import backoff_s
 from api.errors import JobCanceledError, MoragError, StaleLease
 from api.ids import utcnow
 from api.jobs.base import QUEUED, RUNNING, StoreBase
-from api.jobs.records import FailOutcome, HeartbeatOutcome, JobEvent, JobKind, JobState, Lease, TaskStage
+from api.jobs.records import (
+    FailOutcome,
+    HeartbeatOutcome,
+    JobEvent,
+    JobKind,
+    JobState,
+    Lease,
+    LeasedJob,
+    TaskStage,
+)
 from api.jobs.tables import JOBS as J
 from api.jobs.tables import WORKERS as W
+from api.keystore import Principal
 from protocol.errors import ErrorClass
 
-_EVENT_COLS = (J.c.state, J.c.stage, J.c.kind, J.c.webhook_url)
+_EVENT_COLS = (J.c.state, J.c.stage, J.c.kind, J.c.webhook_url, J.c.lane, J.c.content_type, J.c.started_at)
 
 
 def _event(job_id: str, row: Any) -> JobEvent:
+    started = row.started_at
+    if started is not None and started.tzinfo is None:
+        started = started.replace(tzinfo=UTC)
     return JobEvent(
-        job_id, JobState(row.state), TaskStage(row.stage), JobKind(row.kind), row.webhook_url is not None
+        job_id,
+        JobState(row.state),
+        TaskStage(row.stage),
+        JobKind(row.kind),
+        row.webhook_url is not None,
+        lane=row.lane,
+        content_type=row.content_type,
+        seconds_since_claim=(utcnow() - started).total_seconds() if started is not None else None,
     )
 
 
@@ -179,3 +200,30 @@ class LeaseStore(StoreBase):
         if state is JobState.queued:
             self.notifier.wake()
         return FailOutcome(state, retry_at, _event(lease.job_id, row))
+
+    async def release_claimed(self, who: Principal, leased: list[LeasedJob]) -> int:
+        """Give back jobs just leased to ``who`` for a worker that left before it got the answer
+        (its long-poll connection closed): queued again at once, not counted as an attempt."""
+        now = utcnow()
+        values: dict[str, Any] = {
+            "state": QUEUED,
+            "attempt": J.c.attempt - 1,
+            "lease_token": None,
+            "lease_expires_at": None,
+            "worker_id": None,
+            "claim_id": None,
+            "run_after": now,
+            "updated_at": now,
+            "progress_message": "released: the worker left before it got the job",
+        }
+        count = 0
+        async with self.engine.begin() as conn:
+            for job in leased:
+                lease = Lease(job.id, job.lease_token, who.key_id)
+                if await self._guarded_update(conn, lease, values) is not None:
+                    count += 1
+            if count:
+                await self.notifier.publish(conn)
+        if count:
+            self.notifier.wake()
+        return count

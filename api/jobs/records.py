@@ -149,6 +149,10 @@ class JobEvent:
     stage: TaskStage
     kind: JobKind
     has_webhook: bool
+    #: for metrics: the job's lane and content type, and seconds since its claim (when known)
+    lane: str | None = None
+    content_type: str | None = None
+    seconds_since_claim: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

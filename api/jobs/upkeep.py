@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, case, delete, exists, literal, or_, select, update
 
+from api import metrics
 from api.ids import utcnow
 from api.jobs.base import QUEUED, RUNNING, StoreBase, owner_is
 from api.jobs.records import JobState, TaskStage
@@ -49,12 +50,17 @@ class UpkeepStore(StoreBase):
                     run_after=now,
                     updated_at=now,
                 )
+                .returning(J.c.lane, J.c.state)
             )
-            count = int(res.rowcount or 0)
+            expired = res.all()
+            count = len(expired)
             if count:
                 await self.notifier.publish(conn)
         if count:
             self.notifier.wake()
+        for row in expired:
+            metrics.count_lease_expiries(row.lane)
+            (metrics.count_dead if row.state == JobState.dead.value else metrics.count_retry)(row.lane)
         return count
 
     async def sweep_fallback(self) -> int:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from api import cookies
+from api import cookies, keystore
 from api.auth import client_access
 from api.errors import BadRequest, PayloadTooLarge, documented
 from api.keystore import Principal
 from api.routes.forms import ERRORS
-from api.schemas import CookieList
+from api.schemas import CookieList, CookieSharing
 
 # 400 `anonymous`: a server that allows anonymous callers still keeps no cookies for them.
 router = APIRouter(prefix="/api/v1/cookies", tags=["cookies"], responses=documented(400))
@@ -56,6 +56,23 @@ async def put_cookies(request: Request, who: Principal = Depends(client_access))
     await cookies.put_cookies(state.engine, cookies.fernet_for(state.secret), user_id, text)
     rows = await cookies.list_cookies(state.engine, user_id)
     return CookieList.model_validate({"domains": rows, "total": sum(r["count"] for r in rows)})
+
+
+@router.get("/sharing", response_model=CookieSharing)
+async def get_sharing(request: Request, who: Principal = Depends(client_access)) -> CookieSharing:
+    """Whether shared (operator) workers receive the caller's cookies with their jobs."""
+    share = await keystore.get_cookie_sharing(request.app.state.morag.engine, _user(who))
+    return CookieSharing(share_with_shared_workers=share)
+
+
+@router.put("/sharing", response_model=CookieSharing)
+async def put_sharing(
+    body: CookieSharing, request: Request, who: Principal = Depends(client_access)
+) -> CookieSharing:
+    """Let shared (operator) workers receive the caller's cookies, or stop it (off by default)."""
+    engine = request.app.state.morag.engine
+    await keystore.set_cookie_sharing(engine, _user(who), body.share_with_shared_workers)
+    return body
 
 
 @router.get("", response_model=CookieList)

@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse
 from api import filestore
 from api.auth import worker_access
 from api.errors import Forbidden, NotFound, documented
+from api.jobs import TaskStage
 from api.keystore import Principal, Scope
 from api.state import get_state
 from protocol import paths, signing
@@ -47,15 +48,19 @@ async def download(
     row = await state.jobs.get_any(job)
     # One answer for every mismatch, so a probe learns nothing about other users' files.
     denied = NotFound("no such file, or the link is not valid for this key", code="file_not_found")
+    # Only while a worker processes the job: not queued, not ended, not while the server indexes it.
     if row is None or row.file_id != file_id or row.state != JobState.running or not row.lease_token:
         raise denied
-    if not signing.verify(state.secret, sig, file_id, job, row.lease_token, exp):
-        raise Forbidden("the download link is invalid or expired; claim the job again", code="bad_signature")
+    if row.stage != TaskStage.process:
+        raise denied
+    # Whose it is before whether the signature holds: a foreign key learns nothing (always 404).
     if who.scope is Scope.shared_worker:
         if row.worker_key_id != who.key_id:
             raise denied
     elif row.user_id != who.user_id:
         raise denied
+    if not signing.verify(state.secret, sig, file_id, job, row.lease_token, exp):
+        raise Forbidden("the download link is invalid or expired; claim the job again", code="bad_signature")
     f = await filestore.get_file(state.engine, file_id)
     if f is None:
         raise denied

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from api import filestore
 from api.auth import client_access
+from api.bodylimit import check_job
 from api.contenttypes import content_type_for_url, resolve_upload_type
 from api.errors import BadRequest, MoragError, NotFound, PayloadTooLarge, Unprocessable, documented
 from api.ids import new_id
@@ -92,9 +93,9 @@ async def ingest_file(
         _, row, head = form.files[0]
         content_type = resolve_upload_type(fields.content_type, row["mime_type"], head)
         await check_webhook(state.settings, fields.webhook_url)
+        job = check_job(state.settings, _file_job(fields, row["id"], content_type))
         await filestore.insert_files(state.engine, state.settings, [row])
-        job_id = await state.jobs.enqueue(who, _file_job(fields, row["id"], content_type)
-        )
+        job_id = await state.jobs.enqueue(who, job)
     return _queued(response, job_id)
 
 
@@ -106,7 +107,7 @@ async def ingest_url(
     state = get_state(request)
     check_source_url(body.url)
     await check_webhook(state.settings, body.webhook_url)
-    job_id = await state.jobs.enqueue(who, _url_job(body))
+    job_id = await state.jobs.enqueue(who, check_job(state.settings, _url_job(body)))
     return _queued(response, job_id)
 
 
@@ -177,8 +178,8 @@ async def _ingest_batch(request: Request, who: Principal) -> BatchCreated:
         except BadRequest as exc:
             raise BadRequest(f"items[{n}]: {exc.message}", code=exc.code) from exc
     batch_id = new_id()
-    ids = await state.jobs.enqueue_many(who, [_url_job(i, batch_id) for i in body.items]
-    )
+    jobs = [check_job(state.settings, _url_job(i, batch_id)) for i in body.items]
+    ids = await state.jobs.enqueue_many(who, jobs)
     return BatchCreated(batch_id=batch_id, status=JobState.queued.value, task_ids=ids)
 
 
@@ -199,7 +200,7 @@ async def _file_batch(request: Request, who: Principal) -> BatchCreated:
                 content_type = resolve_upload_type(fields.content_type, row["mime_type"], head)
             except MoragError as exc:
                 raise type(exc)(f"files[{n}] ({row['original_name']}): {exc.message}", code=exc.code) from exc
-            jobs.append(_file_job(fields, row["id"], content_type, batch_id))
+            jobs.append(check_job(state.settings, _file_job(fields, row["id"], content_type, batch_id)))
         await filestore.insert_files(state.engine, state.settings, [row for _, row, _ in form.files])
         ids = await state.jobs.enqueue_many(who, jobs)
     return BatchCreated(batch_id=batch_id, status=JobState.queued.value, task_ids=ids)

@@ -26,7 +26,8 @@ from api.state import AppState, get_state
 from protocol.inputs import CleanBody
 from protocol.states import JobState
 
-router = APIRouter(prefix="/api/v1", responses=documented(401, 403, 422))
+# Like every client route (api/routes/tasks.py): no key, a worker's key, too large, bad input, rate.
+router = APIRouter(prefix="/api/v1", responses=documented(401, 403, 413, 422, 429))
 admin_access = require(Scope.admin)
 
 

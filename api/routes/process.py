@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from api import filestore
 from api.auth import client_access
+from api.bodylimit import check_job
 from api.contenttypes import content_type_for_url, resolve_upload_type
 from api.errors import BadRequest
 from api.jobs import JobRecord, NewJob, is_final
@@ -58,7 +59,8 @@ def _result(row: JobRecord) -> ProcessResult:
 
 
 async def _enqueue(request: Request, who: Principal, job: NewJob) -> str:
-    return await get_state(request).jobs.enqueue(who, job)
+    state = get_state(request)
+    return await state.jobs.enqueue(who, check_job(state.settings, job))
 
 
 async def _answer(request: Request, who: Principal, job_id: str, wait_s: float) -> Any:

@@ -91,7 +91,7 @@ async def claim(
     if body.claim_id:
         replay = await state.jobs.replay_claim(who, body.claim_id)
         if replay:
-            return ClaimResponse(jobs=await claim_answer(state, _base_url(state, request), replay))
+            return ClaimResponse(jobs=await claim_answer(state, who, _base_url(state, request), replay))
     content_types = [c.value for c in body.content_types]
     deadline = time.monotonic() + min(body.wait_s, settings.claim_wait_max_s)
     while True:
@@ -107,7 +107,10 @@ async def claim(
             body.version,
         )
         if leased:
-            return ClaimResponse(jobs=await claim_answer(state, _base_url(state, request), leased))
+            if await request.is_disconnected():  # the worker left during its long-poll: give them back
+                await state.jobs.release_claimed(who, leased)
+                return Response(status_code=204)
+            return ClaimResponse(jobs=await claim_answer(state, who, _base_url(state, request), leased))
         remaining = deadline - time.monotonic()
         if remaining <= 0 or await request.is_disconnected():
             return Response(status_code=204)

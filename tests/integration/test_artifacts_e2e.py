@@ -76,6 +76,7 @@ async def _upload(client: WorkerClient, job_id: str, token: str, path: Path) -> 
         await client.aclose()
 
 
+@pytest.mark.usefixtures("database_url")  # SQLite and PostgreSQL
 def test_10mb_artifact_upload_over_http(live_server: LiveServerFactory, tmp_path: Path) -> None:
     server = live_server()
     resp = httpx.post(

@@ -328,6 +328,28 @@ def test_gpu_job_falls_back_to_cpu_not_before_the_delay_and_soon_after(
     assert status(server, task)["worker_id"] == "cpu-box"
 
 
+@both_backends
+def test_job_falls_back_to_shared_workers_not_before_the_delay_and_soon_after(
+    live_server: LiveServerFactory,
+) -> None:
+    """Breaks caught: the shared fallback delay scaled (x1000) or dropped."""
+    delay = 3.0
+    server = live_server(env={"MORAG_SHARED_FALLBACK_AFTER_S": str(delay), "MORAG_LEASE_S": "60"})
+    server.cli("users", "create", "operator")
+    shared_key = server.create_key("operator", "shared-worker")
+    assert claim(server, "own-box", ["cpu"], ["audio"]) == []  # a live CPU worker of alice's
+    task = submit_echo(server, "for whoever is free")
+    submitted = time.monotonic()
+    assert claim(server, "op-1", ["cpu"], ["echo"], key=shared_key) == []  # alice's lane has it, for now
+    time.sleep(delay / 2)
+    assert claim(server, "op-1", ["cpu"], ["echo"], key=shared_key) == []
+    assert time.monotonic() - submitted < delay - 0.3  # the checks above ran before the delay
+    got = claim(server, "op-1", ["cpu"], ["echo"], wait_s=delay * 4, key=shared_key)
+    waited = time.monotonic() - submitted
+    assert [j["job_id"] for j in got] == [task], f"no shared fallback {waited:.1f} s after submit"
+    assert delay - 0.5 <= waited <= delay + 4, waited
+
+
 # -- webhooks ------------------------------------------------------------------------------------
 
 
@@ -452,7 +474,7 @@ def test_two_servers_one_database_every_job_done_exactly_once(
         )
         assert resp.status_code == 202, resp.text
         texts[resp.json()["task_id"]] = text
-    done = {}
+    done: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + 90
     while len(done) < len(texts) and time.monotonic() < deadline:
         for task in set(texts) - set(done):

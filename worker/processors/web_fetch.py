@@ -1,4 +1,4 @@
-"""Fetch one URL for a web job: every redirect hop checked by urlguard, size and time limits, cookies.
+"""Fetch one URL for a web job: every connection checked by the address guard, size and time limits, cookies.
 
 Redirects are followed by hand so that each hop's target passes ``protocol.urlguard`` before any
 request goes to it (a public page must not redirect the worker into the user's network). httpx
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from protocol import netguard
 from protocol.urlguard import UnsafeURL, check_url
 from worker.errors import AuthRequired, BadInput, TransientError
 from worker.processors.base import JobInput, ProcessorConfig
@@ -94,7 +95,12 @@ def fetch(url: str, job: JobInput, config: ProcessorConfig) -> Fetched:
     timeout = httpx.Timeout(config.fetch_timeout_s, connect=min(config.fetch_timeout_s, 15.0))
     headers = {"User-Agent": USER_AGENT, "Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
     try:
-        with httpx.Client(cookies=jar, timeout=timeout, headers=headers, follow_redirects=False) as client:
+        # Each connection is checked where it is opened: a name that answers a public address to
+        # guard() and a private one to the socket (DNS rebinding) is still refused.
+        transport = netguard.transport(allow_private=config.allow_private_urls)
+        with httpx.Client(
+            cookies=jar, timeout=timeout, headers=headers, follow_redirects=False, transport=transport
+        ) as client:
             for _hop in range(MAX_REDIRECTS + 1):
                 guard(url, config)
                 with client.stream("GET", url) as response:
@@ -105,6 +111,8 @@ def fetch(url: str, job: JobInput, config: ProcessorConfig) -> Fetched:
                     size = _save_body(response, dest, config.max_download_bytes, deadline, url)
                     ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
                     return Fetched(url=str(response.url), content_type=ctype, path=dest, size=size)
+    except UnsafeURL as exc:
+        raise BadInput(f"refused to fetch {url}: {exc}") from exc
     except httpx.TimeoutException as exc:
         raise TransientError(f"fetching {url} timed out: {exc}") from exc
     except httpx.InvalidURL as exc:

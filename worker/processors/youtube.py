@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from protocol.urlguard import UnsafeURL, check_url
+from worker import netguard
 from worker.errors import AuthRequired, BadInput, JobCanceled, ProcessingError, TransientError
 from worker.processors import transcript
 from worker.processors.audio import media_available, transcribe_file
@@ -173,7 +174,14 @@ class YoutubeProcessor:
                     raise yt_dlp.utils.DownloadCancelled(str(exc)) from exc
 
         return {
-            "format": "bestaudio/best",
+            # Only yt-dlp's own downloaders (their sockets pass the address guard): no ffmpeg,
+            # rtmpdump or aria2c fetching from another process.
+            "format": (
+                "bestaudio[protocol^=http]/bestaudio[protocol^=m3u8]/best[protocol^=http]/best[protocol^=m3u8]"
+            ),
+            "external_downloader": {"default": "native"},
+            "hls_prefer_native": True,
+            "concurrent_fragment_downloads": 1,  # fragments in this (guarded) thread
             "outtmpl": str(job.temp_dir / "media.%(ext)s"),
             "noplaylist": True,
             "quiet": True,
@@ -208,32 +216,39 @@ class YoutubeProcessor:
         sub_info: dict[str, Any] = {}
         media: Path | None = None
         canceled: list[JobCanceled] = []
-        try:
-            with yt_dlp.YoutubeDL(self._options(job, config, cookies, canceled)) as ydl:
-                info = ydl.sanitize_info(ydl.extract_info(job.url, download=False))
-                if info.get("_type") in {"playlist", "multi_video"}:
-                    entries = [e for e in info.get("entries") or [] if e]
-                    if len(entries) != 1:
-                        raise BadInput(f"{job.url} is a playlist of {len(entries)} items: submit each item")
-                    info = entries[0]
-                picked = _pick_subtitles(info, job.options.get("language")) if prefer_subs else None
-                if picked is not None:
-                    lang, track, automatic = picked
-                    raw = track.get("data") or ydl.urlopen(track["url"]).read().decode("utf-8", "replace")
-                    subs = transcript.parse_subtitles(raw)
-                    sub_info = {"subtitle_language": lang, "subtitle_automatic": automatic}
-                if not subs:
-                    done = ydl.process_ie_result(info, download=True)
-                    files = [
-                        Path(d["filepath"])
-                        for d in done.get("requested_downloads") or []
-                        if d.get("filepath")
-                    ]
-                    media = next((f for f in files if f.is_file()), None)
-        except yt_dlp.utils.DownloadCancelled as exc:
-            raise (canceled[0] if canceled else JobCanceled(str(exc))) from exc
-        except (yt_dlp.utils.YoutubeDLError, OSError) as exc:
-            raise classify(exc) from exc
+        netguard.refuse_external_downloads()
+        with netguard.guarded(config.allow_private_urls) as guard:
+            try:
+                with yt_dlp.YoutubeDL(self._options(job, config, cookies, canceled)) as ydl:
+                    info = ydl.sanitize_info(ydl.extract_info(job.url, download=False))
+                    if info.get("_type") in {"playlist", "multi_video"}:
+                        entries = [e for e in info.get("entries") or [] if e]
+                        if len(entries) != 1:
+                            n = len(entries)
+                            raise BadInput(f"{job.url} is a playlist of {n} items: submit each item")
+                        info = entries[0]
+                    picked = _pick_subtitles(info, job.options.get("language")) if prefer_subs else None
+                    if picked is not None:
+                        lang, track, automatic = picked
+                        raw = track.get("data") or ydl.urlopen(track["url"]).read().decode("utf-8", "replace")
+                        subs = transcript.parse_subtitles(raw)
+                        sub_info = {"subtitle_language": lang, "subtitle_automatic": automatic}
+                    if not subs:
+                        done = ydl.process_ie_result(info, download=True)
+                        files = [
+                            Path(d["filepath"])
+                            for d in done.get("requested_downloads") or []
+                            if d.get("filepath")
+                        ]
+                        media = next((f for f in files if f.is_file()), None)
+            except yt_dlp.utils.DownloadCancelled as exc:
+                raise (canceled[0] if canceled else JobCanceled(str(exc))) from exc
+            except (yt_dlp.utils.YoutubeDLError, OSError) as exc:
+                if guard.refused:  # yt-dlp may word it as a network error: it is the guard, not retried
+                    raise BadInput(f"refusing {job.url}: it leads to {', '.join(guard.refused[:3])}") from exc
+                raise classify(exc) from exc
+        if guard.refused and not subs and media is None:
+            raise BadInput(f"refusing {job.url}: it leads to {', '.join(guard.refused[:3])}")
         if not subs and media is None:
             raise BadInput(
                 f"nothing was downloaded from {job.url} (no media, or larger than "

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
 from sqlalchemy import select
 
+from api import keystore
 from api.models import UserCookie
-from tests.integration.api.conftest import Env, check_error, check_openapi, claim
+from tests.integration.api.conftest import Env, check_error, check_openapi, claim, make_settings, running_env
 
 COOKIES = """# Netscape HTTP Cookie File
 .youtube.com\tTRUE\t/\tTRUE\t1999999999\tSID\tyt-secret-1
@@ -101,3 +106,45 @@ async def test_claim_hands_only_matching_cookies_of_the_jobs_user(env: Env) -> N
     assert "ex-secret" in jobs["https://exact.example.org/a"]["cookies"]
     # A youtu.be short link redirects to youtube.com: it needs youtube.com's sign-in cookies.
     assert "yt-secret-1" in jobs["https://youtu.be/1"]["cookies"]
+
+
+@pytest.fixture
+async def shared_env(tmp_path: Path, database_url: str) -> AsyncIterator[Env]:
+    """Jobs fall back to shared workers at once (on each backend)."""
+    settings = make_settings(
+        tmp_path, database_url=database_url, shared_fallback_after_s=0, fallback_after_s=0
+    )
+    async with running_env(settings) as env:
+        yield env
+
+
+async def _shared_claim(env: Env, key: str) -> list[dict]:
+    body = {"worker_id": "op", "lanes": ["gpu", "cpu", "default"], "content_types": ["web"], "wait_s": 0}
+    resp = await env.client.post("/worker/claim", headers={"Authorization": f"Bearer {key}"}, json=body)
+    return list(resp.json()["jobs"]) if resp.status_code == 200 else []
+
+
+async def test_shared_workers_get_cookies_only_when_the_user_opts_in(shared_env: Env) -> None:
+    env = shared_env
+    await keystore.create_user(env.state.engine, "operator")
+    op_key = (await keystore.create_key(env.state.engine, "operator", keystore.Scope.shared_worker))[1]
+    await _put(env, COOKIES)
+    sharing = await env.client.get(f"{PATH}/sharing", headers=env.alice)
+    assert check_openapi(sharing, f"{PATH}/sharing") == {"share_with_shared_workers": False}  # off by default
+    url = {"url": "https://www.youtube.com/watch?v=1", "content_type": "web"}
+    await env.client.post("/api/v1/ingest/url", headers=env.alice, json=url)
+    [job] = await _shared_claim(env, op_key)
+    assert job["cookies"] is None  # the operator's worker never saw alice's cookies
+    on = {"share_with_shared_workers": True}
+    resp = await env.client.put(f"{PATH}/sharing", headers=env.alice, json=on)
+    assert resp.status_code == 200 and resp.json() == {"share_with_shared_workers": True}
+    await env.client.post("/api/v1/ingest/url", headers=env.alice, json=url)
+    [job] = await _shared_claim(env, op_key)
+    assert "yt-secret-1" in job["cookies"]
+    # bob's setting is his own: still off.
+    bob = await env.client.get(f"{PATH}/sharing", headers=env.bob)
+    assert bob.json()["share_with_shared_workers"] is False
+    # Alice's own worker always gets them.
+    await env.client.post("/api/v1/ingest/url", headers=env.alice, json=url)
+    [job] = await claim(env, ["web"])
+    assert "yt-secret-1" in job["cookies"]

@@ -209,16 +209,16 @@ async def test_deep_result_metadata_from_a_worker_is_422(db_env: Env) -> None:
 
 
 async def test_huge_json_bodies(db_env: Env) -> None:
-    """A 12 MiB batch is 413; a 12 MiB single URL body is refused by the field limits, not a 500."""
+    """12 MiB JSON bodies are 413 body_too_large (MORAG_MAX_JSON_BYTES), refused unread."""
     big = "x" * (12 * 1024 * 1024)
     resp = await db_env.client.post(
         "/api/v1/ingest/batch", **_json(db_env, json.dumps({"items": [{"url": big}]}))
     )
-    check_error(resp, "/api/v1/ingest/batch", 413, "batch_too_large")
+    check_error(resp, "/api/v1/ingest/batch", 413, "body_too_large")
     resp = await db_env.client.post("/api/v1/ingest/url", **_json(db_env, json.dumps({"url": URL + big})))
-    check_error(resp, "/api/v1/ingest/url", 422, "validation_error")
+    check_error(resp, "/api/v1/ingest/url", 413, "body_too_large")
     resp = await db_env.client.post("/api/v1/search", **_json(db_env, json.dumps({"query": big})))
-    check_error(resp, "/api/v1/search", 422, "validation_error")
+    check_error(resp, "/api/v1/search", 413, "body_too_large")
 
 
 async def test_non_utf8_bodies_and_fields(db_env: Env) -> None:

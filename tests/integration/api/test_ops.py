@@ -132,3 +132,64 @@ async def test_docs_work_offline_and_the_front_page_leads_there(env: Any) -> Non
     for asset in scripts:
         got = await env.client.get(asset)
         assert got.status_code == 200 and len(got.content) > 500, asset
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{"lease_s": 1.5, "reaper_interval_s": 0.1, "retry_base_s": 0.0, "retry_max_s": 0.0}],
+)
+async def test_metrics_count_processing_retries_lease_expiries_and_dead_jobs(env: Any) -> None:
+    """The job-event listener and the reaper feed the queue-event metrics, labelled by lane kind."""
+    import asyncio
+
+    from tests.integration.api.conftest import claim, complete
+
+    def sample(text: str, name: str, **labels: str) -> float:
+        return _sample(text, name, **labels)
+
+    async def scrape() -> str:
+        return (await env.client.get("/metrics")).text
+
+    ids = []
+    for name in ("a.txt", "b.txt"):
+        r = await env.client.post(
+            "/api/v1/ingest/file", headers=env.alice, files={"file": (name, b"metrics " * 50, "text/plain")}
+        )
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["task_id"])
+    before = await scrape()
+    jobs = {j["job_id"]: j for j in await claim(env, ["document"]) + await claim(env, ["document"])}
+    assert set(jobs) == set(ids)
+
+    async def fail(job: dict[str, Any]) -> None:
+        body = {"job_id": job["job_id"], "lease_token": job["lease_token"], "error": "boom"}
+        assert (await env.client.post("/worker/fail", headers=env.worker, json=body)).status_code == 200
+
+    await complete(env, jobs[ids[0]], "# done")
+    await fail(jobs[ids[1]])  # attempt 1 of 3: retried
+    after = await scrape()
+    done = "morag_processing_seconds_count"
+    assert sample(after, done, content_type="document") == sample(before, done, content_type="document") + 1
+    assert sample(after, "morag_job_retries_total", lane="cpu") == sample(
+        before, "morag_job_retries_total", lane="cpu"
+    ) + 1
+
+    (_silent,) = await claim(env, ["document"])  # attempt 2: the worker goes silent, the lease runs out
+    for _ in range(100):
+        if (await env.client.get(f"/api/v1/status/{ids[1]}", headers=env.alice)).json()["status"] == "queued":
+            break
+        await asyncio.sleep(0.1)
+    expired = await scrape()
+    assert sample(expired, "morag_lease_expiries_total", lane="cpu") == sample(
+        after, "morag_lease_expiries_total", lane="cpu"
+    ) + 1
+    assert sample(expired, "morag_job_retries_total", lane="cpu") == sample(
+        after, "morag_job_retries_total", lane="cpu"
+    ) + 1
+
+    (last,) = await claim(env, ["document"])  # attempt 3 of 3: a failure now ends it dead
+    await fail(last)
+    final = await scrape()
+    assert sample(final, "morag_jobs_dead_total", lane="cpu") == sample(
+        expired, "morag_jobs_dead_total", lane="cpu"
+    ) + 1

@@ -257,3 +257,48 @@ async def test_target_resolving_to_loopback_at_delivery_is_refused(
     assert rows and all(r["status_code"] is None and not r["delivered"] for r in rows)
     assert all("refused target" in r["error"] and "127.0.0.1" in r["error"] for r in rows), rows
     assert resp.status_code == 400 and resp.json()["code"] == "webhook_private_address", resp.text
+
+
+@pytest.mark.parametrize("settings_overrides", [{"webhook_allow_private": False}])
+async def test_rebinding_between_the_check_and_the_connection_is_refused(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name passes every address check (submission, delivery) and resolves to 127.0.0.1 for
+    the connection only: the sender's transport connects to the address it checked itself, so
+    nothing reaches the loopback receiver (check and connection are one lookup)."""
+    import socket
+    import sys
+
+    real = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def in_address_check() -> bool:
+        frame = sys._getframe(2)
+        while frame is not None:
+            if frame.f_code.co_filename.endswith(("urlguard.py", "guards.py")):
+                return True
+            frame = frame.f_back  # type: ignore[assignment]
+        return False
+
+    def resolver(host: Any, port: Any, *args: Any, **kw: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name != "hooks.rebind.test":
+            return real(host, port, *args, **kw)
+        ip = "93.184.216.34" if in_address_check() else "127.0.0.1"
+        lookups.append(ip)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port or 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    async with Receiver([]) as rx:
+        port = rx.url.split(":")[2].split("/")[0]
+        body = {"url": "https://example.org/a", "webhook_url": f"http://hooks.rebind.test:{port}/hook"}
+        resp = await env.client.post("/api/v1/ingest/url", headers=env.alice, json=body)
+        assert resp.status_code == 202, resp.text  # public when checked at submission
+        task_id = resp.json()["task_id"]
+        await env.client.delete(f"/api/v1/ingest/{task_id}", headers=env.alice)
+        rows = await _rows_until(env.state, task_id, 1)
+        await asyncio.sleep(0.3)
+    assert "127.0.0.1" in lookups  # the connection's lookup was the rebinding one
+    assert rx.calls == []  # nothing reached the loopback receiver
+    assert rows and all(r["status_code"] is None and not r["delivered"] for r in rows)
+    assert all("refused target" in r["error"] and "127.0.0.1" in r["error"] for r in rows), rows
