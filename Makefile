@@ -48,12 +48,12 @@ test-fast: check-test-system install
 	$(BIN)/python -m pytest -q -m "not slow" -x
 
 demo: check-system install
-	$(BIN)/python -m api.demo
+	$(BIN)/python scripts/demo.py
 
 # The same checks as .pre-commit-config.yaml.
 lint: install
-	$(BIN)/ruff check api worker protocol tests bench alembic
-	$(BIN)/ruff format --check api worker protocol tests bench alembic
+	$(BIN)/ruff check api worker protocol tests bench alembic client scripts
+	$(BIN)/ruff format --check api worker protocol tests bench alembic client scripts
 	$(BIN)/mypy
 
 # Constraints, not requirements: every extra installs against it, whatever subset is chosen.

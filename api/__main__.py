@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from datetime import timedelta
 from typing import Any
 
 from api import db, keystore
 from api.errors import MoragError
+from api.ids import utcnow
+from api.jobs import JobState, JobStore
 from api.keystore import Scope
+from api.notifier import Notifier
 from api.settings import Settings
 
 
@@ -44,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_parser("list", help="list keys (never the keys themselves)")
     kr = keys.add_parser("revoke", help="revoke a key; takes effect on its next request")
     kr.add_argument("key_id")
+
+    tasks = sub.add_parser("tasks", help="manage tasks").add_subparsers(dest="action", required=True)
+    tp = tasks.add_parser("prune", help="delete every user's ended tasks older than N days")
+    tp.add_argument("--older-than-days", type=float, required=True)
+    tp.add_argument("--status", choices=["succeeded", "failed", "canceled", "dead"])
     return p
 
 
@@ -61,6 +70,12 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
     try:
         if args.cmd == "users":
             await _users(engine, args)
+        elif args.cmd == "tasks":
+            cutoff = utcnow() - timedelta(days=args.older_than_days)
+            store = JobStore(engine, settings, Notifier())  # prune neither wakes nor notifies
+            status = JobState(args.status) if args.status else None
+            deleted = await store.prune(None, True, cutoff, status)
+            print(f"deleted {deleted} tasks")
         else:
             await _keys(engine, args)
     finally:

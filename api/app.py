@@ -25,7 +25,7 @@ from api.maintenance import upkeep_services
 from api.metrics import MetricsListener, MetricsMiddleware
 from api.notifier import Notifier
 from api.ratelimit import RateLimit
-from api.routes import files, ops, search, tasks, worker
+from api.routes import files, manage, ops, search, tasks, ui, worker
 from api.settings import Settings
 from api.state import AppState
 from api.webhooks import WebhookSender
@@ -104,6 +104,8 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     app.include_router(files.router)
     app.include_router(tasks.router)
     app.include_router(search.router)
+    app.include_router(manage.router)  # retry, webhook log, prune, documents, admin overview
+    app.include_router(ui.router)  # the dashboard at /ui
     ops.install(app)  # /ready, /metrics, /docs (offline), / -> /docs
 
     @app.get("/health", tags=["meta"], responses={200: {"content": {"application/json": {

@@ -1,4 +1,5 @@
-"""Background upkeep inside the server: expired leases, lane fallback, file and artifact retention."""
+"""Background upkeep inside the server: expired leases, lane fallback, file and artifact retention,
+and the note on queued tasks no online worker can take."""
 
 from __future__ import annotations
 
@@ -57,6 +58,25 @@ class FileRetention(BackgroundService):
         return False
 
 
+class UnservedCheck(BackgroundService):
+    """Tells queued tasks whether any online worker can take them (and clears it once one can)."""
+
+    name = "unserved tasks"
+
+    def __init__(self, jobs: JobStore, settings: Settings) -> None:
+        super().__init__(settings.unserved_check_interval_s)
+        self.jobs = jobs
+
+    async def run_once(self) -> bool:
+        await self.jobs.note_unserved()
+        return False
+
+
 def upkeep_services(jobs: JobStore, settings: Settings) -> list[BackgroundService]:
     """The upkeep loops of one server process."""
-    return [LeaseReaper(jobs, settings), FallbackSweep(jobs, settings), FileRetention(jobs, settings)]
+    return [
+        LeaseReaper(jobs, settings),
+        FallbackSweep(jobs, settings),
+        FileRetention(jobs, settings),
+        UnservedCheck(jobs, settings),
+    ]

@@ -1,6 +1,7 @@
 """Per-key limits so one client cannot starve the rest: 429 ``rate_limited`` with Retry-After.
 
-    submissions (POST /process/*, /api/v1/ingest*)  token bucket per key   MORAG_RATE_SUBMIT_*
+    submissions (POST /process/*, /api/v1/ingest*,  token bucket per key   MORAG_RATE_SUBMIT_*
+      /api/v1/tasks/*/retry: a retry queues work too)
     claims (POST /worker/claim)                     token bucket per key   MORAG_RATE_CLAIM_*
     uploads in flight (multipart submissions)       counter per key        MORAG_MAX_UPLOADS_PER_KEY
     open long-polls (claims in flight)              counter per key        MORAG_MAX_POLLS_PER_KEY
@@ -93,6 +94,11 @@ def _refused(what: str, wait_s: float) -> JSONResponse:
     return resp
 
 
+def _is_retry(path: str) -> bool:
+    """``/api/v1/tasks/{id}/retry``: queues a task again, so it counts as a submission."""
+    return path.startswith("/api/v1/tasks/") and path.endswith("/retry")
+
+
 class RateLimit:
     """ASGI middleware applying the limits above."""
 
@@ -110,7 +116,7 @@ class RateLimit:
         if path == "/worker/claim":
             kind, what, rate, burst = "claim", "claims", s.rate_claim_per_s, s.rate_claim_burst
             cap = s.max_polls_per_key
-        elif path.startswith(("/process/", "/api/v1/ingest")):
+        elif path.startswith(("/process/", "/api/v1/ingest")) or _is_retry(path):
             kind, what, rate, burst = "submit", "submissions", s.rate_submit_per_s, s.rate_submit_burst
             ctype = dict(scope.get("headers") or []).get(b"content-type", b"")
             cap = s.max_uploads_per_key if ctype.lower().startswith(b"multipart/") else 0

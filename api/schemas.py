@@ -103,7 +103,9 @@ class ProcessResult(BaseModel):
     content: str | None
     metadata: dict[str, Any]
     processing_time: float | None
-    error_message: str | None
+    error: str | None = Field(default=None, description="Why it failed (the name status and webhooks use).")
+    error_message: str | None = Field(default=None, description="Deprecated: the same as error.")
+    error_class: TaskErrorClass | None = None
     task_id: str | None = None
 
 
@@ -159,6 +161,7 @@ class TaskStatus(BaseModel):
     error_class: TaskErrorClass | None
     batch_id: str | None = None
     document_id: str | None = None
+    source: str | None = Field(default=None, description="The URL, or the uploaded file's name (in lists).")
     artifacts: list[ArtifactInfo] = Field(
         default_factory=list, description="Files the worker returned besides the text, once it completed."
     )
@@ -203,7 +206,9 @@ class WorkerList(BaseModel):
     workers: list[WorkerInfo]
 
 
-def task_status(row: JobRecord, artifacts: list[ArtifactInfo] | None = None) -> TaskStatus:
+def task_status(
+    row: JobRecord, artifacts: list[ArtifactInfo] | None = None, file_name: str | None = None
+) -> TaskStatus:
     """A job row as the client sees it."""
     return TaskStatus(
         artifacts=artifacts or [],
@@ -225,4 +230,5 @@ def task_status(row: JobRecord, artifacts: list[ArtifactInfo] | None = None) -> 
         error_class=TaskErrorClass(row.error_class) if row.error_class else None,
         batch_id=row.batch_id,
         document_id=row.document_id,
+        source=row.source_url or file_name,
     )

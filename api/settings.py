@@ -183,6 +183,9 @@ class Settings(BaseSettings):
         1.0, gt=0, description="First webhook retry delay; doubles per try."
     )
     webhook_backoff_max_s: float = Field(300.0, gt=0, description="Longest delay between webhook tries.")
+    unserved_check_interval_s: float = Field(
+        5.0, gt=0, description="How often queued tasks are told whether any online worker can take them."
+    )
     webhook_sweep_interval_s: float = Field(
         30.0, gt=0, description="How often undelivered webhooks are looked for (after a restart, say)."
     )

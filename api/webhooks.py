@@ -1,7 +1,8 @@
 """Webhooks: when a task reaches a final state, POST it to the task's webhook_url, signed.
 
-Body: ``{task_id, status, result, error, completed_at, batch_id, document_id}`` where
-``completed_at`` is the job's real finish time. Header ``X-Morag-Signature: t=TS,v1=HEX`` with
+Body: ``{task_id, status, result, error, error_class, finished_at, completed_at, batch_id,
+document_id}`` where ``finished_at`` is the job's real finish time (the name the status route uses;
+``completed_at`` is its deprecated old name, kept one release). Header ``X-Morag-Signature: t=TS,v1=HEX`` with
 HEX = HMAC-SHA256(the user's webhook secret, ``f"{TS}.{body}"``) (``protocol.signing.sign_body``),
 so a receiver can verify the sender and refuse replays. The webhook secret is derived per user
 from the server secret (``GET /api/v1/webhooks/secret`` shows it to its user): it reveals neither
@@ -66,6 +67,8 @@ def payload(job: JobRecord) -> dict[str, Any]:
         "status": job.state,
         "result": summary,
         "error": job.error,
+        "error_class": job.error_class,
+        "finished_at": finished.isoformat() if finished else None,
         "completed_at": finished.isoformat() if finished else None,
         "batch_id": job.batch_id,
         "document_id": job.document_id,

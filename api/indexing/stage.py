@@ -105,7 +105,7 @@ class IndexingStage(BackgroundService):
             "dimension": outcome.dimension,
             "seconds": round(outcome.seconds, 3),
         }
-        message = f"indexed {outcome.chunk_count} chunks"
+        message = f"indexed {outcome.chunk_count} chunk{'' if outcome.chunk_count == 1 else 's'}"
         if await self.jobs.finish_indexing(job.id, {**result, "index": summary}, message):
             log.info("indexed job %s: %d chunks", job.id, outcome.chunk_count)
             self.events.publish(_ended(job, JobState.succeeded))

@@ -1,18 +1,45 @@
-"""Reads for clients: one task, pages of tasks, a batch, queue statistics, workers; waiting for a result."""
+"""Reads for clients: one task, pages of tasks, a batch, queue statistics, workers, indexed documents,
+the admin overview; waiting for a result."""
 
 from __future__ import annotations
 
 import asyncio
+import re
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 
-from api.errors import NotFound
+from api.errors import NotFound, Unprocessable
 from api.ids import utcnow
 from api.jobs.base import QUEUED, RUNNING, StoreBase, owner_is
-from api.jobs.records import JobRecord, JobState, LaneCount, TaskStage, WorkerRecord, is_final
+from api.jobs.records import (
+    IndexedDocument,
+    JobKind,
+    JobRecord,
+    JobState,
+    LaneCount,
+    LaneLoad,
+    ListedJob,
+    TaskStage,
+    WorkerRecord,
+    is_final,
+)
+from api.jobs.tables import FILES as F
 from api.jobs.tables import JOBS as J
+from api.jobs.tables import USERS as U
 from api.jobs.tables import WORKERS as W
 from protocol.states import DEFAULT_LANE, LaneKind, lane_name
+
+# Task ids are 32 lowercase hex characters (api.ids.new_id); a cursor is the last id of a page.
+_CURSOR = re.compile(r"[0-9a-f]{32}")
+
+
+def check_cursor(cursor: str | None) -> None:
+    """A cursor is a task id from ``next_cursor``; anything else is refused, never ignored."""
+    if cursor is not None and not _CURSOR.fullmatch(cursor):
+        raise Unprocessable(
+            "cursor must be the next_cursor of a previous page (32 hex characters)", code="invalid_cursor"
+        )
 
 
 class ReadStore(StoreBase):
@@ -34,16 +61,21 @@ class ReadStore(StoreBase):
 
     async def list_jobs(
         self, user_id: int | None, state: JobState | None, cursor: str | None, limit: int
-    ) -> list[JobRecord]:
-        """The user's jobs, newest first; ``cursor`` is the last id of the previous page."""
-        q = select(J).where(owner_is(user_id))
+    ) -> list[ListedJob]:
+        """The user's jobs, newest first; ``cursor`` is the last id of the previous page (else 422)."""
+        check_cursor(cursor)
+        q = (
+            select(J, F.c.original_name)
+            .select_from(J.outerjoin(F, F.c.id == J.c.file_id))
+            .where(owner_is(user_id))
+        )
         if state:
             q = q.where(J.c.state == state.value)
         if cursor:
             q = q.where(J.c.id < cursor)
         async with self.engine.begin() as conn:
             rows = (await conn.execute(q.order_by(J.c.id.desc()).limit(limit))).mappings().all()
-        return [JobRecord.from_row(r) for r in rows]
+        return [ListedJob(JobRecord.from_row(r), r["original_name"]) for r in rows]
 
     async def list_batch(self, user_id: int | None, batch_id: str) -> list[JobRecord]:
         """The caller's jobs of one batch, in submission order."""
@@ -103,11 +135,16 @@ class ReadStore(StoreBase):
 
     async def list_workers(self, user_id: int | None) -> list[WorkerRecord]:
         """The user's workers with their current jobs."""
+        return await self._workers(W.c.user_id == user_id)
+
+    async def list_shared_workers(self) -> list[WorkerRecord]:
+        """Every shared worker with its current jobs (admin view)."""
+        return await self._workers(W.c.shared.is_(True))
+
+    async def _workers(self, which: ColumnElement[bool]) -> list[WorkerRecord]:
         now = utcnow()
         async with self.engine.begin() as conn:
-            workers = (
-                await conn.execute(select(W).where(W.c.user_id == user_id).order_by(W.c.last_seen_at.desc()))
-            ).all()
+            workers = (await conn.execute(select(W).where(which).order_by(W.c.last_seen_at.desc()))).all()
             running = (
                 await conn.execute(
                     select(J.c.id, J.c.worker_key_id, J.c.worker_id).where(
@@ -136,6 +173,54 @@ class ReadStore(StoreBase):
             )
             for w in workers
         ]
+
+    async def list_documents(self, user_id: int | None, limit: int) -> list[IndexedDocument]:
+        """The user's documents as their latest succeeded ingest names them (newest first)."""
+        q = (
+            select(
+                J.c.id, J.c.document_id, J.c.content_type, J.c.source_url, J.c.finished_at, F.c.original_name
+            )
+            .select_from(J.outerjoin(F, F.c.id == J.c.file_id))
+            .where(owner_is(user_id), J.c.kind == JobKind.ingest.value, J.c.state == JobState.succeeded.value)
+            .order_by(J.c.id.desc())
+        )
+        out: dict[str, IndexedDocument] = {}
+        async with self.engine.begin() as conn:
+            for r in (await conn.execute(q)).all():
+                doc = r.document_id or r.id
+                if doc not in out:
+                    out[doc] = IndexedDocument(
+                        document_id=doc,
+                        task_id=r.id,
+                        content_type=r.content_type,
+                        source=r.source_url or r.original_name,
+                        indexed_at=r.finished_at,
+                    )
+                    if len(out) >= limit:
+                        break
+        return list(out.values())
+
+    async def list_busy_lanes(self) -> list[LaneLoad]:
+        """Every lane with queued or running jobs, whoever owns it (admin view), by name."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(J.c.lane, U.c.name, J.c.state, func.count(), func.min(J.c.created_at))
+                    .select_from(J.outerjoin(U, U.c.id == J.c.user_id))
+                    .where(J.c.state.in_([QUEUED, RUNNING]))
+                    .group_by(J.c.lane, U.c.name, J.c.state)
+                )
+            ).all()
+        lanes: dict[str, dict[str, Any]] = {}
+        for lane, user, state, count, oldest in rows:
+            entry = lanes.setdefault(
+                lane, {"lane": lane, "user": user, QUEUED: 0, RUNNING: 0, "oldest_queued_age_s": None}
+            )
+            entry[state] = int(count)
+            if state == QUEUED and oldest is not None:
+                entry["oldest_queued_age_s"] = round((now - oldest).total_seconds(), 3)
+        return [LaneLoad(**lanes[name]) for name in sorted(lanes)]
 
     async def wait_for_final(self, user_id: int | None, job_id: str, timeout: float) -> JobRecord:
         """The job once it is final, or as it stands after ``timeout`` seconds (woken by the notifier)."""

@@ -14,13 +14,16 @@ from protocol.states import FINAL_STATES, JobState, LaneKind, TaskStage
 __all__ = [
     "FailOutcome",
     "HeartbeatOutcome",
+    "IndexedDocument",
     "JobEvent",
     "JobKind",
     "JobRecord",
     "JobState",
     "LaneCount",
+    "LaneLoad",
     "Lease",
     "LeasedJob",
+    "ListedJob",
     "NewJob",
     "TaskStage",
     "WorkerRecord",
@@ -185,3 +188,38 @@ class WorkerRecord:
     last_seen_at: datetime
     online: bool
     current_jobs: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ListedJob:
+    """A job in a list of tasks, with the name of its uploaded file (the row of ``files``)."""
+
+    job: JobRecord
+    file_name: str | None
+
+    @property
+    def source(self) -> str | None:
+        """The URL, or the uploaded file's name."""
+        return self.job.source_url or self.file_name
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedDocument:
+    """A document as its latest succeeded ingest names it."""
+
+    document_id: str
+    task_id: str
+    content_type: str | None
+    source: str | None
+    indexed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class LaneLoad:
+    """One lane with queued or running jobs, whoever owns it (admin view)."""
+
+    lane: str
+    user: str | None
+    queued: int
+    running: int
+    oldest_queued_age_s: float | None

@@ -1,34 +1,43 @@
-"""Client-side writes: queue jobs (with their fallback times) and cancel them."""
+"""Client-side writes: queue jobs (with their fallback times and the unserved note), cancel and retry them."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.errors import Conflict, NotFound
 from api.ids import new_id, utcnow
 from api.jobs.base import QUEUED, RUNNING, StoreBase, owner_is
 from api.jobs.records import JobEvent, JobKind, JobState, NewJob, TaskStage
+from api.jobs.tables import DELIVERIES as D
+from api.jobs.tables import FILES as F
 from api.jobs.tables import JOBS as J
+from api.jobs.tables import USERS as U
 from api.jobs.tables import WORKERS as W
+from api.jobs.unserved import wanted_message
 from api.keystore import Principal
 from protocol.states import LaneKind, lane_name
 
 
 class SubmitStore(StoreBase):
-    async def _live_lanes(self, conn: Any, user_id: int, since: datetime) -> tuple[bool, bool]:
+    async def _online_workers(
+        self, conn: AsyncConnection, user_id: int | None, since: datetime
+    ) -> list[dict[str, Any]]:
+        """The live workers that could serve this user: the user's own and the shared ones."""
+        mine = W.c.shared.is_(True) if user_id is None else or_(W.c.shared.is_(True), W.c.user_id == user_id)
+        q = select(W.c.user_id, W.c.shared, W.c.serves_gpu, W.c.serves_cpu, W.c.content_types).where(
+            W.c.last_seen_at > since, mine
+        )
+        return [dict(r) for r in (await conn.execute(q)).mappings().all()]
+
+    @staticmethod
+    def _live_lanes(online: list[dict[str, Any]], user_id: int) -> tuple[bool, bool]:
         """(a GPU-lane worker of the user is live, a CPU-lane worker of the user is live)."""
-        row = (
-            await conn.execute(
-                select(
-                    func.coalesce(func.max(case((W.c.serves_gpu, 1), else_=0)), 0),
-                    func.coalesce(func.max(case((W.c.serves_cpu, 1), else_=0)), 0),
-                ).where(W.c.user_id == user_id, W.c.shared.is_(False), W.c.last_seen_at > since)
-            )
-        ).one()
-        return bool(row[0]), bool(row[1])
+        own = [w for w in online if not w["shared"] and w["user_id"] == user_id]
+        return any(w["serves_gpu"] for w in own), any(w["serves_cpu"] for w in own)
 
     def _job_row(
         self, owner: Principal, job: NewJob, now: datetime, live: tuple[bool, bool]
@@ -73,6 +82,7 @@ class SubmitStore(StoreBase):
             created_at=now,
             updated_at=now,
             progress=0.0,
+            progress_message=None,
             index_attempts=0,
         )
 
@@ -84,10 +94,14 @@ class SubmitStore(StoreBase):
         """Insert several queued jobs in one transaction (a batch is all or nothing)."""
         now = utcnow()
         async with self.engine.begin() as conn:
+            online = await self._online_workers(conn, owner.user_id, self._live_since(now))
             live = (False, False)
             if owner.user_id is not None:
-                live = await self._live_lanes(conn, owner.user_id, self._live_since(now))
+                live = self._live_lanes(online, owner.user_id)
             rows = [self._job_row(owner, job, now, live) for job in jobs]
+            choices = {"cpu_fallback": owner.cpu_fallback, "shared_fallback": owner.shared_fallback}
+            for row in rows:  # a job no online worker can take says so from its insert on
+                row["progress_message"] = wanted_message({**row, **choices}, online)
             await conn.execute(J.insert(), rows)  # one executemany for the whole batch
             queued = [(str(row["lane"]), str(row["content_type"])) for row in rows]
             await self.notifier.publish(conn, queued)
@@ -126,3 +140,75 @@ class SubmitStore(StoreBase):
         if state is None:
             raise NotFound("no such task", code="task_not_found")
         raise Conflict(f"the task already ended ({state})", code="task_finished")
+
+    async def retry(self, user_id: int | None, job_id: str) -> str:
+        """Queue a failed, dead or canceled job of this user again: same input and options, attempts
+        from zero, the webhook log started over; returns its new state."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            q = (
+                select(J, U.c.cpu_fallback, U.c.shared_fallback)  # the owner's choices, for the note
+                .select_from(J.outerjoin(U, U.c.id == J.c.user_id))
+                .where(J.c.id == job_id, owner_is(user_id))
+                .with_for_update(of=J)
+            )
+            row = (await conn.execute(q)).mappings().first()
+            if row is None:
+                raise NotFound("no such task", code="task_not_found")
+            if row["state"] not in _RETRYABLE:
+                raise Conflict(
+                    f"only a failed, dead or canceled task can be retried; this one is {row['state']}",
+                    code="task_not_retryable",
+                )
+            if row["file_id"]:
+                kept = await conn.execute(update(F).where(F.c.id == row["file_id"]).values(delete_after=None))
+                if not kept.rowcount:
+                    raise Conflict(
+                        "the uploaded file of this task is no longer kept (file retention); upload it again",
+                        code="input_gone",
+                    )
+            values: dict[str, Any] = dict(
+                state=QUEUED,
+                stage=TaskStage.process.value,
+                attempt=0,
+                run_after=now,
+                fallback_at=_shifted(row["fallback_at"], row["created_at"], now),
+                shared_at=_shifted(row["shared_at"], row["created_at"], now),
+                lease_token=None,
+                lease_expires_at=None,
+                claim_id=None,
+                worker_id=None,
+                worker_key_id=None,
+                progress=0.0,
+                progress_message="retried",
+                result=None,
+                error=None,
+                error_class=None,
+                index_attempts=0,
+                index_next_at=None,
+                started_at=None,
+                finished_at=None,
+                updated_at=now,
+            )
+            # Nobody can take it? Say so in the same statement (no second round trip).
+            online = await self._online_workers(conn, row["user_id"], self._live_since(now))
+            values["progress_message"] = wanted_message({**row, **values}, online)
+            res = await conn.execute(
+                update(J).where(J.c.id == job_id, J.c.state.in_(_RETRYABLE)).values(**values)
+            )
+            if not res.rowcount:  # it changed meanwhile (another retry won)
+                raise Conflict("the task changed meanwhile; look at it again", code="task_not_retryable")
+            # The webhook log starts over: the new final state is delivered like the first one was.
+            await conn.execute(delete(D).where(D.c.job_id == job_id))
+            queued = [(row["lane"], row["content_type"])]
+            await self.notifier.publish(conn, queued)
+        self.notifier.wake(queued)  # one waiting claim that can take it looks now
+        return QUEUED
+
+
+_RETRYABLE = [JobState.failed.value, JobState.dead.value, JobState.canceled.value]
+
+
+def _shifted(old: datetime | None, created: datetime, now: datetime) -> datetime | None:
+    """The same delay after ``now`` as the job first had after its creation."""
+    return None if old is None else now + max(old - created, timedelta(0))

@@ -12,4 +12,4 @@ WORKERS: Table = SQLModel.metadata.tables["workers"]
 DELIVERIES: Table = SQLModel.metadata.tables["webhook_deliveries"]
 ARTIFACTS: Table = SQLModel.metadata.tables["artifacts"]
 FILES: Table = SQLModel.metadata.tables["files"]
-USERS: Table = SQLModel.metadata.tables["users"]  # read only: the owners' fallback choices
+USERS: Table = SQLModel.metadata.tables["users"]  # read only: owners' names and fallback choices

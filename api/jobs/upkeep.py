@@ -1,20 +1,23 @@
-"""The server's own upkeep statements: expired leases, lane fallback, file and artifact retention."""
+"""The server's own upkeep statements: expired leases, lane fallback, the unserved note, file and
+artifact retention, and pruning ended tasks."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, case, delete, exists, literal, or_, select, update
 
 from api import metrics
 from api.ids import utcnow
-from api.jobs.base import QUEUED, RUNNING, StoreBase
+from api.jobs.base import QUEUED, RUNNING, StoreBase, owner_is
 from api.jobs.records import JobState, TaskStage
 from api.jobs.tables import ARTIFACTS as A
+from api.jobs.tables import DELIVERIES as D
 from api.jobs.tables import FILES as F
 from api.jobs.tables import JOBS as J
 from api.jobs.tables import USERS as U
 from api.jobs.tables import WORKERS as W
+from api.jobs.unserved import wanted_message
 from api.notifier import UNKNOWN
 from protocol.errors import ErrorClass
 from protocol.states import FINAL_STATES
@@ -146,3 +149,78 @@ class UpkeepStore(StoreBase):
                 await conn.execute(delete(A).where(A.c.job_id == job_id, A.c.name == name))
             known = {(str(r.job_id), str(r.name)) for r in (await conn.execute(select(A.c.job_id, A.c.name)))}
         return due, known
+
+    async def note_unserved(self, limit: int = 500) -> int:
+        """Say in the status message of the oldest queued jobs whether any online worker can take them.
+
+        Sets the note on jobs nobody can take and clears it once somebody can (new jobs get it at
+        their insert already); returns how many messages changed.
+        """
+        now = utcnow()
+        changed = 0
+        async with self.engine.begin() as conn:
+            online = [
+                dict(w)
+                for w in (
+                    await conn.execute(
+                        select(
+                            W.c.user_id, W.c.shared, W.c.serves_gpu, W.c.serves_cpu, W.c.content_types
+                        ).where(W.c.last_seen_at > self._live_since(now))
+                    )
+                ).mappings()
+            ]
+            queued = (
+                await conn.execute(
+                    select(
+                        J.c.id,
+                        J.c.user_id,
+                        J.c.lane,
+                        J.c.content_type,
+                        J.c.fallback_at,
+                        J.c.shared_at,
+                        J.c.progress_message,
+                        U.c.cpu_fallback,  # the owner's choices as they are now (applied at claim)
+                        U.c.shared_fallback,
+                    )
+                    .select_from(J.outerjoin(U, U.c.id == J.c.user_id))
+                    .where(J.c.state == QUEUED)
+                    .order_by(J.c.id)
+                    .limit(limit)
+                )
+            ).mappings()
+            for job in [dict(r) for r in queued]:
+                want = wanted_message(job, online)
+                if want != job["progress_message"]:
+                    res = await conn.execute(
+                        update(J)
+                        .where(
+                            J.c.id == job["id"],
+                            J.c.state == QUEUED,
+                            # unchanged since read: a claim or a retry meanwhile wins
+                            J.c.progress_message.is_(None)
+                            if job["progress_message"] is None
+                            else J.c.progress_message == job["progress_message"],
+                        )
+                        .values(progress_message=want)
+                    )
+                    changed += int(res.rowcount or 0)
+        return changed
+
+    async def prune(
+        self, user_id: int | None, all_users: bool, finished_before: datetime, status: JobState | None
+    ) -> int:
+        """Delete ended jobs that finished before the cutoff (and their webhook log).
+
+        Their input files and artifacts are then unused and go with the file sweeps.
+        """
+        states = [status.value] if status else _FINAL
+        cond = and_(J.c.state.in_(states), J.c.finished_at < finished_before)
+        if not all_users:
+            cond = and_(cond, owner_is(user_id))
+        async with self.engine.begin() as conn:
+            ids = [str(r.id) for r in (await conn.execute(select(J.c.id).where(cond))).all()]
+            for n in range(0, len(ids), 500):
+                part = ids[n : n + 500]
+                await conn.execute(delete(D).where(D.c.job_id.in_(part)))
+                await conn.execute(delete(J).where(J.c.id.in_(part)))
+        return len(ids)

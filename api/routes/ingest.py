@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -81,7 +81,9 @@ def _url_job(item: IngestURLRequest, batch_id: str | None = None) -> NewJob:
     responses=ERRORS,
     openapi_extra=file_request_body(IngestFileForm),
 )
-async def ingest_file(request: Request, who: Principal = Depends(client_access)) -> TaskCreated:
+async def ingest_file(
+    request: Request, response: Response, who: Principal = Depends(client_access)
+) -> TaskCreated:
     """Upload a file (streamed to disk) and queue it for processing and indexing."""
     state = get_state(request)
     async with uploaded(request, who.user_id) as form:
@@ -94,18 +96,25 @@ async def ingest_file(request: Request, who: Principal = Depends(client_access))
         job = check_job(state.settings, _file_job(fields, row["id"], content_type))
         await filestore.insert_files(state.engine, state.settings, [row])
         job_id = await state.jobs.enqueue(who, job)
-    return TaskCreated(task_id=job_id, status=JobState.queued.value)
+    return _queued(response, job_id)
 
 
 @router.post("/ingest/url", response_model=TaskCreated, status_code=202, responses=ERRORS)
 async def ingest_url(
-    body: IngestURLRequest, request: Request, who: Principal = Depends(client_access)
+    body: IngestURLRequest, request: Request, response: Response, who: Principal = Depends(client_access)
 ) -> TaskCreated:
     """Queue a URL (web page, YouTube or other media) for processing and indexing."""
     state = get_state(request)
     check_source_url(body.url)
     await check_webhook(state.settings, body.webhook_url)
     job_id = await state.jobs.enqueue(who, check_job(state.settings, _url_job(body)))
+    return _queued(response, job_id)
+
+
+def _queued(response: Response, job_id: str) -> TaskCreated:
+    """202 with ``Location`` (the status URL). A task no online worker can take says so in its status
+    message from the start (the store sets it in the enqueue transaction)."""
+    response.headers["Location"] = f"/api/v1/status/{job_id}"
     return TaskCreated(task_id=job_id, status=JobState.queued.value)
 
 
@@ -143,8 +152,16 @@ async def _json_batch(request: Request) -> BatchRequest:
     responses=ERRORS,
     openapi_extra=_batch_body(),
 )
-async def ingest_batch(request: Request, who: Principal = Depends(client_access)) -> BatchCreated:
+async def ingest_batch(
+    request: Request, response: Response, who: Principal = Depends(client_access)
+) -> BatchCreated:
     """Queue up to 100 items at once (JSON URL items, or files in one multipart body): a task each."""
+    created = await _ingest_batch(request, who)
+    response.headers["Location"] = f"/api/v1/ingest/batch/{created.batch_id}"
+    return created
+
+
+async def _ingest_batch(request: Request, who: Principal) -> BatchCreated:
     if request.headers.get("content-type", "").lower().startswith("multipart/"):
         return await _file_batch(request, who)
     state = get_state(request)

@@ -25,6 +25,7 @@ from api.routes.forms import (
 )
 from api.schemas import ProcessFileForm, ProcessResult, ProcessURLRequest, TaskCreated
 from api.state import get_state
+from protocol.errors import TaskErrorClass
 from protocol.states import JobState
 
 router = APIRouter(prefix="/process", tags=["process"])
@@ -44,12 +45,15 @@ def _result(row: JobRecord) -> ProcessResult:
     if row.started_at and row.finished_at:
         took = round((row.finished_at - row.started_at).total_seconds(), 3)
     ok = row.state == JobState.succeeded
+    error = None if ok else (row.error or f"the task ended {row.state}")
     return ProcessResult(
         success=ok,
         content=result.get("markdown") if ok else None,
         metadata=result.get("metadata") or {},
         processing_time=took,
-        error_message=None if ok else (row.error or f"the task ended {row.state}"),
+        error=error,
+        error_message=error,
+        error_class=TaskErrorClass(row.error_class) if not ok and row.error_class else None,
         task_id=row.id,
     )
 

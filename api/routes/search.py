@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from api.auth import client_access
-from api.errors import BadRequest, Conflict, MoragError, documented
+from api.errors import BadRequest, Conflict, MoragError, NotFound, documented
 from api.indexing.errors import DimensionMismatch, IndexingError, InvalidChunkOptions, InvalidFilter
 from api.indexing.stage import index_user
 from api.keystore import Principal
@@ -80,7 +80,7 @@ async def search(
     return SearchResponse(query=body.query, results=[SearchResult.model_validate(asdict(h)) for h in hits])
 
 
-@router.delete("/documents/{document_id}", response_model=DocumentDeleted)
+@router.delete("/documents/{document_id}", response_model=DocumentDeleted, responses=documented(404))
 async def delete_document(
     document_id: str, request: Request, who: Principal = Depends(client_access)
 ) -> DocumentDeleted:
@@ -89,4 +89,6 @@ async def delete_document(
         removed = await request.app.state.indexer.delete_document(index_user(who.user_id), document_id)
     except IndexingError as exc:
         raise _translate(exc) from exc
+    if not removed:
+        raise NotFound("no such document (nothing of it is indexed)", code="document_not_found")
     return DocumentDeleted(document_id=document_id, removed_points=removed)

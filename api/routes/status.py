@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 
 from api import artifacts
 from api.auth import client_access, principal
-from api.jobs import JobRecord
+from api.jobs import JobRecord, ListedJob
 from api.keystore import Principal
 from api.schemas import ArtifactInfo, QueueStats, TaskList, TaskStatus, WorkerList, task_status
 from api.state import AppState, get_state
@@ -24,7 +24,9 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _with_artifacts(state: AppState, request: Request, rows: list[JobRecord]) -> list[TaskStatus]:
+async def _with_artifacts(
+    state: AppState, request: Request, rows: list[JobRecord], file_names: dict[str, str | None] | None = None
+) -> list[TaskStatus]:
     """Task statuses, each with the artifacts of the lease that completed it."""
     found = await artifacts.list_for_jobs(state.engine, rows)
     base = (state.settings.public_url or str(request.base_url)).rstrip("/")
@@ -40,8 +42,16 @@ async def _with_artifacts(state: AppState, request: Request, rows: list[JobRecor
             )
             for a in found.get(row.id, [])
         ]
-        out.append(task_status(row, infos))
+        out.append(task_status(row, infos, (file_names or {}).get(row.id)))
     return out
+
+
+async def task_page(state: AppState, request: Request, listed: list[ListedJob], limit: int) -> TaskList:
+    """One page of a task list (``GET /status/`` and ``GET /tasks``), with its ``next_cursor``."""
+    rows = [item.job for item in listed]
+    names = {item.job.id: item.file_name for item in listed}
+    next_cursor = rows[-1].id if len(rows) == limit else None
+    return TaskList(tasks=await _with_artifacts(state, request, rows, names), next_cursor=next_cursor)
 
 
 @router.get("/status/stats/queues", response_model=QueueStats)
@@ -89,16 +99,17 @@ async def get_artifact(
 @router.get("/status/", response_model=TaskList)
 async def list_status(
     request: Request,
-    state: JobState | None = Query(None, description="Only tasks in this state"),
-    cursor: str | None = Query(None, max_length=64),
+    status: JobState | None = Query(None, description="Only tasks in this state."),
+    state: JobState | None = Query(None, deprecated=True, description="Old name of status."),
+    cursor: str | None = Query(None, max_length=64, description="next_cursor of the previous page."),
     limit: int = Query(50, ge=1, le=500),
     who: Principal = Depends(client_access),
     app_state: AppState = Depends(get_state),
 ) -> TaskList:
-    """The caller's tasks, newest first, optionally by state; follow ``next_cursor`` for more."""
-    rows = await app_state.jobs.list_jobs(who.user_id, state, cursor, limit)
-    next_cursor = rows[-1].id if len(rows) == limit else None
-    return TaskList(tasks=await _with_artifacts(app_state, request, rows), next_cursor=next_cursor)
+    """The caller's tasks, newest first, optionally by status; follow ``next_cursor`` for more (a
+    malformed cursor is 422 ``invalid_cursor``). ``GET /api/v1/tasks`` is the same list."""
+    listed = await app_state.jobs.list_jobs(who.user_id, status or state, cursor, limit)
+    return await task_page(app_state, request, listed, limit)
 
 
 @router.get("/workers", response_model=WorkerList)

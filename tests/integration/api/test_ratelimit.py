@@ -47,6 +47,8 @@ async def test_submission_rate_per_key(env: Env) -> None:
     _limited(await env.client.post("/process/url?wait_s=0", headers=env.alice, json=URL))
     # Bob is not starved by alice.
     assert (await env.client.post("/api/v1/ingest/url", headers=env.bob, json=URL)).status_code == 202
+    # A retry queues work too: it counts as a submission (refused before the task is even looked up).
+    _limited(await env.client.post(f"/api/v1/tasks/{'0' * 32}/retry", headers=env.alice))
     # Reads are not counted.
     assert (await env.client.get("/api/v1/status/", headers=env.alice)).status_code == 200
 

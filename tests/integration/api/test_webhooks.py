@@ -102,7 +102,9 @@ async def test_signed_webhook_retried_until_delivered(env: Env) -> None:
         "status": "canceled",
         "result": None,
         "error": None,
-        "completed_at": job["finished_at"].isoformat(),
+        "error_class": None,
+        "finished_at": job["finished_at"].isoformat(),
+        "completed_at": job["finished_at"].isoformat(),  # deprecated name, kept one release
         "batch_id": None,
         "document_id": "d1",
     }

@@ -1,8 +1,11 @@
 """``make demo``: the whole pipeline on this machine, on the embedded default (SQLite + local Qdrant).
 
-Starts a server, creates a user with a client and a worker key, starts one worker, ingests a
-spoken clip (espeak-ng) and a Markdown document, follows both tasks to the end, searches them,
-prints what came back and stops every process it started.
+Starts a server, creates a user with a client and a worker key, starts one worker, then does what a
+user does with the ``morag`` command: ingests a spoken clip (espeak-ng) and a Markdown document with
+``--wait`` (a progress line per task, then the markdown), searches them, lists the documents and
+workers, and stops every process it started. Each command is printed before it runs, so the output
+doubles as a tutorial. ``MORAG_DEMO_KEEP=1`` keeps the server running afterwards for the dashboard at
+``/ui``. A development tool: it is not part of the server package.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SPEECH = (
     "The remote worker transcribes this sentence on the user's own machine. "
@@ -72,25 +77,19 @@ def _wait_health(url: str, proc: subprocess.Popen[Any]) -> None:
     raise SystemExit("the server did not start within 30 s")
 
 
-def _follow(client: httpx.Client, tasks: dict[str, str], timeout: float = 600) -> dict[str, dict[str, Any]]:
-    """Print each task's progress until all are final."""
-    final = {"succeeded", "failed", "canceled", "dead"}
-    last: dict[str, str] = {}
-    done: dict[str, dict[str, Any]] = {}
-    deadline = time.monotonic() + timeout
-    while len(done) < len(tasks) and time.monotonic() < deadline:
-        for name, task_id in tasks.items():
-            if name in done:
-                continue
-            body = client.get(f"/api/v1/status/{task_id}").json()
-            line = f"{body['status']:<9} {body['progress'] * 100:5.1f}%  {body['message'] or ''}"
-            if last.get(name) != line:
-                print(f"  [{name}] {line}", flush=True)
-                last[name] = line
-            if body["status"] in final:
-                done[name] = body
-        time.sleep(0.3)
-    return done
+def _morag_command() -> list[str]:
+    """The installed ``morag`` script next to this Python, else ``python -m client``."""
+    script = Path(sys.executable).parent / "morag"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "client"]
+
+
+def _morag(env: dict[str, str], cwd: Path, *args: str) -> int:
+    """Run and show one ``morag`` command; its output goes straight to the terminal."""
+    shown = " ".join(f"'{a}'" if " " in a else a for a in args)
+    print(f"\n$ morag {shown}", flush=True)
+    # PYTHONPATH: ``python -m client`` from a source checkout that was not installed.
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))}
+    return subprocess.run([*_morag_command(), *args], env=env, cwd=cwd).returncode
 
 
 def main() -> int:
@@ -122,6 +121,7 @@ def main() -> int:
         _wait_health(url, procs[0])
 
         model = _offline_whisper()
+        worker_log = open(data / "worker.log", "w")
         print(f"== python -m worker --server {url} --lanes gpu,cpu --whisper-model {model}")
         procs.append(
             subprocess.Popen(
@@ -143,6 +143,8 @@ def main() -> int:
                     str(data / "worker-tmp"),
                 ],
                 env=env,
+                stdout=worker_log,
+                stderr=subprocess.STDOUT,
             )
         )
 
@@ -152,36 +154,20 @@ def main() -> int:
         md = work / "field-notes.md"
         md.write_text(DOCUMENT)
 
-        headers = {"Authorization": f"Bearer {client_key}"}
-        with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
-            tasks = {}
-            for name, path, ctype in (("speech.wav", wav, "audio"), ("field-notes.md", md, "document")):
-                with open(path, "rb") as fh:
-                    r = client.post(
-                        "/api/v1/ingest/file",
-                        files={"file": (path.name, fh)},
-                        data={"content_type": ctype, "metadata": '{"source": "demo"}'},
-                    )
-                r.raise_for_status()
-                tasks[name] = r.json()["task_id"]
-                print(f"== ingested {name} as {ctype}: task {tasks[name]}")
-            done = _follow(client, tasks)
-            ok = len(done) == len(tasks) and all(t["status"] == "succeeded" for t in done.values())
-            for name, body in done.items():
-                result = body.get("result") or {}
-                print(
-                    f"\n== {name}: {body['status']} on worker {body['worker_id']}"
-                    f" ({body['attempts']} attempt(s)) {body.get('error') or ''}"
-                )
-                print("\n".join("   | " + line for line in (result.get("markdown") or "").splitlines()[:14]))
-            for query in ("who stores the transcript", "how do bees communicate"):
-                hits = client.post("/api/v1/search", json={"query": query, "limit": 1}).json()["results"]
-                print(f"\n== search {query!r}")
-                for h in hits:
-                    print(
-                        f"   score {h['score']:.3f}  {h['source']}  {h['location']}\n   {h['text'][:160]!r}"
-                    )
-                ok = ok and bool(hits)
+        user_env = {**env, "MORAG_SERVER": url, "MORAG_API_KEY": client_key}
+        print(f"\n== as a user: export MORAG_SERVER={url} MORAG_API_KEY={client_key[:10]}...")
+        ok = _morag(user_env, work, "ingest", wav.name, md.name, "--metadata", "source=demo", "--wait") == 0
+        for query in ("who stores the transcript", "how do bees communicate"):
+            ok = _morag(user_env, work, "search", query, "--limit", "1") == 0 and ok
+        ok = _morag(user_env, work, "documents") == 0 and ok
+        ok = _morag(user_env, work, "workers") == 0 and ok
+        print(f"\n== worker log: {data / 'worker.log'}")
+        if os.environ.get("MORAG_DEMO_KEEP") == "1":
+            print(f"== dashboard: {url}/ui, client key {client_key}; Ctrl-C stops everything", flush=True)
+            try:
+                procs[0].wait()
+            except KeyboardInterrupt:
+                pass
         shutil.rmtree(work, ignore_errors=True)
         print("\n== demo " + ("succeeded" if ok else "FAILED (see demo-data/server.log)"))
         return 0 if ok else 1
