@@ -25,16 +25,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default=None, help="default: MORAG_LOG_LEVEL (info)")
-    serve.add_argument("--workers", type=int, default=1,
-                       help="server processes on one port (PostgreSQL and a Qdrant server for more than 1)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes on one port (PostgreSQL and a Qdrant server for more than 1)",
+    )
 
     sub.add_parser("migrate", help="alembic upgrade head")
 
     users = sub.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)
     uc = users.add_parser("create", help="create a user")
     uc.add_argument("name")
-    uc.add_argument("--no-shared-fallback", action="store_true",
-                    help="never hand this user's jobs to shared (operator) workers")
+    uc.add_argument(
+        "--no-shared-fallback",
+        action="store_true",
+        help="never hand this user's jobs to shared (operator) workers",
+    )
     users.add_parser("list", help="list users")
     us = users.add_parser("set", help="change a user's fallback settings")
     us.add_argument("name")
@@ -88,10 +95,13 @@ async def _users(engine: Any, args: argparse.Namespace) -> None:
         print(f"created user {args.name} (id {uid})")
     elif args.action == "list":
         for u in await keystore.list_users(engine):
-            print(f"{u['id']}\t{u['name']}\tcpu_fallback={u['cpu_fallback']}\tshared_fallback={u['shared_fallback']}")
+            print(
+                f"{u['id']}\t{u['name']}\tcpu_fallback={u['cpu_fallback']}\tshared_fallback={u['shared_fallback']}"
+            )
     else:
-        await keystore.set_user_fallback(engine, args.name, cpu=_onoff(args.cpu_fallback),
-                                         shared=_onoff(args.shared_fallback))
+        await keystore.set_user_fallback(
+            engine, args.name, cpu=_onoff(args.cpu_fallback), shared=_onoff(args.shared_fallback)
+        )
         print(f"updated user {args.name}")
 
 
@@ -103,8 +113,12 @@ async def _keys(engine: Any, args: argparse.Namespace) -> None:
     elif args.action == "list":
         print("key_id\tuser\tscope\tprefix\tcreated\trevoked\tlast_used")
         for k in await keystore.list_keys(engine):
-            print("\t".join(str(k[c] or "-") for c in
-                            ("id", "user", "scope", "prefix", "created_at", "revoked_at", "last_used_at")))
+            print(
+                "\t".join(
+                    str(k[c] or "-")
+                    for c in ("id", "user", "scope", "prefix", "created_at", "revoked_at", "last_used_at")
+                )
+            )
     else:
         await keystore.revoke_key(engine, args.key_id)
         print(f"revoked {args.key_id}")

@@ -108,8 +108,11 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     app.include_router(ui.router)  # the dashboard at /ui
     ops.install(app)  # /ready, /metrics, /docs (offline), / -> /docs
 
-    @app.get("/health", tags=["meta"], responses={200: {"content": {"application/json": {
-        "example": {"status": "ok", "version": VERSION}}}}})
+    @app.get(
+        "/health",
+        tags=["meta"],
+        responses={200: {"content": {"application/json": {"example": {"status": "ok", "version": VERSION}}}}},
+    )
     async def health() -> dict[str, Any]:
         """Liveness: the server is up."""
         return {"status": "ok", "version": VERSION}

@@ -107,13 +107,24 @@ async def create_key(engine: AsyncEngine, user_name: str, scope: Scope) -> tuple
 async def list_keys(engine: AsyncEngine) -> list[dict[str, object]]:
     async with engine.begin() as conn:
         rows = (
-            await conn.execute(
-                select(KEYS.c.id, USERS.c.name.label("user"), KEYS.c.scope, KEYS.c.prefix,
-                       KEYS.c.created_at, KEYS.c.revoked_at, KEYS.c.last_used_at)
-                .join(USERS, USERS.c.id == KEYS.c.user_id)
-                .order_by(KEYS.c.created_at)
+            (
+                await conn.execute(
+                    select(
+                        KEYS.c.id,
+                        USERS.c.name.label("user"),
+                        KEYS.c.scope,
+                        KEYS.c.prefix,
+                        KEYS.c.created_at,
+                        KEYS.c.revoked_at,
+                        KEYS.c.last_used_at,
+                    )
+                    .join(USERS, USERS.c.id == KEYS.c.user_id)
+                    .order_by(KEYS.c.created_at)
+                )
             )
-        ).mappings().all()
+            .mappings()
+            .all()
+        )
     return [dict(r) for r in rows]
 
 
@@ -169,9 +180,17 @@ async def authenticate(engine: AsyncEngine, key: str) -> Principal | None:
     async with engine.begin() as conn:
         row = (
             await conn.execute(
-                select(KEYS.c.id, KEYS.c.key_hash, KEYS.c.scope, KEYS.c.revoked_at, KEYS.c.last_used_at,
-                       USERS.c.id.label("uid"),
-                       USERS.c.name, USERS.c.cpu_fallback, USERS.c.shared_fallback)
+                select(
+                    KEYS.c.id,
+                    KEYS.c.key_hash,
+                    KEYS.c.scope,
+                    KEYS.c.revoked_at,
+                    KEYS.c.last_used_at,
+                    USERS.c.id.label("uid"),
+                    USERS.c.name,
+                    USERS.c.cpu_fallback,
+                    USERS.c.shared_fallback,
+                )
                 .join(USERS, USERS.c.id == KEYS.c.user_id)
                 .where(KEYS.c.key_hash == digest)
             )

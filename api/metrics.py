@@ -47,20 +47,28 @@ _LANE_NAME = re.compile(rb'"(gpu|cpu|default)"')
 
 REQUESTS = Counter("morag_http_requests", "HTTP requests answered.", ["method", "route", "status"])
 REQUEST_SECONDS = Histogram(
-    "morag_http_request_duration_seconds", "Time to answer an HTTP request.", ["method", "route"],
+    "morag_http_request_duration_seconds",
+    "Time to answer an HTTP request.",
+    ["method", "route"],
     buckets=_LATENCY_BUCKETS,
 )
 UPLOAD_BYTES = Counter("morag_upload_bytes", "Bytes received in uploads (files and artifacts).", ["route"])
 DISPATCH_SECONDS = Histogram(
-    "morag_dispatch_latency_seconds", "From a job's creation to its first claim (first attempts).", ["lane"],
+    "morag_dispatch_latency_seconds",
+    "From a job's creation to its first claim (first attempts).",
+    ["lane"],
     buckets=_LATENCY_BUCKETS,
 )
 CLAIM_WAIT_SECONDS = Histogram(
-    "morag_claim_wait_seconds", "How long a worker's long-poll waited before its answer.", ["lane"],
+    "morag_claim_wait_seconds",
+    "How long a worker's long-poll waited before its answer.",
+    ["lane"],
     buckets=_LATENCY_BUCKETS,
 )
 PROCESSING_SECONDS = Histogram(
-    "morag_processing_seconds", "From claim to result, by content type.", ["content_type"],
+    "morag_processing_seconds",
+    "From claim to result, by content type.",
+    ["content_type"],
     buckets=_PROCESSING_BUCKETS,
 )
 LEASE_EXPIRIES = Counter("morag_lease_expiries", "Leases that ran out (worker lost).", ["lane"])
@@ -74,6 +82,7 @@ def lane_kind(lane: str) -> str:
 
 
 # --- Hooks for the job store / routes (call them where the event happens) ---------------------
+
 
 def observe_dispatch(lane: str, seconds: float) -> None:
     """A job was claimed ``seconds`` after it became claimable (run_after / fallback time)."""
@@ -106,6 +115,7 @@ def count_dead(lane: str, n: int = 1) -> None:
 
 
 # --- HTTP middleware ----------------------------------------------------------------------------
+
 
 class MetricsMiddleware:
     """Request count and duration by route template (never the raw path), upload bytes."""
@@ -180,6 +190,7 @@ def _observe_first_claims(body: bytes) -> None:
 
 
 # --- Scrape ---------------------------------------------------------------------------------------
+
 
 async def _queue_families(engine: AsyncEngine, worker_ttl_s: float) -> list[GaugeMetricFamily]:
     now = utcnow()
@@ -277,6 +288,7 @@ async def render(
 
 
 # --- Job events ---------------------------------------------------------------------------------
+
 
 class MetricsListener:
     """Counts what job events say (listed with the other listeners in ``api.app``)."""

@@ -82,7 +82,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(5 * 1024**3, gt=0, description="Largest accepted upload (413 past it).")
     upload_chunk_bytes: int = Field(1024 * 1024, gt=0, description="Read size while streaming uploads.")
     download_chunk_bytes: int = Field(
-        4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024,
+        4 * 1024 * 1024,
+        ge=64 * 1024,
+        le=64 * 1024 * 1024,
         description="Read size while serving input files to workers (each read is one thread hop).",
     )
     file_retention_s: float = Field(

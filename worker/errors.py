@@ -1,15 +1,15 @@
 """Worker-side exceptions.
 
-    WorkerError
-    ├── ProcessingError          a job could not be processed (carries error_class + retryable)
-    │   ├── BadInput             corrupt / unsupported / private input: never retried
-    │   ├── AuthRequired         the source wants cookies or a sign-in: never retried
-    │   ├── TransientError       network hiccup, upstream 5xx: retried
-    │   ├── ProcessingTimeout    retried
-    │   ├── OutOfMemory          retried (possibly elsewhere)
-    │   └── ProcessCrashed       the child process running the job died (native crash): retried
-    ├── JobCanceled              the server canceled the job or the lease is gone: stop now
-    └── ServerError              talking to the server failed (see worker.client)
+WorkerError
+├── ProcessingError          a job could not be processed (carries error_class + retryable)
+│   ├── BadInput             corrupt / unsupported / private input: never retried
+│   ├── AuthRequired         the source wants cookies or a sign-in: never retried
+│   ├── TransientError       network hiccup, upstream 5xx: retried
+│   ├── ProcessingTimeout    retried
+│   ├── OutOfMemory          retried (possibly elsewhere)
+│   └── ProcessCrashed       the child process running the job died (native crash): retried
+├── JobCanceled              the server canceled the job or the lease is gone: stop now
+└── ServerError              talking to the server failed (see worker.client)
 """
 
 from __future__ import annotations

@@ -42,8 +42,9 @@ router = APIRouter(prefix="/api/v1", tags=["ingest"])
 MAX_BATCH_JSON = 10 * 1024 * 1024
 
 
-def _file_job(fields: IngestFileForm, file_id: str, content_type: ContentType, batch_id: str | None = None
-              ) -> NewJob:
+def _file_job(
+    fields: IngestFileForm, file_id: str, content_type: ContentType, batch_id: str | None = None
+) -> NewJob:
     return NewJob(
         content_type=content_type.value,
         lane_kind=lane_kind(fields.lane, content_type),

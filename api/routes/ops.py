@@ -53,8 +53,11 @@ _READY_EXAMPLE = {
 _NOT_READY_EXAMPLE = {
     "status": "not ready",
     "checks": {
-        "database": {"ok": False, "detail": "ConnectionRefusedError: [Errno 111] Connection refused",
-                     "seconds": 0.004},
+        "database": {
+            "ok": False,
+            "detail": "ConnectionRefusedError: [Errno 111] Connection refused",
+            "seconds": 0.004,
+        },
         "vector_store": {"ok": True, "detail": "qdrant server, 52000 points", "seconds": 0.02},
         "embedder": {"ok": True, "detail": "all-MiniLM-L6-v2-onnx-int8 loaded (384-d)", "seconds": 0.0},
     },
@@ -68,12 +71,18 @@ async def _timed(coro: Any) -> Check:
         detail = await asyncio.wait_for(coro, CHECK_TIMEOUT_S)
         return Check(ok=True, detail=detail, seconds=round(time.perf_counter() - start, 4))
     except TimeoutError:
-        return Check(ok=False, detail=f"no answer in {CHECK_TIMEOUT_S:g} s",
-                     seconds=round(time.perf_counter() - start, 4))
+        return Check(
+            ok=False,
+            detail=f"no answer in {CHECK_TIMEOUT_S:g} s",
+            seconds=round(time.perf_counter() - start, 4),
+        )
     except Exception as exc:
         message = getattr(exc, "message", None) or str(exc)
-        return Check(ok=False, detail=f"{type(exc).__name__}: {message}"[:500],
-                     seconds=round(time.perf_counter() - start, 4))
+        return Check(
+            ok=False,
+            detail=f"{type(exc).__name__}: {message}"[:500],
+            seconds=round(time.perf_counter() - start, 4),
+        )
 
 
 async def _database(state: AppState) -> str:
@@ -115,8 +124,11 @@ async def _embedder(app: FastAPI) -> str:
     response_model=Readiness,
     responses={
         200: {"content": {"application/json": {"example": _READY_EXAMPLE}}},
-        503: {"model": Readiness, "description": "A dependency is down; `checks` says which and why.",
-              "content": {"application/json": {"example": _NOT_READY_EXAMPLE}}},
+        503: {
+            "model": Readiness,
+            "description": "A dependency is down; `checks` says which and why.",
+            "content": {"application/json": {"example": _NOT_READY_EXAMPLE}},
+        },
     },
 )
 async def ready(request: Request) -> JSONResponse:
@@ -149,8 +161,10 @@ _METRICS_EXAMPLE = (
     operation_id="metrics",
     response_class=Response,
     responses={
-        200: {"content": {metrics.CONTENT_TYPE: {"schema": {"type": "string"}, "example": _METRICS_EXAMPLE}},
-              "description": "Prometheus text format."},
+        200: {
+            "content": {metrics.CONTENT_TYPE: {"schema": {"type": "string"}, "example": _METRICS_EXAMPLE}},
+            "description": "Prometheus text format.",
+        },
         503: {"description": "The database does not answer (the queue's numbers cannot be read)."},
     },
 )
@@ -171,8 +185,9 @@ async def get_metrics(request: Request) -> Response:
         body = await metrics.render(state.engine, state.settings.presence_ttl_s, extra)
     except Exception as exc:
         log.warning("metrics: database unavailable: %s", exc)
-        return Response(f"database unavailable: {type(exc).__name__}\n", status_code=503,
-                        media_type="text/plain")
+        return Response(
+            f"database unavailable: {type(exc).__name__}\n", status_code=503, media_type="text/plain"
+        )
     return Response(body, media_type=metrics.CONTENT_TYPE)
 
 

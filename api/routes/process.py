@@ -34,8 +34,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERRORS,
 }
 _WAIT = Query(
-    None, ge=0, description="Seconds to wait for the result (default MORAG_PROCESS_WAIT_DEFAULT_S, "
-    "at most MORAG_PROCESS_WAIT_MAX_S)."
+    None,
+    ge=0,
+    description="Seconds to wait for the result (default MORAG_PROCESS_WAIT_DEFAULT_S, "
+    "at most MORAG_PROCESS_WAIT_MAX_S).",
 )
 
 

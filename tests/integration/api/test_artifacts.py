@@ -252,9 +252,7 @@ async def test_completed_artifacts_go_with_retention_and_orphans_when_old(env: E
     old.write_bytes(b"x")
     past = time.time() - 120
     os.utime(old, (past, past))
-    assert (
-        await sweep_artifacts(env.state.jobs, env.settings) == 1
-    )  # the old orphan; the running job's stay
+    assert await sweep_artifacts(env.state.jobs, env.settings) == 1  # the old orphan; the running job's stay
     assert sorted(p.name for p in folder.iterdir()) == [".upload.tmp", "a.png"]
     await complete(env, job, "# done")
     assert await sweep_artifacts(env.state.jobs, env.settings) == 1  # retention 0: gone once the job ended

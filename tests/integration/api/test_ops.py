@@ -170,9 +170,10 @@ async def test_metrics_count_processing_retries_lease_expiries_and_dead_jobs(env
     after = await scrape()
     done = "morag_processing_seconds_count"
     assert sample(after, done, content_type="document") == sample(before, done, content_type="document") + 1
-    assert sample(after, "morag_job_retries_total", lane="cpu") == sample(
-        before, "morag_job_retries_total", lane="cpu"
-    ) + 1
+    assert (
+        sample(after, "morag_job_retries_total", lane="cpu")
+        == sample(before, "morag_job_retries_total", lane="cpu") + 1
+    )
 
     (_silent,) = await claim(env, ["document"])  # attempt 2: the worker goes silent, the lease runs out
     for _ in range(100):
@@ -180,16 +181,19 @@ async def test_metrics_count_processing_retries_lease_expiries_and_dead_jobs(env
             break
         await asyncio.sleep(0.1)
     expired = await scrape()
-    assert sample(expired, "morag_lease_expiries_total", lane="cpu") == sample(
-        after, "morag_lease_expiries_total", lane="cpu"
-    ) + 1
-    assert sample(expired, "morag_job_retries_total", lane="cpu") == sample(
-        after, "morag_job_retries_total", lane="cpu"
-    ) + 1
+    assert (
+        sample(expired, "morag_lease_expiries_total", lane="cpu")
+        == sample(after, "morag_lease_expiries_total", lane="cpu") + 1
+    )
+    assert (
+        sample(expired, "morag_job_retries_total", lane="cpu")
+        == sample(after, "morag_job_retries_total", lane="cpu") + 1
+    )
 
     (last,) = await claim(env, ["document"])  # attempt 3 of 3: a failure now ends it dead
     await fail(last)
     final = await scrape()
-    assert sample(final, "morag_jobs_dead_total", lane="cpu") == sample(
-        expired, "morag_jobs_dead_total", lane="cpu"
-    ) + 1
+    assert (
+        sample(final, "morag_jobs_dead_total", lane="cpu")
+        == sample(expired, "morag_jobs_dead_total", lane="cpu") + 1
+    )

@@ -138,11 +138,20 @@ def test_result_payload_drops_what_the_server_refuses():
     for _ in range(100):
         cur["x"] = {}
         cur = cur["x"]
-    payload = result_payload(ProcessResult(
-        markdown="page\x00one",
-        metadata={"score": float("nan"), "big": float("inf"), "title": "a\x00b", "deep": deep, "n": 3,
-                  "tags": ("a", "b"), "path": __import__("pathlib").Path("/x")},
-    ))
+    payload = result_payload(
+        ProcessResult(
+            markdown="page\x00one",
+            metadata={
+                "score": float("nan"),
+                "big": float("inf"),
+                "title": "a\x00b",
+                "deep": deep,
+                "n": 3,
+                "tags": ("a", "b"),
+                "path": __import__("pathlib").Path("/x"),
+            },
+        )
+    )
     assert payload["markdown"] == "pageone"
     meta = payload["metadata"]
     assert meta["score"] is None and meta["big"] is None and meta["title"] == "ab" and meta["n"] == 3

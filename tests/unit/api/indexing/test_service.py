@@ -126,5 +126,3 @@ async def test_a_gemini_hard_failure_fails_indexing_and_stores_nothing(tmp_path:
         assert err.value.retryable
     assert await ix.count_points("u", "d") == 1  # the first version is intact: nothing half-written
     await ix.close()
-
-
