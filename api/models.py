@@ -174,6 +174,7 @@ class Worker(SQLModel, table=True):
     content_types: str = Field(default="", max_length=500)
     name: str | None = Field(default=None, max_length=200)
     version: str | None = Field(default=None, max_length=50)
+    device: str | None = Field(default=None, max_length=200)
     first_seen_at: datetime = Field(sa_column=Column(DateTime(), nullable=False))
     last_seen_at: datetime = Field(sa_column=Column(DateTime(), nullable=False, index=True))
 

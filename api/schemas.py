@@ -196,6 +196,7 @@ class WorkerInfo(BaseModel):
     lanes: list[str]
     content_types: list[str]
     version: str | None
+    device: str | None = None
     first_seen_at: datetime
     last_seen_at: datetime
     online: bool

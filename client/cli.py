@@ -348,7 +348,7 @@ class Cli:
             state = "online " if w.online else "offline"
             jobs = ", ".join(w.current_jobs) or "idle"
             self.say(
-                f"{w.name or w.worker_id}  {state}  lanes={','.join(w.lanes) or '-'}  "
+                f"{w.name or w.worker_id}  {state}  {w.device or ''}  lanes={','.join(w.lanes) or '-'}  "
                 f"types={','.join(w.content_types) or 'all'}  last seen {_ts(w.last_seen_at)}  {jobs}"
             )
         return EXIT_OK

@@ -123,6 +123,7 @@ class Worker(_Model):
     lanes: list[str] = Field(default_factory=list)
     content_types: list[str] = Field(default_factory=list)
     version: str | None = None
+    device: str | None = None
     first_seen_at: datetime | None = None
     last_seen_at: datetime | None = None
     online: bool = False

@@ -33,6 +33,11 @@ class ClaimRequest(_Body):
     )
     name: str | None = Field(default=None, max_length=200)
     version: str | None = Field(default=None, max_length=50)
+    device: str | None = Field(
+        default=None,
+        max_length=200,
+        description="What processes this worker's jobs, e.g. 'cuda: 1 GPU, 139 GiB' or 'cpu: 16 cores'.",
+    )
 
 
 class ClaimedJob(BaseModel):

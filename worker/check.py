@@ -7,6 +7,7 @@ docs/worker-setup.md has a troubleshooting entry for every check here.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -65,6 +66,14 @@ def cuda_devices() -> tuple[int, str]:
         except (OSError, subprocess.SubprocessError):
             summary = ""
     return count, summary
+
+
+def describe_device(device: str) -> str:
+    """What processes this worker's jobs, for the server's worker list (``--device``: auto, cuda, cpu)."""
+    gpus, summary = cuda_devices() if device != "cpu" else (0, "")
+    if gpus:
+        return f"cuda: {summary or f'{gpus} GPU(s)'}"[:200]
+    return f"cpu: {os.cpu_count() or 1} cores"
 
 
 def unreachable_fix(server: str, message: str) -> str:

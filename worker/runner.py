@@ -61,6 +61,7 @@ class Runner:
         self.lease_s = 60.0
         self.lanes: list[str] = []
         self.content_types: list[str] = []
+        self.device: str | None = None  # what processes the jobs, shown in the server's worker list
         self.jobs: dict[str, JobRun] = {}
         self.stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -101,7 +102,10 @@ class Runner:
         else:
             wanted = self.config.lanes or detect_lanes()
             self.lanes = [lane for lane in wanted if lane in {k.value for k in hello.lanes}] or wanted
+        from worker.check import describe_device  # check imports this module
         from worker.processors import REGISTRY, availability
+
+        self.device = describe_device(self.config.device)
 
         why_not = {ct: why for ct in REGISTRY for ok, why in [availability(ct)] if not ok}
         if self.config.content_types:
@@ -221,6 +225,7 @@ class Runner:
                 claim_id=uuid.uuid4().hex,
                 name=self.config.name[:200],
                 version=__version__,
+                device=self.device,
             )
             claim = asyncio.ensure_future(self.client.claim(req))
             stop = asyncio.ensure_future(self.stopping.wait())

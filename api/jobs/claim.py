@@ -187,6 +187,7 @@ class ClaimStore(StoreBase):
         content_types: list[str],
         name: str | None,
         version: str | None,
+        device: str | None,
         now: datetime,
     ) -> None:
         values: dict[str, Any] = dict(
@@ -199,6 +200,7 @@ class ClaimStore(StoreBase):
             content_types=",".join(content_types)[:500],
             name=name,
             version=version,
+            device=device,
             first_seen_at=now,
             last_seen_at=now,
         )
@@ -233,13 +235,16 @@ class ClaimStore(StoreBase):
         claim_id: str | None,
         name: str | None = None,
         version: str | None = None,
+        device: str | None = None,
     ) -> list[LeasedJob]:
         """Lease up to ``max_jobs`` eligible jobs to this worker in one atomic statement."""
         now = utcnow()
         async with self.engine.begin() as conn:
-            shape = (tuple(lanes), tuple(content_types), name, version)
+            shape = (tuple(lanes), tuple(content_types), name, version, device)
             if not self._presence_fresh(who, worker_id, shape):
-                await self._upsert_worker(conn, who, worker_id, lanes, content_types, name, version, now)
+                await self._upsert_worker(
+                    conn, who, worker_id, lanes, content_types, name, version, device, now
+                )
             stmt, params = claim_statement(conn.dialect.name, who, lanes, content_types, max_jobs)
             params.update(
                 now=now,

@@ -164,6 +164,7 @@ class ReadStore(StoreBase):
                 lanes=[k for k, on in (("gpu", w.serves_gpu), ("cpu", w.serves_cpu)) if on],
                 content_types=[c for c in (w.content_types or "").split(",") if c],
                 version=w.version,
+                device=w.device,
                 first_seen_at=w.first_seen_at,
                 last_seen_at=w.last_seen_at,
                 online=w.last_seen_at > since,

@@ -184,6 +184,7 @@ class WorkerRecord:
     lanes: list[str]
     content_types: list[str]
     version: str | None
+    device: str | None
     first_seen_at: datetime
     last_seen_at: datetime
     online: bool

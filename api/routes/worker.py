@@ -106,6 +106,7 @@ async def claim(
             body.claim_id,
             body.name,
             body.version,
+            body.device,
         )
 
     # Waiting costs no query: a queued job wakes one suitable waiter (api.waiters).

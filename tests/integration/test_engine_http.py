@@ -273,11 +273,14 @@ async def test_workers_are_listed_with_their_jobs_and_queue_stats_are_real(api):
     task = await upload(client, keys[("alice", "client")])
     await upload(client, keys[("alice", "client")])
     await client.post(
-        "/worker/claim", headers=bearer(keys[("alice", "worker")]), json={**CLAIM, "name": "box"}
+        "/worker/claim",
+        headers=bearer(keys[("alice", "worker")]),
+        json={**CLAIM, "name": "box", "device": "cuda: NVIDIA H200 (139 GiB total, 138 GiB free)"},
     )
     r = (await client.get("/api/v1/workers", headers=bearer(keys[("alice", "client")]))).json()
     assert [w["worker_id"] for w in r["workers"]] == ["w1"]
     assert r["workers"][0]["current_jobs"] == [task] and r["workers"][0]["online"]
+    assert r["workers"][0]["device"] == "cuda: NVIDIA H200 (139 GiB total, 138 GiB free)"
     assert (await client.get("/api/v1/workers", headers=bearer(keys[("bob", "client")]))).json()[
         "workers"
     ] == []

@@ -141,6 +141,9 @@ def test_kill_9_mid_job_finishes_on_another_worker(live_server: LiveServerFactor
     assert st["worker_id"].startswith("wb") and st["attempts"] == 2
     assert "survives a crash" in st["result"]["markdown"]
     assert took < 12
+    # Each worker tells the server what processes its jobs (the dashboard's worker list shows it).
+    listed = server.api("GET", "/workers").json()["workers"]
+    assert listed and all(w["device"] and w["device"].startswith(("cpu: ", "cuda: ")) for w in listed)
 
 
 def test_server_outage_result_delivered_after_it_returns(

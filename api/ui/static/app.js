@@ -164,7 +164,7 @@
       el("td", {}, el("b", {}, w.name || w.worker_id), el("div", { class: "hint mono" }, w.worker_id)),
       el("td", {}, el("span", { class: `dot ${w.online ? "on" : ""}` }), badge(w.online ? "online" : "offline")),
       el("td", {}, text(w.lanes.join(", "))),
-      el("td", {}, `${w.lanes.includes("gpu") ? "GPU" : "CPU"}${w.version ? ` · worker ${w.version}` : ""}`, el("div", { class: "hint" }, text(w.content_types.join(", ")))),
+      el("td", {}, `${w.device || (w.lanes.includes("gpu") ? "GPU" : "CPU")}${w.version ? ` · worker ${w.version}` : ""}`, el("div", { class: "hint" }, text(w.content_types.join(", ")))),
       el("td", {}, w.current_jobs.length ? currentJobs(w.current_jobs) : "idle"),
       el("td", {}, ago(w.last_seen_at))));
   }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +211,12 @@ def test_gpu_summary_labels_total_and_free_memory():
     line = "NVIDIA H200, 143771 MiB, 143153 MiB"
     assert chk.gpu_summary(line) == "NVIDIA H200 (143771 MiB total, 143153 MiB free)"
     assert chk.gpu_summary("odd output") == "odd output"
+
+
+def test_the_device_a_worker_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    check = chk
+    monkeypatch.setattr(check, "cuda_devices", lambda: (1, "NVIDIA H200 (139 GiB total, 138 GiB free)"))
+    assert check.describe_device("auto") == "cuda: NVIDIA H200 (139 GiB total, 138 GiB free)"
+    assert check.describe_device("cpu").startswith("cpu: ")  # --device cpu: the GPU is not used
+    monkeypatch.setattr(check, "cuda_devices", lambda: (0, ""))
+    assert check.describe_device("auto") == f"cpu: {os.cpu_count()} cores"
