@@ -31,6 +31,7 @@ import httpx
 from api.background import BackgroundService
 from api.ids import utcnow
 from api.jobs import JobEvent, JobRecord, JobStore, is_final
+from api.logging_setup import task_context
 from api.settings import Settings
 from protocol import netguard
 from protocol.signing import sign_body
@@ -127,6 +128,10 @@ class WebhookSender(BackgroundService):
         return len(due)
 
     async def _deliver(self, job_id: str) -> None:
+        with task_context(job_id):  # every log line about this delivery names the task
+            await self._deliver_job(job_id)
+
+    async def _deliver_job(self, job_id: str) -> None:
         s = self.settings
         job = await self.jobs.get_any(job_id)
         if job is None or not job.webhook_url or not is_final(job.state):

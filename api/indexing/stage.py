@@ -21,6 +21,7 @@ from api.indexing.config import IndexConfig
 from api.indexing.errors import IndexingError
 from api.indexing.service import Indexer
 from api.jobs import JobEvent, JobKind, JobRecord, JobState, JobStore, TaskStage
+from api.logging_setup import task_context
 from api.settings import Settings
 
 log = logging.getLogger("morag.indexer")
@@ -71,7 +72,8 @@ class IndexingStage(BackgroundService):
         """Index the jobs that are due now; True when some were taken."""
         jobs = await self.jobs.claim_index_work(limit, HOLD_S)
         for job in jobs:
-            await self._index(job)
+            with task_context(job.id):  # every log line about this job names it
+                await self._index(job)
         return bool(jobs)
 
     async def _index(self, job: JobRecord) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import hmac
 import itertools
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,40 @@ from sqlalchemy import update
 from api import keystore, webhooks
 from api.app import create_app
 from api.ids import utcnow
+from api.logging_setup import ContextFilter
 from api.models import Job
 from protocol.signing import sign_body
 from tests.integration.api.conftest import Env, make_settings
 
 # alice is the first user (id 1) of every test app; the server secret is "test-secret".
 USER_SECRET = webhooks.user_secret(b"test-secret", 1).encode()
+
+
+class _Lines(logging.Handler):
+    """Records of the ``morag`` loggers with the request/task ids the server's filter adds."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+        self.addFilter(ContextFilter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> _Lines:
+        logger = logging.getLogger("morag")
+        self._level = logger.level
+        logger.setLevel(logging.INFO)
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logger = logging.getLogger("morag")
+        logger.removeHandler(self)
+        logger.setLevel(self._level)
+
+    def task_of(self, text: str) -> set[str | None]:
+        return {getattr(r, "task_id", None) for r in self.records if text in r.getMessage()}
 
 
 class Receiver:
@@ -146,11 +175,13 @@ async def test_sweep_delivers_when_no_hook_fired_with_result_summary(env: Env) -
 )
 async def test_retries_are_bounded(env: Env) -> None:
     # Tries at ~0, 0.2 and 0.6 s; the next (1.4 s) is past the 1 s window: exactly 3.
-    async with Receiver([500] * 100) as rx:
-        task_id = await _submit(env, rx.url)
-        await env.client.delete(f"/api/v1/ingest/{task_id}", headers=env.alice)
-        rows = await _rows_until(env.state, task_id, 3)
-        await asyncio.sleep(1.5)  # a 4th try would come 0.8 s after the 3rd
+    with _Lines() as lines:
+        async with Receiver([500] * 100) as rx:
+            task_id = await _submit(env, rx.url)
+            await env.client.delete(f"/api/v1/ingest/{task_id}", headers=env.alice)
+            rows = await _rows_until(env.state, task_id, 3)
+            await asyncio.sleep(1.5)  # a 4th try would come 0.8 s after the 3rd
+    assert lines.task_of("given up") == {task_id}  # the sender's lines name the task
     rows = [asdict(r) for r in await env.state.jobs.list_deliveries(task_id)]
     assert [r["attempt"] for r in rows] == [1, 2, 3] and not any(r["delivered"] for r in rows)
     assert len(rx.calls) == len(rows)
@@ -227,11 +258,13 @@ async def test_delivery_resumes_after_a_restart(tmp_path: Path) -> None:
 async def test_webhook_after_processing_and_indexing(env: Env) -> None:
     from tests.integration.api.conftest import claim, complete
 
-    async with Receiver([]) as rx:
-        task_id = await _submit(env, rx.url)
-        (job,) = await claim(env, ["web"])
-        await complete(env, job, "# Title\n\nSome words worth indexing here.", {"title": "T"})
-        await asyncio.wait_for(rx.got.wait(), 30)
+    with _Lines() as lines:
+        async with Receiver([]) as rx:
+            task_id = await _submit(env, rx.url)
+            (job,) = await claim(env, ["web"])
+            await complete(env, job, "# Title\n\nSome words worth indexing here.", {"title": "T"})
+            await asyncio.wait_for(rx.got.wait(), 30)
+    assert lines.task_of("indexed job") == {task_id}  # the indexing stage's lines name the task
     body = _verify(rx.calls[0])
     row = asdict(await env.state.jobs.get_any(task_id))
     assert len(rx.calls) == 1 and body["status"] == "succeeded" == row["state"]
