@@ -25,7 +25,7 @@ check-system:
 	@PYTHON=$(PYTHON) .ci/system-deps
 
 check-test-system:
-	@PYTHON=$(PYTHON) .ci/system-deps --nginx $(PG_FLAG)
+	@PYTHON=$(PYTHON) .ci/system-deps --nginx --browser $(PG_FLAG)
 	@if [ -n "$(PG_FLAG)" ]; then .ci/setup-postgres; fi
 
 $(BIN)/python:

@@ -1,7 +1,8 @@
 """The claim answer: leased jobs as a worker receives them (download link, file facts, cookies).
 
 Everything a batch of jobs needs is read in one query per kind (the files of all jobs, the cookies
-of all URL jobs), never once per job.
+of the URL jobs whose processor fetches with them), never once per job, and nothing a batch does
+not need (a claim of echo or document-URL jobs reads no cookies).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import time
 
 from api import filestore
+from api.contenttypes import COOKIE_TYPES
 from api.jobs import LeasedJob
 from api.keystore import Principal
 from api.state import AppState
@@ -23,7 +25,11 @@ async def claim_answer(
     users' cookies where ``who`` may have them (a shared worker only when the owner opted in)."""
     settings = state.settings
     files = await filestore.get_files(state.engine, [j.file_id for j in leased if j.file_id])
-    wanted = [(j.user_id, j.source_url) for j in leased if j.source_url and j.user_id is not None]
+    wanted = [
+        (j.user_id, j.source_url)
+        for j in leased
+        if j.source_url and j.user_id is not None and j.content_type in COOKIE_TYPES
+    ]
     cookies = await state.cookies.for_worker(who, wanted) if wanted else {}
     exp = int(time.time() + settings.signed_url_ttl_s)
     out = []
@@ -43,7 +49,7 @@ async def claim_answer(
             item.file_name, item.file_size, item.file_sha256 = f["original_name"], f["size"], f["sha256"]
         if j.source_url:
             item.source_url = j.source_url
-            if j.user_id is not None:
+            if j.user_id is not None and j.content_type in COOKIE_TYPES:
                 item.cookies = cookies.get((j.user_id, j.source_url))
         out.append(item)
     return out

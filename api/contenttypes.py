@@ -76,6 +76,11 @@ def resolve_upload_type(declared: ContentType | None, mime: str, head: bytes) ->
     return declared
 
 
+# The processors that fetch a job's URL with the owner's site cookies (worker/processors/web.py,
+# youtube.py): only their claims read and hand out cookies.
+COOKIE_TYPES = frozenset({ContentType.web.value, ContentType.youtube.value})
+
+
 def content_type_for_url(url: str) -> ContentType:
     """URL jobs without a declared type: youtube for YouTube hosts, else web."""
     host = (urlsplit(url).hostname or "").lower()

@@ -787,7 +787,29 @@ def make_system(name: str, procs: Procs, rdir: Path) -> System:
 
 
 # ----- one round of one system -----------------------------------------------------------------
-def run_one(system: System, jobs: int, samples: int, log: Any) -> RoundResult:
+@contextlib.contextmanager
+def profiled(pids: list[int], out: Path | None) -> Iterable[None]:
+    """py-spy (if installed) samples the server's main process meanwhile; raw collapsed stacks."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if out is None or not pids or not Path(spy).exists():
+        yield
+        return
+    proc = subprocess.Popen(
+        [spy, "record", "-p", str(pids[0]), "-r", "250", "-f", "raw", "-o", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)  # py-spy attaches
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+
+
+def run_one(
+    system: System, jobs: int, samples: int, log: Any, profile_dir: Path | None = None
+) -> RoundResult:
     system.start()
     seq = 0
 
@@ -818,7 +840,8 @@ def run_one(system: System, jobs: int, samples: int, log: Any) -> RoundResult:
     cpu = CpuMeter(
         {"server": system.server_pids, "db": system.db_pids, "worker": system.worker_pids}, rss_group="server"
     ).start()
-    t0, t1, keys = system.enqueue(seq, jobs)
+    with profiled(system.server_pids(), profile_dir and profile_dir / f"{system.name}-enqueue.txt"):
+        t0, t1, keys = system.enqueue(seq, jobs)
     seq += jobs
     enqueue_cpu = cpu.stop()
     wanted = set(keys)
@@ -826,6 +849,8 @@ def run_one(system: System, jobs: int, samples: int, log: Any) -> RoundResult:
         {"server": system.server_pids, "db": system.db_pids, "worker": system.worker_pids}, rss_group="server"
     ).start()
     rss_enqueue = cpu.rss_peak
+    spy = profiled(system.server_pids(), profile_dir and profile_dir / f"{system.name}-drain.txt")
+    spy.__enter__()
     t_resume = time.time()
     Procs.signal(system.workers, signal.SIGCONT)
 
@@ -838,6 +863,7 @@ def run_one(system: System, jobs: int, samples: int, log: Any) -> RoundResult:
     wait_until(lambda: system.pending(wanted) == 0, 120, f"{system.name}: the queue to empty", 0.005)
     t_empty = time.time()
     drain_cpu = cpu.stop()
+    spy.__exit__(None, None, None)
     drain_s = max(last_start, t_empty) - t_resume
     time.sleep(STATS_FLUSH_S)
     x1 = system.xacts()
@@ -980,7 +1006,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transfer-mib", type=int, default=1024)
     ap.add_argument("--no-docs", action="store_true", help="print the table, leave docs/benchmarks.md alone")
     ap.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        help="write py-spy samples of the server during enqueue and drain to this folder "
+        "(bench/profile_summary.py reads them)",
+    )
     args = ap.parse_args(argv)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     if args.quick:
         args.rounds, args.jobs, args.samples = 1, 100, 10
     systems = [s for s in args.systems.split(",") if s]
@@ -1011,7 +1045,7 @@ def main(argv: list[str] | None = None) -> int:
                 system = make_system(name, procs, rdir)
                 loads.append(os.getloadavg()[0])
                 try:
-                    results.append(run_one(system, args.jobs, args.samples, sys.stdout))
+                    results.append(run_one(system, args.jobs, args.samples, sys.stdout, args.profile))
                 except (TimeoutError, RuntimeError, subprocess.SubprocessError) as exc:
                     print(f"  {name}: FAILED: {exc} (logs in {rdir})", flush=True)
                     args.keep = True

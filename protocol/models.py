@@ -18,6 +18,21 @@ class _Body(CleanBody):
     """A worker's request body: no unknown fields, nothing the database cannot store."""
 
 
+class CompleteRequest(_Body):
+    job_id: str
+    lease_token: str
+    markdown: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class CompleteBatchItem(BaseModel):
+    """One result of a batch: stored (``status``) or refused (``error``: stale_lease, job_canceled)."""
+
+    job_id: str
+    status: str | None = None
+    error: ErrorBody | None = None
+
+
 class ClaimRequest(_Body):
     """A worker asks for up to ``max_jobs`` jobs and waits up to ``wait_s`` seconds for them."""
 
@@ -38,6 +53,18 @@ class ClaimRequest(_Body):
         max_length=200,
         description="What processes this worker's jobs, e.g. 'cuda: 1 GPU, 139 GiB' or 'cpu: 16 cores'.",
     )
+    retry: bool = Field(
+        default=False,
+        description="True when this re-sends a claim whose answer was lost (same claim_id): the server "
+        "then answers with the jobs it already leased under that id, if any, before leasing more.",
+    )
+    results: list[CompleteRequest] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Finished jobs riding on this claim, stored in one transaction before the claim "
+        "runs (each as POST /worker/complete would); their outcomes come back in the answer's "
+        "`results`. A claim that carries results answers at once (no long-poll).",
+    )
 
 
 class ClaimedJob(BaseModel):
@@ -57,6 +84,9 @@ class ClaimedJob(BaseModel):
 
 class ClaimResponse(BaseModel):
     jobs: list[ClaimedJob]
+    results: list[CompleteBatchItem] = Field(
+        default_factory=list, description="The outcome of each result that rode on the claim, in order."
+    )
 
 
 class HeartbeatRequest(_Body):
@@ -71,13 +101,6 @@ class HeartbeatResponse(BaseModel):
     canceled: bool
 
 
-class CompleteRequest(_Body):
-    job_id: str
-    lease_token: str
-    markdown: str
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
 class CompleteResponse(BaseModel):
     job_id: str
     status: str
@@ -87,14 +110,6 @@ class CompleteBatchRequest(_Body):
     """Several finished jobs in one request: stored in one transaction."""
 
     results: list[CompleteRequest] = Field(min_length=1, max_length=100)
-
-
-class CompleteBatchItem(BaseModel):
-    """One result of a batch: stored (``status``) or refused (``error``: stale_lease, job_canceled)."""
-
-    job_id: str
-    status: str | None = None
-    error: ErrorBody | None = None
 
 
 class CompleteBatchResponse(BaseModel):
@@ -125,6 +140,11 @@ class HelloResponse(BaseModel):
     lanes: list[LaneKind]
     lease_s: float
     max_claim_wait_s: float
+    features: list[str] = Field(
+        default_factory=list,
+        description="Optional protocol features this server has; `claim-results`: finished jobs may "
+        "ride on a claim (`ClaimRequest.results`).",
+    )
 
 
 class ArtifactResponse(BaseModel):

@@ -13,7 +13,6 @@ httpx exceptions never leave this module: callers see ``worker.errors.ServerErro
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import hashlib
 import time
@@ -31,8 +30,6 @@ from protocol.models import (
     ClaimedJob,
     ClaimRequest,
     ClaimResponse,
-    CompleteBatchRequest,
-    CompleteBatchResponse,
     CompleteRequest,
     CompleteResponse,
     FailRequest,
@@ -42,6 +39,7 @@ from protocol.models import (
     HelloResponse,
 )
 from worker import __version__
+from worker.completions import Completions, Pending, answer_of, fail_all, settle
 from worker.config import backoff_delay
 from worker.errors import BadInput, ServerError, TransientError
 
@@ -156,9 +154,7 @@ class WorkerClient:
         self.retry_base_s, self.retry_cap_s = retry_base_s, retry_cap_s
         self.max_tries, self.max_time_s = max_tries, max_time_s
         self.timeout_s = timeout_s
-        # Completions that arrive together (several slots finishing at once) go in one request.
-        self._batch: list[tuple[CompleteRequest, asyncio.Future[CompleteResponse]]] | None = None
-        self._senders: set[asyncio.Task[None]] = set()
+        self.completions = Completions(self.call)
         self._http = httpx.AsyncClient(
             base_url=self.server,
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": f"morag-worker/{__version__}"},
@@ -223,13 +219,36 @@ class WorkerClient:
         resp = await self.call("GET", paths.HELLO, max_tries=3, max_time_s=15)
         return HelloResponse.model_validate(resp.json())
 
-    async def claim(self, req: ClaimRequest) -> list[ClaimedJob]:
-        """Long-poll for jobs; an empty list when none came within ``wait_s`` (HTTP 204)."""
+    async def claim(self, req: ClaimRequest, riders: list[Pending] | None = None) -> list[ClaimedJob]:
+        """Long-poll for jobs; an empty list when none came within ``wait_s`` (HTTP 204).
+
+        ``riders`` (from ``completions.take_riders()``): results sent on this claim; each caller
+        hears its own outcome, or the claim's failure."""
+        riders = riders or []
+        if riders:
+            req = req.model_copy(update={"results": [b for b, _ in riders], "wait_s": 0.0})
         body = req.model_dump(mode="json", exclude_none=True)
-        resp = await self.call("POST", paths.CLAIM, json=body, timeout=req.wait_s + self.timeout_s)
-        if resp.status_code == 204 or not resp.content:
-            return []
-        return ClaimResponse.model_validate(resp.json()).jobs
+        sent = 0
+
+        async def attempt() -> httpx.Response:
+            nonlocal sent
+            sent += 1  # a re-send may find the jobs the lost answer held: it says so
+            again = {**body, "retry": True} if sent > 1 and req.claim_id else body
+            return await self._request("POST", paths.CLAIM, json=again, timeout=req.wait_s + self.timeout_s)
+
+        try:
+            resp: httpx.Response = await self._retrying(attempt)
+            answer = ClaimResponse(jobs=[])
+            if resp.status_code != 204 and resp.content:
+                answer = ClaimResponse.model_validate(resp.json())
+            if len(answer.results) != len(riders):
+                got = f"{len(answer.results)} of {len(riders)}"
+                raise ServerRejected(f"the claim answered {got} results riding on it", 502)
+        except BaseException as exc:
+            fail_all(riders, exc)
+            raise
+        settle(riders, [answer_of(item) for item in answer.results])
+        return answer.jobs
 
     async def heartbeat(
         self,
@@ -263,99 +282,12 @@ class WorkerClient:
     ) -> CompleteResponse:
         """Deliver a result; repeating it with the same lease is harmless on the server.
 
-        Results completed at the same moment by other slots ride in the same request
-        (``/worker/complete-batch``, one transaction on the server); each caller still gets its
-        own answer or its own LeaseLost.
+        It rides on the next claim when one is about to go, else goes with the results of the same
+        moment in one ``/worker/complete-batch`` (``worker.completions``); each caller still gets
+        its own answer or its own LeaseLost.
         """
         body = CompleteRequest(job_id=job_id, lease_token=lease_token, markdown=markdown, metadata=metadata)
-        future: asyncio.Future[CompleteResponse] = asyncio.get_running_loop().create_future()
-        if self._batch is not None:  # another completion is gathering a batch right now: join it
-            self._batch.append((body, future))
-            return await future
-        self._batch = [(body, future)]
-        try:
-            await asyncio.sleep(0)  # let completions of this same moment join
-        finally:
-            batch, self._batch = self._batch, None
-        # Sent by a task of its own: a caller canceled meanwhile must not strand the others.
-        sender = asyncio.create_task(self._send_completions(batch, max_time_s))
-        self._senders.add(sender)
-        sender.add_done_callback(self._senders.discard)
-        return await future
-
-    async def _send_completions(
-        self, batch: list[tuple[CompleteRequest, asyncio.Future[CompleteResponse]]], max_time_s: float | None
-    ) -> None:
-        try:
-            if len(batch) == 1:
-                answers: list[CompleteResponse | ServerError] = [
-                    await self._complete_one(batch[0][0], max_time_s)
-                ]
-            else:
-                answers = await self._complete_batch([b for b, _ in batch], max_time_s)
-        except BaseException as exc:  # the request failed as a whole: every caller hears it
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else ServerUnreachable(repr(exc)))
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, future), answer in zip(batch, answers, strict=True):
-            if future.done():
-                continue
-            if isinstance(answer, ServerError):
-                future.set_exception(answer)
-            else:
-                future.set_result(answer)
-
-    async def _complete_one(self, body: CompleteRequest, max_time_s: float | None) -> CompleteResponse:
-        resp = await self.call(
-            "POST",
-            paths.COMPLETE,
-            json=body.model_dump(mode="json"),
-            max_time_s=max_time_s,
-            max_tries=10_000 if max_time_s else None,
-        )
-        return CompleteResponse.model_validate(resp.json())
-
-    async def _complete_each(
-        self, bodies: list[CompleteRequest], max_time_s: float | None
-    ) -> list[CompleteResponse | ServerError]:
-        results = await asyncio.gather(
-            *(self._complete_one(b, max_time_s) for b in bodies), return_exceptions=True
-        )
-        out: list[CompleteResponse | ServerError] = []
-        for r in results:
-            if isinstance(r, BaseException) and not isinstance(r, ServerError):
-                raise r
-            out.append(r)
-        return out
-
-    async def _complete_batch(
-        self, bodies: list[CompleteRequest], max_time_s: float | None
-    ) -> list[CompleteResponse | ServerError]:
-        request = CompleteBatchRequest(results=bodies)
-        try:
-            resp = await self.call(
-                "POST",
-                paths.COMPLETE_BATCH,
-                json=request.model_dump(mode="json"),
-                max_time_s=max_time_s,
-                max_tries=10_000 if max_time_s else None,
-            )
-        except ServerRejected as exc:
-            if exc.status not in (404, 405):
-                raise
-            return await self._complete_each(bodies, max_time_s)  # a server without batches
-        answers: list[CompleteResponse | ServerError] = []
-        for item in CompleteBatchResponse.model_validate(resp.json()).results:
-            if item.error is None:
-                answers.append(CompleteResponse(job_id=item.job_id, status=item.status or ""))
-                continue
-            text = f"HTTP 409 {item.error.code}: {item.error.message}"
-            lost = item.error.code in (ErrorCode.stale_lease, ErrorCode.job_canceled)
-            answers.append((LeaseLost if lost else ServerRejected)(text, 409, item.error.code))
-        return answers
+        return await self.completions.complete(body, max_time_s)
 
     async def upload_artifact(
         self, job_id: str, lease_token: str, path: Path, name: str, *, max_time_s: float | None = None

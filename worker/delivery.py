@@ -17,7 +17,7 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -165,15 +165,19 @@ class Delivery:
         lease_deadline: float,
         lease_s: float,
         progress: JobProgress | None = None,
+        spooled: Callable[[], None] | None = None,
     ) -> bool:
         """Spool a fresh result (artifacts too), then send it until the server has it or the lease
-        (``lease_deadline``, monotonic, plus one more lease) is gone; True when it was delivered."""
+        (``lease_deadline``, monotonic, plus one more lease) is gone; True when it was delivered.
+        ``spooled`` is called once the result is safe on disk, just before it is sent."""
         if progress:
             progress.update("upload", 0.0, "sending result")
         remaining = lease_deadline - time.monotonic()
         entry = await asyncio.to_thread(
             self.spool, job_id, lease_token, result, time.time() + remaining + lease_s
         )
+        if spooled is not None:
+            spooled()
         ok = await self.send(entry, max(remaining + lease_s, 5.0), progress)
         if ok and progress:
             progress.update("upload", 1.0, "done")

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ class JobRun:
     stop_reason: str | None = None  # "canceled" | "lease lost" | "shutdown"
     outcome: str = "running"  # then succeeded | failed | undelivered | canceled | lease lost | shutdown
     task: asyncio.Task[Any] | None = None
+    on_slot_free: Callable[[], None] | None = None  # the runner's: the slot may take the next job
+    slot_freed: bool = False
 
     def __post_init__(self) -> None:
         self.temp_dir = self.config.jobs_dir / f"{self.job.job_id}-{self.job.attempt}"
@@ -64,7 +67,8 @@ class JobRun:
         """Stop the job now: its processing is killed, its task ends without a result."""
         if self.stop_reason is None:
             self.stop_reason = reason
-        self.slot.stop()
+        if not self.slot_freed:  # a slot given back may already run the next job
+            self.slot.stop()
         if self.task and not self.task.done() and self.outcome == "running":
             self.task.cancel()
 
@@ -80,6 +84,7 @@ class JobRun:
                 self.lease_deadline,
                 self.lease_s,
                 self.progress,
+                spooled=self._free_slot,  # the result is safe on disk: the slot takes the next job
             )
             self.outcome = "succeeded" if ok else "undelivered"
         except (asyncio.CancelledError, JobCanceled):
@@ -93,8 +98,16 @@ class JobRun:
             await self._report_failure(ProcessingError(f"worker bug: {type(exc).__name__}: {exc}"))
         finally:
             hb.cancel()
-            await self.slot.idle()  # a stopped job's process is gone before its files are
+            if not self.slot_freed:
+                await self.slot.idle()  # a stopped job's process is gone before its files are
+                self._free_slot()
             await asyncio.to_thread(shutil.rmtree, self.temp_dir, True)
+
+    def _free_slot(self) -> None:
+        if not self.slot_freed:
+            self.slot_freed = True
+            if self.on_slot_free is not None:
+                self.on_slot_free()
 
     async def _work(self) -> ProcessResult:
         job = self.job

@@ -16,7 +16,7 @@ import os
 import signal
 import uuid
 
-from protocol import PROTOCOL_VERSION
+from protocol import FEATURE_CLAIM_RESULTS, PROTOCOL_VERSION
 from protocol.errors import ErrorClass
 from protocol.models import ClaimedJob, ClaimRequest, HelloResponse
 from protocol.states import ContentType, LaneKind, Scope
@@ -62,7 +62,8 @@ class Runner:
         self.lanes: list[str] = []
         self.content_types: list[str] = []
         self.device: str | None = None  # what processes the jobs, shown in the server's worker list
-        self.jobs: dict[str, JobRun] = {}
+        self.jobs: dict[str, JobRun] = {}  # every job not yet over (processing or delivering)
+        self.processing: set[str] = set()  # the jobs holding a slot
         self.stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._signals = 0
@@ -97,6 +98,7 @@ class Runner:
                 "install the worker of the server's release (pip install -U '.[worker]')"
             )
         self.lease_s = hello.lease_s
+        self.client.completions.riding = FEATURE_CLAIM_RESULTS in hello.features
         if hello.scope == Scope.shared_worker:
             self.lanes = ["default"]
         else:
@@ -202,13 +204,22 @@ class Runner:
         return backoff_delay(failures, self.config.retry_base_s, self.config.retry_cap_s)
 
     async def _claim_loop(self) -> int:
+        try:
+            return await self._claims()
+        finally:
+            await self.client.completions.flush()  # results waiting for a claim go on their own
+
+    async def _claims(self) -> int:
         claimed_total = 0
         failures = 0  # claims in a row that met an outage or a refusal
+        completions = self.client.completions
         while not self.stopping.is_set():
             if self.config.once and claimed_total:
                 return 0
-            free = self.config.concurrency - len(self.jobs)
+            free = self.config.concurrency - len(self.processing)
             if free <= 0:
+                # The next claim goes the moment a slot frees: the result that frees it rides on it.
+                completions.ride_open = True
                 self._slot_freed.clear()
                 stop = asyncio.ensure_future(self.stopping.wait())
                 slot = asyncio.ensure_future(self._slot_freed.wait())
@@ -227,10 +238,17 @@ class Runner:
                 version=__version__,
                 device=self.device,
             )
-            claim = asyncio.ensure_future(self.client.claim(req))
+            riders = completions.take_riders()
+            # A claim carrying results is answered at once, so results finishing meanwhile can
+            # wait for the next one; a long-poll may last wait_s, so they go on their own.
+            completions.ride_open = bool(riders)
+            claim = asyncio.ensure_future(self.client.claim(req, riders))
             stop = asyncio.ensure_future(self.stopping.wait())
             await asyncio.wait({claim, stop}, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
+            completions.ride_open = False
+            if not claim.done() and riders:
+                await asyncio.wait({claim})  # answered at once: let the results it carries land
             if not claim.done():
                 claim.cancel()
                 await self._give_back_claim(req)
@@ -250,6 +268,9 @@ class Runner:
                 failures += 1
                 continue
             failures = 0
+            if self.stopping.is_set() and jobs:  # leased as the stop came: back to the queue at once
+                await self._give_back(jobs)
+                break
             self._redeliver_spooled()  # the server answers again: results left over go now
             for job in jobs:
                 claimed_total += 1
@@ -268,19 +289,16 @@ class Runner:
     async def _give_back_claim(self, req: ClaimRequest) -> None:
         """A claim cut off by a stop may have leased jobs: fetch them (same claim id), give them back."""
         try:
-            replay = req.model_copy(update={"wait_s": 0.0})
-            jobs = await self.client.claim(replay)
-            for job in jobs:
-                await self.client.fail(
-                    job.job_id,
-                    job.lease_token,
-                    "worker shutting down",
-                    ErrorClass.shutdown,
-                    True,
-                    max_time_s=5,
-                )
+            replay = req.model_copy(update={"wait_s": 0.0, "retry": True})
+            await self._give_back(await self.client.claim(replay))
         except Exception as exc:  # best effort: the server's reaper frees them when the lease ends
             log.debug("giving back the interrupted claim failed: %s", exc)
+
+    async def _give_back(self, jobs: list[ClaimedJob]) -> None:
+        for job in jobs:
+            await self.client.fail(
+                job.job_id, job.lease_token, "worker shutting down", ErrorClass.shutdown, True, max_time_s=5
+            )
 
     async def _drain(self) -> None:
         """Wait for running jobs; past the grace period give their leases back."""
@@ -299,16 +317,23 @@ class Runner:
         assert self.pool is not None
         slot = self.pool.take()
         run = JobRun(job, self.client, self.config, self.delivery, slot, self.lease_s)
+        run.on_slot_free = lambda: self._slot_done(run, slot)
         self.jobs[job.job_id] = run
-        run.start().add_done_callback(lambda _: self._job_done(run, slot))
+        self.processing.add(job.job_id)
+        run.start().add_done_callback(lambda _: self._job_done(run))
         log.info("job %s [%s] claimed (attempt %d)", job.job_id, job.content_type.value, job.attempt)
 
-    def _job_done(self, run: JobRun, slot: Slot) -> None:
+    def _slot_done(self, run: JobRun, slot: Slot) -> None:
+        """The job's processing is over (its result is spooled, or it failed): the slot takes the
+        next job while the result is delivered."""
         assert self.pool is not None
-        self.jobs.pop(run.job_id, None)
-        self.finished.append(run)
+        self.processing.discard(run.job_id)
         self.pool.give_back(slot)
         self._slot_freed.set()
+
+    def _job_done(self, run: JobRun) -> None:
+        self.jobs.pop(run.job_id, None)
+        self.finished.append(run)
 
     async def deliver_spooled(self) -> int:
         """Send results a previous run could not deliver; returns how many the server took."""

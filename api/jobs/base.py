@@ -29,6 +29,7 @@ from api.settings import Settings
 # every second, heartbeats come per job): the presence TTL is a minute, so this costs nothing in
 # accuracy and saves a write on the hot path.
 PRESENCE_REFRESH_S = 5.0
+ONLINE_CACHE_S = 1.0
 
 QUEUED, RUNNING = JobState.queued.value, JobState.running.value
 
@@ -58,6 +59,14 @@ class StoreBase:
         self.settings = settings
         self.notifier = notifier
         self._presence: dict[tuple[str | None, str, tuple[Any, ...]], float] = {}
+        # One statement that is atomic on its own needs no BEGIN/COMMIT round trips (PostgreSQL):
+        # the same pool, without the transaction the driver would open.
+        self.autocommit: AsyncEngine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Who is online, as submits see it (fallback times, the "nobody can take it" note): read at
+        # most every ONLINE_CACHE_S per user and process, and forgotten when this process writes a
+        # worker's presence. Presence itself is refreshed every PRESENCE_REFRESH_S and lives
+        # MORAG_PRESENCE_TTL_S, so this adds at most ONLINE_CACHE_S to what a submit already sees.
+        self._online: dict[int | None, tuple[float, list[dict[str, Any]]]] = {}
 
     def _presence_fresh_beat(self, key_id: str | None, worker_id: str) -> bool:
         """Like :meth:`_presence_fresh` for heartbeats (they only refresh ``last_seen_at``)."""
@@ -77,6 +86,7 @@ class StoreBase:
         if len(self._presence) > 10_000:  # a bound, not a cache policy: workers come and go
             self._presence.clear()
         self._presence[key] = now
+        self._online.clear()  # this worker's row is about to change: submits read it again
         return False
 
     def _live_since(self, now: datetime) -> datetime:

@@ -213,7 +213,7 @@ class ClaimStore(StoreBase):
 
     async def replay_claim(self, who: Principal, claim_id: str) -> list[LeasedJob]:
         """The jobs a previous claim with this idempotency id handed out and still holds."""
-        async with self.engine.begin() as conn:
+        async with self.autocommit.connect() as conn:  # one read: no transaction round trips
             rows = (
                 await conn.execute(
                     select(*RETURNED).where(
@@ -237,22 +237,31 @@ class ClaimStore(StoreBase):
         version: str | None = None,
         device: str | None = None,
     ) -> list[LeasedJob]:
-        """Lease up to ``max_jobs`` eligible jobs to this worker in one atomic statement."""
+        """Lease up to ``max_jobs`` eligible jobs to this worker in one atomic statement.
+
+        On PostgreSQL that statement runs on its own (autocommit: no BEGIN/COMMIT round trips)
+        unless the worker's presence row is due, which joins it in one transaction."""
         now = utcnow()
+        shape = (tuple(lanes), tuple(content_types), name, version, device)
+        dialect = self.engine.dialect.name
+        stmt, params = claim_statement(dialect, who, lanes, content_types, max_jobs)
+        params.update(
+            now=now,
+            token=new_token(),
+            expires=now + timedelta(seconds=self.settings.lease_s),
+            claim_id=f"{who.key_id}:{claim_id}" if claim_id else None,
+            worker_id=worker_id,
+            key_id=who.key_id,
+        )
+        fresh = self._presence_fresh(who, worker_id, shape)
+        if fresh and dialect == "postgresql":
+            async with self.autocommit.connect() as conn:
+                rows = (await conn.execute(stmt, params)).all()
+            return _leased(list(rows))
         async with self.engine.begin() as conn:
-            shape = (tuple(lanes), tuple(content_types), name, version, device)
-            if not self._presence_fresh(who, worker_id, shape):
+            if not fresh:
                 await self._upsert_worker(
                     conn, who, worker_id, lanes, content_types, name, version, device, now
                 )
-            stmt, params = claim_statement(conn.dialect.name, who, lanes, content_types, max_jobs)
-            params.update(
-                now=now,
-                token=new_token(),
-                expires=now + timedelta(seconds=self.settings.lease_s),
-                claim_id=f"{who.key_id}:{claim_id}" if claim_id else None,
-                worker_id=worker_id,
-                key_id=who.key_id,
-            )
             rows = (await conn.execute(stmt, params)).all()
         return _leased(list(rows))

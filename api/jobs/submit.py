@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -10,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.errors import Conflict, NotFound
 from api.ids import new_id, utcnow
-from api.jobs.base import QUEUED, RUNNING, StoreBase, owner_is
+from api.jobs.base import ONLINE_CACHE_S, QUEUED, RUNNING, StoreBase, owner_is
 from api.jobs.records import JobEvent, JobKind, JobState, NewJob, TaskStage
 from api.jobs.tables import DELIVERIES as D
 from api.jobs.tables import FILES as F
@@ -24,14 +25,23 @@ from protocol.states import LaneKind, lane_name
 
 class SubmitStore(StoreBase):
     async def _online_workers(
-        self, conn: AsyncConnection, user_id: int | None, since: datetime
+        self, conn: AsyncConnection, user_id: int | None, since: datetime, *, cached: bool = False
     ) -> list[dict[str, Any]]:
-        """The live workers that could serve this user: the user's own and the shared ones."""
+        """The live workers that could serve this user: the user's own and the shared ones
+        (``cached``: as read at most ONLINE_CACHE_S ago by this process)."""
+        if cached:
+            hit = self._online.get(user_id)
+            if hit is not None and time.monotonic() - hit[0] < ONLINE_CACHE_S:
+                return hit[1]
         mine = W.c.shared.is_(True) if user_id is None else or_(W.c.shared.is_(True), W.c.user_id == user_id)
         q = select(W.c.user_id, W.c.shared, W.c.serves_gpu, W.c.serves_cpu, W.c.content_types).where(
             W.c.last_seen_at > since, mine
         )
-        return [dict(r) for r in (await conn.execute(q)).mappings().all()]
+        rows = [dict(r) for r in (await conn.execute(q)).mappings().all()]
+        if len(self._online) > 10_000:  # a bound: users come and go
+            self._online.clear()
+        self._online[user_id] = (time.monotonic(), rows)
+        return rows
 
     @staticmethod
     def _live_lanes(online: list[dict[str, Any]], user_id: int) -> tuple[bool, bool]:
@@ -94,7 +104,7 @@ class SubmitStore(StoreBase):
         """Insert several queued jobs in one transaction (a batch is all or nothing)."""
         now = utcnow()
         async with self.engine.begin() as conn:
-            online = await self._online_workers(conn, owner.user_id, self._live_since(now))
+            online = await self._online_workers(conn, owner.user_id, self._live_since(now), cached=True)
             live = (False, False)
             if owner.user_id is not None:
                 live = self._live_lanes(online, owner.user_id)

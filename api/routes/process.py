@@ -66,10 +66,13 @@ async def _enqueue(request: Request, who: Principal, job: NewJob) -> str:
 
 
 async def _answer(request: Request, who: Principal, job_id: str, wait_s: float) -> Any:
-    row = await get_state(request).jobs.wait_for_final(who.user_id, job_id, wait_s)
-    if is_final(row.state):
-        return _result(row)
-    body = TaskCreated(task_id=job_id, status=JobState(row.state))
+    status = JobState.queued  # just inserted: with no wait there is nothing to read back
+    if wait_s > 0:
+        row = await get_state(request).jobs.wait_for_final(who.user_id, job_id, wait_s)
+        if is_final(row.state):
+            return _result(row)
+        status = JobState(row.state)
+    body = TaskCreated(task_id=job_id, status=status)
     return JSONResponse(
         status_code=202, content=body.model_dump(), headers={"Location": f"/api/v1/status/{job_id}"}
     )

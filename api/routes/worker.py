@@ -16,7 +16,7 @@ from api.jobs import Lease, LeasedJob
 from api.jobs.claim import claim_key
 from api.keystore import Principal, Scope
 from api.state import AppState, get_state
-from protocol import PROTOCOL_VERSION, paths
+from protocol import FEATURE_CLAIM_RESULTS, PROTOCOL_VERSION, paths
 from protocol.errors import ErrorBody
 from protocol.models import (
     ArtifactResponse,
@@ -77,6 +77,7 @@ async def hello(
         lanes=lanes,
         lease_s=state.settings.lease_s,
         max_claim_wait_s=state.settings.claim_wait_max_s,
+        features=[FEATURE_CLAIM_RESULTS],
     )
 
 
@@ -87,14 +88,20 @@ async def claim(
     who: Principal = Depends(worker_access),
     state: AppState = Depends(get_state),
 ) -> Any:
-    """Lease jobs to a worker; waits up to ``wait_s`` for one to arrive (204 when none did)."""
+    """Lease jobs to a worker; waits up to ``wait_s`` for one to arrive (204 when none did).
+
+    Results riding on the claim (``results``) are stored first, in one transaction, exactly as
+    ``/worker/complete-batch`` stores them; such a claim answers at once with their outcomes."""
     settings = state.settings
-    if body.claim_id:
+    done = await _store_results(state, who, body.results) if body.results else []
+    if body.claim_id and body.retry:  # only a re-sent claim looks for what it may already hold
         replay = await state.jobs.replay_claim(who, body.claim_id)
         if replay:
-            return ClaimResponse(jobs=await claim_answer(state, who, _base_url(state, request), replay))
+            jobs = await claim_answer(state, who, _base_url(state, request), replay)
+            return ClaimResponse(jobs=jobs, results=done)
     content_types = [c.value for c in body.content_types]
-    deadline = time.monotonic() + min(body.wait_s, settings.claim_wait_max_s)
+    wait_s = 0.0 if body.results else min(body.wait_s, settings.claim_wait_max_s)
+    deadline = time.monotonic() + wait_s
 
     async def run_claim() -> list[LeasedJob]:
         return await state.jobs.claim(
@@ -113,12 +120,30 @@ async def claim(
     leased = await state.notifier.waiters.claim_or_wait(
         claim_key(who, body.lanes, content_types), run_claim, body.max_jobs, deadline, request.is_disconnected
     )
-    if not leased:
-        return Response(status_code=204)
-    if await request.is_disconnected():  # the worker left during its long-poll: give them back
+    if leased and await request.is_disconnected():  # the worker left during its long-poll: give them back
         await state.jobs.release_claimed(who, leased)
+        leased = []
+    if not leased and not done:
         return Response(status_code=204)
-    return ClaimResponse(jobs=await claim_answer(state, who, _base_url(state, request), leased))
+    jobs = await claim_answer(state, who, _base_url(state, request), leased) if leased else []
+    return ClaimResponse(jobs=jobs, results=done)
+
+
+async def _store_results(
+    state: AppState, who: Principal, results: list[CompleteRequest]
+) -> list[CompleteBatchItem]:
+    """Store finished jobs in one transaction; per result its new status or why it was refused."""
+    batch = [(Lease(r.job_id, r.lease_token, who.key_id), r.markdown, r.metadata) for r in results]
+    outcomes = await state.jobs.complete_many(batch)
+    items = []
+    for r, outcome in zip(results, outcomes, strict=True):
+        if isinstance(outcome, MoragError):
+            error = ErrorBody(code=outcome.code, message=outcome.message)
+            items.append(CompleteBatchItem(job_id=r.job_id, error=error))
+        else:
+            state.events.publish(outcome)
+            items.append(CompleteBatchItem(job_id=r.job_id, status=outcome.state))
+    return items
 
 
 @router.post(paths.HEARTBEAT, response_model=HeartbeatResponse)
@@ -177,17 +202,7 @@ async def complete_batch(
     body: CompleteBatchRequest, who: Principal = Depends(worker_access), state: AppState = Depends(get_state)
 ) -> CompleteBatchResponse:
     """Deliver several results in one request and one transaction; each is stored or refused alone."""
-    results = [(Lease(r.job_id, r.lease_token, who.key_id), r.markdown, r.metadata) for r in body.results]
-    outcomes = await state.jobs.complete_many(results)
-    items = []
-    for r, outcome in zip(body.results, outcomes, strict=True):
-        if isinstance(outcome, MoragError):
-            error = ErrorBody(code=outcome.code, message=outcome.message)
-            items.append(CompleteBatchItem(job_id=r.job_id, error=error))
-        else:
-            state.events.publish(outcome)
-            items.append(CompleteBatchItem(job_id=r.job_id, status=outcome.state))
-    return CompleteBatchResponse(results=items)
+    return CompleteBatchResponse(results=await _store_results(state, who, body.results))
 
 
 @router.post(paths.FAIL, response_model=FailResponse)

@@ -193,3 +193,34 @@ def test_sigterm_gives_the_lease_back_at_once(live_server: LiveServerFactory, wo
     assert wb.wait(5) == 130
     assert server.api("DELETE", f"/ingest/{task}").status_code == 200
     assert not list((workers.tmp / "wa" / "jobs").iterdir())  # A removed its temp files
+
+
+def _requests(server: LiveServer, route: str) -> float:
+    """How many requests to ``route`` the server answered, from its /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return sum(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        if fam.name == "morag_http_requests"
+        for s in fam.samples
+        if s.name.endswith("_total") and s.labels.get("route") == route
+    )
+
+
+def test_results_ride_on_the_next_claim(live_server: LiveServerFactory, workers: Workers) -> None:
+    """A worker whose slot is busy sends its next claim the moment the job ends, and the result
+    rides on it: N jobs take N claims and not one /worker/complete. Break caught: the runner not
+    opening the ride while it waits for a slot (every result then goes on its own request)."""
+    server = live_server()
+    tasks = [submit(server, f"ride {i}") for i in range(6)]
+    workers.start(server, "rider", "--concurrency", "1")
+    wait_for(lambda: all(processed(status(server, t)) for t in tasks), 60, "all six jobs processed")
+    assert [status(server, t)["result"]["markdown"].strip().rsplit("\n", 1)[-1] for t in tasks] == [
+        f"ride {i}" for i in range(6)
+    ]
+    assert _requests(server, "/worker/complete") == 0
+    assert _requests(server, "/worker/complete-batch") == 0
+    assert _requests(server, "/worker/claim") >= 6

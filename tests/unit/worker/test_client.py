@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -185,6 +186,20 @@ async def test_claim_204_is_empty_and_jobs_parse(client: WorkerClient) -> None:
     jobs = await client.claim(req)
     assert [j.job_id for j in jobs] == ["J1"]
     assert b'"claim_id":"c1"' in route.calls.last.request.content
+    assert json.loads(route.calls.last.request.content)["retry"] is False  # a first send: no replay
+
+
+@respx.mock
+async def test_a_resent_claim_says_retry(client: WorkerClient) -> None:
+    """A claim whose first send broke is re-sent with ``retry``: the server then hands back what the
+    lost answer held. Break caught: re-sending the same body (the jobs stay leased, unseen)."""
+    route = respx.post(f"{BASE}/worker/claim").mock(
+        side_effect=[httpx.ConnectError("reset"), httpx.Response(204)]
+    )
+    req = ClaimRequest(worker_id="w1", content_types=["echo"], wait_s=0.1, claim_id="c2")  # type: ignore[list-item]
+    assert await client.claim(req) == []
+    first, second = (json.loads(c.request.content) for c in route.calls)
+    assert first["retry"] is False and second["retry"] is True and second["claim_id"] == "c2"
 
 
 class _BrokenStream(httpx.AsyncByteStream):

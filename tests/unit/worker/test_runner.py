@@ -208,7 +208,7 @@ async def test_full_slots_stop_claiming(server: FakeServer, tmp_path: Path) -> N
     server.add("J1", sleep_s=0.5)
     runner = make_runner(tmp_path, concurrency=1)
     busy: list[int] = []
-    server.on_claim = lambda body: busy.append(len(runner.jobs))
+    server.on_claim = lambda body: busy.append(len(runner.processing))
     await run_until(runner, lambda: server.completed and len(server.claims) >= 2)
     assert busy[0] == 0 and busy[1:] and all(b == 0 for b in busy)  # no claim while the one slot was taken
 
