@@ -12,6 +12,7 @@ retention after the job ends.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,7 +26,10 @@ from api.filestore import FileSink
 from api.ids import new_id, utcnow
 from api.jobs import JobRecord, JobStore, Lease, TaskStage
 from api.jobs.tables import ARTIFACTS as A
+from api.logging_setup import task_context
 from api.settings import Settings
+
+log = logging.getLogger("morag.artifacts")
 
 #: A plain file name: no separators, and no leading dot (".", "..", hidden and temporary files).
 NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$"
@@ -147,6 +151,8 @@ async def sweep_artifacts(jobs: JobStore, settings: Settings) -> int:
     for job_id, name in due:
         (artifacts_dir(settings, job_id) / name).unlink(missing_ok=True)
         removed += 1
+        with task_context(job_id):
+            log.info("removed artifact %r of job %s (of a lost lease, or past retention)", name, job_id)
     root = settings.data_dir / "artifacts"
     if not root.is_dir():
         return removed

@@ -1,13 +1,21 @@
 """Background upkeep inside the server: expired leases, lane fallback, file and artifact retention,
-and the note on queued tasks no online worker can take."""
+and the note on queued tasks no online worker can take.
+
+The lines these write about one job (a lease expired, a fallback became due, an artifact removed)
+carry its task id (``api/jobs/upkeep.py``, ``api/artifacts.py``); the totals below name no task.
+"""
 
 from __future__ import annotations
+
+import logging
 
 from api import artifacts
 from api.background import BackgroundService
 from api.filestore import sweep_file_store
 from api.jobs import JobStore
 from api.settings import Settings
+
+log = logging.getLogger("morag.upkeep")
 
 
 class LeaseReaper(BackgroundService):
@@ -53,8 +61,10 @@ class FileRetention(BackgroundService):
 
     async def run_once(self) -> bool:
         await self.jobs.schedule_finished_files()
-        await sweep_file_store(self.jobs.engine, self.settings)
-        await artifacts.sweep_artifacts(self.jobs, self.settings)
+        files = await sweep_file_store(self.jobs.engine, self.settings)
+        removed = await artifacts.sweep_artifacts(self.jobs, self.settings)
+        if files or removed:
+            log.info("file retention: removed %d input files and %d artifacts", files, removed)
         return False
 
 

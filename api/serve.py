@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from api.httpprotocols import http_protocol
 from api.logging_setup import configure_logging, log_config
 from api.settings import Settings
 
@@ -15,8 +16,13 @@ log = logging.getLogger("morag.serve")
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn's connection limits and timeouts from the settings (idle and slow clients are closed)."""
+    """uvicorn's connection limits and timeouts from the settings (idle and slow clients are closed).
+
+    ``http`` is uvicorn's own protocol plus a deadline on the request head (api/httpprotocols.py):
+    uvicorn has no timeout for headers that trickle in.
+    """
     return {
+        "http": http_protocol(settings),
         "timeout_keep_alive": settings.http_keep_alive_s,
         "limit_concurrency": settings.http_limit_concurrency,
         "h11_max_incomplete_event_size": settings.http_max_header_bytes,

@@ -115,6 +115,12 @@ class Settings(BaseSettings):
         description="Most connections and requests at once; past it new ones are answered 503 "
         "(long-polling workers count: keep it above the number of workers).",
     )
+    http_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection must send a complete request line plus headers this many seconds after "
+        "it opens (or after the previous response); else it gets 408 and is closed (slowloris).",
+    )
     http_max_header_bytes: int = Field(
         64 * 1024, ge=4096, description="Largest request line plus headers; past it the connection is closed."
     )

@@ -1,8 +1,13 @@
 """The server's own upkeep statements: expired leases, lane fallback, the unserved note, file and
-artifact retention, and pruning ended tasks."""
+artifact retention, and pruning ended tasks.
+
+Every log line about one job is written inside ``task_context(job_id)``, so it carries the task id
+(``task=...`` in text logs, ``task_id`` in JSON) as the indexer's and the webhook sender's do.
+"""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, case, delete, exists, literal, or_, select, update
@@ -18,11 +23,14 @@ from api.jobs.tables import JOBS as J
 from api.jobs.tables import USERS as U
 from api.jobs.tables import WORKERS as W
 from api.jobs.unserved import wanted_message
+from api.logging_setup import task_context
 from api.notifier import UNKNOWN
 from protocol.errors import ErrorClass
 from protocol.states import FINAL_STATES
 
 _FINAL = sorted(s.value for s in FINAL_STATES)
+
+log = logging.getLogger("morag.upkeep")
 
 
 class UpkeepStore(StoreBase):
@@ -51,7 +59,7 @@ class UpkeepStore(StoreBase):
                     run_after=now,
                     updated_at=now,
                 )
-                .returning(J.c.lane, J.c.state)
+                .returning(J.c.id, J.c.lane, J.c.state, J.c.attempt, J.c.max_attempts)
             )
             expired = res.all()
             count = len(expired)
@@ -60,8 +68,24 @@ class UpkeepStore(StoreBase):
         if count:
             self.notifier.wake(UNKNOWN)
         for row in expired:
+            dead = row.state == JobState.dead.value
             metrics.count_lease_expiries(row.lane)
-            (metrics.count_dead if row.state == JobState.dead.value else metrics.count_retry)(row.lane)
+            (metrics.count_dead if dead else metrics.count_retry)(row.lane)
+            with task_context(str(row.id)):
+                if dead:
+                    log.warning(
+                        "lease of job %s expired on attempt %d of %d (worker died or hung): dead",
+                        row.id,
+                        row.attempt,
+                        row.max_attempts,
+                    )
+                else:
+                    log.warning(
+                        "lease of job %s expired on attempt %d of %d (worker died or hung): queued again",
+                        row.id,
+                        row.attempt,
+                        row.max_attempts,
+                    )
         return count
 
     async def sweep_fallback(self) -> int:
@@ -73,29 +97,43 @@ class UpkeepStore(StoreBase):
         # A live CPU worker keeps a GPU job from the shared lane only while its CPU fallback is on.
         cpu_live_gpu = cpu_live.where(W.c.user_id.in_(select(U.c.id).where(U.c.cpu_fallback.is_(True))))
         async with self.engine.begin() as conn:
-            a = await conn.execute(
-                update(J)
-                .where(J.c.state == QUEUED, J.c.fallback_at > now, J.c.user_id.not_in(gpu_live))
-                .values(fallback_at=now)
-            )
-            gpu_lane = J.c.lane.like("gpu-tasks-%")
-            b = await conn.execute(
-                update(J)
-                .where(
-                    J.c.state == QUEUED,
-                    J.c.shared_at > now,
-                    or_(
-                        and_(gpu_lane, J.c.user_id.not_in(gpu_live), J.c.user_id.not_in(cpu_live_gpu)),
-                        and_(~gpu_lane, J.c.user_id.not_in(cpu_live)),
-                    ),
+            to_cpu = (
+                await conn.execute(
+                    update(J)
+                    .where(J.c.state == QUEUED, J.c.fallback_at > now, J.c.user_id.not_in(gpu_live))
+                    .values(fallback_at=now)
+                    .returning(J.c.id, J.c.lane)
                 )
-                .values(shared_at=now)
-            )
-            count = int((a.rowcount or 0) + (b.rowcount or 0))
+            ).all()
+            gpu_lane = J.c.lane.like("gpu-tasks-%")
+            to_shared = (
+                await conn.execute(
+                    update(J)
+                    .where(
+                        J.c.state == QUEUED,
+                        J.c.shared_at > now,
+                        or_(
+                            and_(gpu_lane, J.c.user_id.not_in(gpu_live), J.c.user_id.not_in(cpu_live_gpu)),
+                            and_(~gpu_lane, J.c.user_id.not_in(cpu_live)),
+                        ),
+                    )
+                    .values(shared_at=now)
+                    .returning(J.c.id, J.c.lane)
+                )
+            ).all()
+            count = len(to_cpu) + len(to_shared)
             if count:
                 await self.notifier.publish(conn, UNKNOWN)
         if count:
             self.notifier.wake(UNKNOWN)
+        for row in to_cpu:
+            with task_context(str(row.id)):
+                log.info("job %s (%s): its owner has no live GPU worker; CPU fallback now", row.id, row.lane)
+        for row in to_shared:
+            with task_context(str(row.id)):
+                log.info(
+                    "job %s (%s): its owner has no live worker for it; shared fallback now", row.id, row.lane
+                )
         return count
 
     async def schedule_finished_files(self) -> int:
@@ -203,7 +241,10 @@ class UpkeepStore(StoreBase):
                         )
                         .values(progress_message=want)
                     )
-                    changed += int(res.rowcount or 0)
+                    if res.rowcount:
+                        changed += int(res.rowcount)
+                        with task_context(str(job["id"])):
+                            log.debug("job %s: status note now %r", job["id"], want)
         return changed
 
     async def prune(
