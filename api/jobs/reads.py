@@ -7,7 +7,7 @@ import asyncio
 import re
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, case, func, select
 
 from api.errors import NotFound, Unprocessable
 from api.ids import utcnow
@@ -20,6 +20,8 @@ from api.jobs.records import (
     LaneCount,
     LaneLoad,
     ListedJob,
+    LiveLane,
+    OnlineWorkers,
     TaskStage,
     WorkerRecord,
     is_final,
@@ -222,6 +224,43 @@ class ReadStore(StoreBase):
             if state == QUEUED and oldest is not None:
                 entry["oldest_queued_age_s"] = round((now - oldest).total_seconds(), 3)
         return [LaneLoad(**lanes[name]) for name in sorted(lanes)]
+
+    async def count_live_jobs(self) -> list[LiveLane]:
+        """Queued and running jobs per lane, whoever owns it, with the oldest queued ``run_after``.
+
+        Only the live states are read, each through its partial index (``ix_jobs_claim_lane`` for
+        queued, ``ix_jobs_running_lease`` for running): the cost follows the queue's depth, never
+        the history of ended jobs (those are counted as they end, ``morag_jobs_finished``).
+        """
+        async with self.engine.begin() as conn:
+            queued = (
+                await conn.execute(
+                    select(J.c.lane, func.count(), func.min(J.c.run_after))
+                    .where(J.c.state == QUEUED)
+                    .group_by(J.c.lane)
+                )
+            ).all()
+            running = (
+                await conn.execute(
+                    select(J.c.lane, func.count()).where(J.c.state == RUNNING).group_by(J.c.lane)
+                )
+            ).all()
+        lanes: dict[str, LiveLane] = {lane: LiveLane(lane, int(n), 0, first) for lane, n, first in queued}
+        for lane, n in running:
+            known = lanes.get(lane)
+            lanes[lane] = LiveLane(
+                lane, known.queued if known else 0, int(n), known.oldest_queued_run_after if known else None
+            )
+        return [lanes[name] for name in sorted(lanes)]
+
+    async def count_online_workers(self) -> OnlineWorkers:
+        """Workers seen within the presence TTL (the ``last_seen_at`` index), by the lanes they serve."""
+        since = self._live_since(utcnow())
+        gpu = func.coalesce(func.sum(case((W.c.serves_gpu, 1), else_=0)), 0)
+        cpu = func.coalesce(func.sum(case((W.c.serves_cpu, 1), else_=0)), 0)
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(select(gpu, cpu, func.count()).where(W.c.last_seen_at > since))).one()
+        return OnlineWorkers(gpu=int(row[0]), cpu=int(row[1]), total=int(row[2]))
 
     async def wait_for_final(self, user_id: int | None, job_id: str, timeout: float) -> JobRecord:
         """The job once it is final, or as it stands after ``timeout`` seconds (woken by the notifier)."""

@@ -197,3 +197,20 @@ async def test_metrics_count_processing_retries_lease_expiries_and_dead_jobs(env
         sample(final, "morag_jobs_dead_total", lane="cpu")
         == sample(expired, "morag_jobs_dead_total", lane="cpu") + 1
     )
+    finished = "morag_jobs_finished_total"
+    assert (
+        sample(final, finished, lane="cpu", state="dead")
+        == sample(before, finished, lane="cpu", state="dead") + 1
+    )
+    # Ended jobs are counted as they end; the morag_jobs gauge holds only the live ones.
+    r = await env.client.post("/api/v1/ingest/url", headers=env.alice, json={"url": "https://a.org/x"})
+    assert (
+        await env.client.delete(f"/api/v1/ingest/{r.json()['task_id']}", headers=env.alice)
+    ).status_code == 200
+    canceled = await scrape()
+    assert (
+        sample(canceled, finished, lane="cpu", state="canceled")
+        == sample(final, finished, lane="cpu", state="canceled") + 1
+    )
+    states = set(re.findall(r'^morag_jobs\{lane="\w+",state="(\w+)"\}', canceled, re.MULTILINE))
+    assert states <= {"queued", "running"}, states
