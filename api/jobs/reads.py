@@ -4,11 +4,13 @@ the admin overview; waiting for a result."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from typing import Any
 
 from sqlalchemy import ColumnElement, case, func, select
 
+from api import job_ends
 from api.errors import NotFound, Unprocessable
 from api.ids import utcnow
 from api.jobs.base import QUEUED, RUNNING, StoreBase, owner_is
@@ -263,14 +265,20 @@ class ReadStore(StoreBase):
         return OnlineWorkers(gpu=int(row[0]), cpu=int(row[1]), total=int(row[2]))
 
     async def wait_for_final(self, user_id: int | None, job_id: str, timeout: float) -> JobRecord:
-        """The job once it is final, or as it stands after ``timeout`` seconds (woken by the notifier)."""
+        """The job once it is final, or as it stands after ``timeout`` seconds.
+
+        Reads the job when its end may have come (:mod:`api.job_ends`: this process's job event for
+        it, another process's notice) and every ``END_RECHECK_S`` as a safety net, not on a timer
+        of its own nor on every change of the queue.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
-            wake = self.notifier.generation  # grab before reading, so a completion in between is not missed
-            job = await self.get(user_id, job_id)
-            remaining = deadline - loop.time()
-            if is_final(job.state) or remaining <= 0:
-                return job
-            # Re-check now and then too: another server process may finish it (PostgreSQL wakes us).
-            await self.notifier.wait(wake, min(remaining, max(self.settings.claim_recheck_s, 0.05)))
+        with self.notifier.ends.watch(job_id) as ended:
+            while True:
+                ended.clear()  # before reading, so an end in between is not missed
+                job = await self.get(user_id, job_id)
+                remaining = deadline - loop.time()
+                if is_final(job.state) or remaining <= 0:
+                    return job
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), min(remaining, job_ends.END_RECHECK_S))
