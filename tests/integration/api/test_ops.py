@@ -37,13 +37,14 @@ async def test_ready_checks_database_vector_store_and_embedder(env: Any) -> None
 async def test_ready_is_503_with_the_reason_when_the_database_is_down(env: Any) -> None:
     state = env.app.state.morag
     real = state.engine
-    state.engine = make_engine("postgresql+asyncpg://nobody@127.0.0.1:1/nothing")
+    # Down for everyone: the readiness check and the job store (which /metrics reads through).
+    state.engine = state.jobs.engine = make_engine("postgresql+asyncpg://nobody@127.0.0.1:1/nothing")
     try:
         r = await env.client.get("/ready")
         m = await env.client.get("/metrics")
     finally:
         await state.engine.dispose()
-        state.engine = real
+        state.engine = state.jobs.engine = real
     body = check_openapi(r, "/ready")
     assert r.status_code == 503 and body["status"] == "not ready"
     assert body["checks"]["database"]["ok"] is False
