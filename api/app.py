@@ -54,8 +54,9 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         indexer = Indexer(index_config(settings))  # models load lazily
         indexing = IndexingStage(jobs, settings, indexer, events)
         webhook_sender = WebhookSender(jobs, settings, secret)
-        # What a job's change triggers, all of it: indexing (ingest results), webhooks (final jobs), metrics.
-        events.listen(indexing, webhook_sender, MetricsListener())
+        # What a job's change triggers, all of it: indexing (ingest results), webhooks (final jobs),
+        # metrics, and the waits on a job's end (/process/*).
+        events.listen(indexing, webhook_sender, MetricsListener(), notifier.ends)
         services: list[BackgroundService] = [*upkeep_services(jobs, settings), indexing, webhook_sender]
         app.state.morag = AppState(
             settings=settings,

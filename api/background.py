@@ -6,14 +6,21 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Callable
 
 log = logging.getLogger("morag.background")
 
 
-def backoff_s(base_s: float, max_s: float, failures: int) -> float:
-    """Exponential backoff with jitter in [0.5, 1.5) of the step, capped (the server's one formula)."""
+def backoff_s(base_s: float, max_s: float, failures: int, rand: Callable[[], float] = random.random) -> float:
+    """The wait after ``failures`` failures: the server's one backoff formula (job retries, indexing
+    retries, webhook tries, background loops).
+
+    Exponential with equal jitter: the step is ``base_s * 2**(failures - 1)``, at most ``max_s``, and
+    the wait is uniform in [step/2, step], so it never exceeds ``max_s`` and tries that failed
+    together spread out. ``rand`` gives a number in [0, 1] (inject it to make a wait predictable).
+    """
     step = min(max_s, base_s * 2 ** max(failures - 1, 0))
-    return float(step * (0.5 + random.random()))
+    return float(step / 2 + step / 2 * rand())
 
 
 class BackgroundService:

@@ -1,7 +1,8 @@
 """Job events: after a job changes state through this process, its listeners hear of it.
 
-The listeners are listed once, in ``api.app`` (indexing, webhooks); a route that changes a job
-publishes one :class:`~api.jobs.JobEvent` and so triggers exactly what that list says. Each
+The listeners are listed once, in ``api.app`` (indexing, webhooks, metrics, the waits on a job's
+end); a route that changes a job publishes one :class:`~api.jobs.JobEvent` and so triggers
+exactly what that list says. Each
 listener decides from the event alone whether it has work (no read-back for jobs that do not
 use its feature); its work runs in the background, never in the request.
 """

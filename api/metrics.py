@@ -6,9 +6,15 @@ Two kinds of numbers:
   store reports through ``observe_*`` / ``count_*`` below). With ``PROMETHEUS_MULTIPROC_DIR`` set
   (``python -m api serve --workers N`` sets it) every process writes them to files there and any
   process answers /metrics with the sum of all.
-* The queue's state, read from the database at each scrape with this module's own SELECTs (jobs
-  by lane kind and state, oldest queued job, workers online, recent processing time): the same
-  answer whichever process is asked, and nothing to keep in step.
+* The queue's live state, read through the job store at each scrape (``count_live_jobs``,
+  ``count_online_workers``): queued and running jobs by lane kind, the oldest queued job, workers
+  online. The same answer whichever process is asked; only live rows are read, through partial
+  indexes, so a scrape costs the same however long the history of ended jobs grows.
+
+Ended jobs are counted as they end (``morag_jobs_finished{lane,state}``, from the job events and
+the reaper), never by scanning the table. ``morag_processing_seconds_recent`` is the last hour of
+this process's results (with several processes, ``rate(morag_processing_seconds_sum[1h]) /
+rate(morag_processing_seconds_count[1h])`` gives the whole server's).
 
 Lanes are labelled by kind (gpu, cpu, default), not by user: one series per kind, whatever the
 number of users.
@@ -20,21 +26,20 @@ import json
 import os
 import re
 import time
-from collections import defaultdict
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from collections import defaultdict, deque
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import bindparam, text
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.ids import utcnow
-from api.jobs.records import JobEvent, JobState, TaskStage
-from api.models import DateTime
+from api.jobs.records import JobEvent, JobState, TaskStage, is_final
 from protocol.states import ContentType, lane_kind_for
+
+if TYPE_CHECKING:
+    from api.jobs.store import JobStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -74,6 +79,7 @@ PROCESSING_SECONDS = Histogram(
 LEASE_EXPIRIES = Counter("morag_lease_expiries", "Leases that ran out (worker lost).", ["lane"])
 RETRIES = Counter("morag_job_retries", "Jobs re-queued for another attempt.", ["lane"])
 DEAD = Counter("morag_jobs_dead", "Jobs that ran out of attempts.", ["lane"])
+FINISHED = Counter("morag_jobs_finished", "Jobs that ended, by lane kind and final state.", ["lane", "state"])
 
 
 def lane_kind(lane: str) -> str:
@@ -97,6 +103,7 @@ def observe_claim_wait(lanes: list[str], seconds: float) -> None:
 def observe_processing(content_type: str, seconds: float) -> None:
     """A worker's result came in ``seconds`` after its claim."""
     PROCESSING_SECONDS.labels(content_type).observe(max(seconds, 0.0))
+    RECENT.add(content_type, max(seconds, 0.0))
 
 
 def count_lease_expiries(lane: str, n: int = 1) -> None:
@@ -112,6 +119,12 @@ def count_retry(lane: str, n: int = 1) -> None:
 def count_dead(lane: str, n: int = 1) -> None:
     """A job ended ``dead`` (no attempts left)."""
     DEAD.labels(lane_kind(lane)).inc(n)
+    count_finished(lane, JobState.dead, n)
+
+
+def count_finished(lane: str, state: JobState, n: int = 1) -> None:
+    """A job reached a final state (``dead`` through :func:`count_dead`)."""
+    FINISHED.labels(lane_kind(lane), state.value).inc(n)
 
 
 # --- HTTP middleware ----------------------------------------------------------------------------
@@ -192,10 +205,35 @@ def _observe_first_claims(body: bytes) -> None:
 # --- Scrape ---------------------------------------------------------------------------------------
 
 
-async def _queue_families(engine: AsyncEngine, worker_ttl_s: float) -> list[GaugeMetricFamily]:
+class RecentSpans:
+    """Claim-to-result times of the last hour in this process, by content type (a bounded window)."""
+
+    def __init__(self, window_s: float = 3600.0, limit: int = 10_000) -> None:
+        self.window_s = window_s
+        self._spans: deque[tuple[float, str, float]] = deque(maxlen=limit)
+
+    def add(self, content_type: str, seconds: float) -> None:
+        self._spans.append((time.monotonic(), content_type, seconds))
+
+    def means(self) -> dict[str, float]:
+        """Mean seconds per content type over the window (older spans are dropped here)."""
+        since = time.monotonic() - self.window_s
+        while self._spans and self._spans[0][0] < since:
+            self._spans.popleft()
+        sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for _, content_type, seconds in self._spans:
+            sums[content_type][0] += seconds
+            sums[content_type][1] += 1
+        return {ct: total / n for ct, (total, n) in sums.items()}
+
+
+RECENT = RecentSpans()
+
+
+async def _queue_families(jobs: JobStore) -> list[GaugeMetricFamily]:
     now = utcnow()
-    jobs = GaugeMetricFamily(
-        "morag_jobs", "Jobs in the table by lane kind and state.", labels=["lane", "state"]
+    live = GaugeMetricFamily(
+        "morag_jobs", "Live jobs (queued, running) by lane kind and state.", labels=["lane", "state"]
     )
     oldest = GaugeMetricFamily(
         "morag_queue_oldest_seconds", "Age of the oldest claimable queued job.", labels=["lane"]
@@ -205,61 +243,29 @@ async def _queue_families(engine: AsyncEngine, worker_ttl_s: float) -> list[Gaug
     )
     recent = GaugeMetricFamily(
         "morag_processing_seconds_recent",
-        "Mean claim-to-result time of jobs finished in the last hour, by content type.",
+        "Mean claim-to-result time of jobs finished in the last hour (this process), by content type.",
         labels=["content_type"],
     )
     counts: dict[tuple[str, str], int] = defaultdict(int)
     oldest_by_lane: dict[str, float] = {}
-    async with engine.connect() as conn:
-        rows = await conn.execute(text("SELECT lane, state, COUNT(*) FROM jobs GROUP BY lane, state"))
-        for lane, state, n in rows:
-            counts[(lane_kind(lane), state)] += int(n)
-        rows = await conn.execute(
-            text("SELECT lane, MIN(run_after) FROM jobs WHERE state = 'queued' GROUP BY lane")
-        )
-        for lane, first in rows:
-            if first is not None:
-                age = (now - _aware(first)).total_seconds()
-                kind = lane_kind(lane)
-                oldest_by_lane[kind] = max(oldest_by_lane.get(kind, 0.0), max(age, 0.0))
-        since = now - timedelta(seconds=worker_ttl_s)
-        row = (
-            await conn.execute(
-                text(
-                    "SELECT SUM(CASE WHEN serves_gpu THEN 1 ELSE 0 END), "
-                    "SUM(CASE WHEN serves_cpu THEN 1 ELSE 0 END), COUNT(*) FROM workers "
-                    "WHERE last_seen_at > :since"
-                ).bindparams(bindparam("since", since, type_=DateTime())),
-            )
-        ).one()
-        rows = await conn.execute(
-            text(
-                "SELECT content_type, started_at, finished_at FROM jobs WHERE finished_at > :since "
-                "AND started_at IS NOT NULL AND state = 'succeeded' LIMIT 10000"
-            ).bindparams(bindparam("since", now - timedelta(hours=1), type_=DateTime())),
-        )
-        spans: dict[str, list[float]] = defaultdict(list)
-        for content_type, started, finished in rows:
-            spans[content_type].append((_aware(finished) - _aware(started)).total_seconds())
-    for (lane, state), n in sorted(counts.items()):
-        jobs.add_metric([lane, state], n)
-    for lane, age in sorted(oldest_by_lane.items()):
-        oldest.add_metric([lane], age)
-    gpu, cpu, total = (int(x or 0) for x in row)
-    workers.add_metric(["gpu"], gpu)
-    workers.add_metric(["cpu"], cpu)
-    workers.add_metric(["any"], total)
-    for content_type, values in sorted(spans.items()):
-        recent.add_metric([content_type], sum(values) / len(values))
-    return [jobs, oldest, workers, recent]
-
-
-def _aware(value: Any) -> datetime:
-    """Timestamps come back as naive text on SQLite through a raw SELECT: UTC, like the models."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    stamp: datetime = value
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+    for lane in await jobs.count_live_jobs():
+        kind = lane_kind(lane.lane)
+        counts[(kind, JobState.queued.value)] += lane.queued
+        counts[(kind, JobState.running.value)] += lane.running
+        if lane.oldest_queued_run_after is not None:
+            age = max((now - lane.oldest_queued_run_after).total_seconds(), 0.0)
+            oldest_by_lane[kind] = max(oldest_by_lane.get(kind, 0.0), age)
+    online = await jobs.count_online_workers()
+    for (lane_, state), n in sorted(counts.items()):
+        live.add_metric([lane_, state], n)
+    for lane_, age in sorted(oldest_by_lane.items()):
+        oldest.add_metric([lane_], age)
+    workers.add_metric(["gpu"], online.gpu)
+    workers.add_metric(["cpu"], online.cpu)
+    workers.add_metric(["any"], online.total)
+    for content_type, mean in sorted(RECENT.means().items()):
+        recent.add_metric([content_type], mean)
+    return [live, oldest, workers, recent]
 
 
 class _Static:
@@ -270,9 +276,7 @@ class _Static:
         return self.families
 
 
-async def render(
-    engine: AsyncEngine, worker_ttl_s: float, extra: list[GaugeMetricFamily] | None = None
-) -> bytes:
+async def render(jobs: JobStore, extra: list[GaugeMetricFamily] | None = None) -> bytes:
     """The /metrics text: this process's (or all processes') events + the queue read now."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         events = CollectorRegistry()
@@ -283,7 +287,7 @@ async def render(
 
         body = generate_latest(REGISTRY)
     state = CollectorRegistry(auto_describe=False)
-    state.register(_Static([*await _queue_families(engine, worker_ttl_s), *(extra or [])]))
+    state.register(_Static([*await _queue_families(jobs), *(extra or [])]))
     return body + generate_latest(state)
 
 
@@ -296,12 +300,14 @@ class MetricsListener:
     def job_changed(self, event: JobEvent) -> None:
         lane = event.lane
         if lane is None:
-            return  # not a worker's report (a cancel, the indexing stage finishing)
+            return  # an event that does not name its lane counts nowhere
         if event.state is JobState.queued:
             count_retry(lane)
         elif event.state is JobState.dead:
             count_dead(lane)
-        elif event.seconds_since_claim is not None and (
+        elif is_final(event.state):
+            count_finished(lane, event.state)
+        if event.seconds_since_claim is not None and (
             event.state is JobState.succeeded or event.stage is TaskStage.indexing
         ):
             observe_processing(event.content_type or "unknown", event.seconds_since_claim)

@@ -2,8 +2,10 @@
 
 A queued job is offered to ONE waiting claim of its lane (:mod:`api.waiters`), in this process
 directly and in other server processes through PostgreSQL LISTEN/NOTIFY (the payload names the
-jobs' lanes and content types). Any change (a job ended) also sets the generation event that
-``wait_for_final`` waits on.
+jobs' lanes and content types). Waits on a job's end (:mod:`api.job_ends`) are woken by this
+process's job events; the notifier wakes them all only when a job may have ended unseen: another
+process's NOTIFY that queued nothing (or unknown lanes), or an in-process change of unknown lanes
+(the reaper).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from api.job_ends import JobEnds
 from api.waiters import Waiters
 
 log = logging.getLogger("morag.notifier")
@@ -54,39 +57,30 @@ def _decode(payload: str) -> tuple[str | None, list[tuple[str | None, str | None
 
 class Notifier:
     def __init__(self, recheck_s: float = 1.0) -> None:
-        self._event = asyncio.Event()
         self._pg_conn: Any = None
         self._listen_task: asyncio.Task[None] | None = None
         self.waiters = Waiters(recheck_s)
+        self.ends = JobEnds()  # also a job-event listener (api.app)
         self.origin = uuid.uuid4().hex[:12]  # our own NOTIFYs come back to us: skip them
         self.listening = False  # LISTEN is set up (PostgreSQL)
 
-    @property
-    def generation(self) -> asyncio.Event:
-        """The event the next wake-up will set; grab it before checking for work."""
-        return self._event
-
     def wake(self, queued: Queued | None = None) -> None:
-        """After a commit: wake ``wait_for_final`` waiters, and offer each queued job (lane,
-        content type; ``UNKNOWN`` when not known) to one waiting claim of this process."""
-        event, self._event = self._event, asyncio.Event()
-        event.set()
+        """After a commit: offer each queued job (lane, content type; ``UNKNOWN`` when not known)
+        to one waiting claim of this process. Unknown lanes (expired leases, a failure) may hide an
+        ended job without an event: the waits on jobs' ends look once."""
         if queued is not None:
+            queued = list(queued)
+            if any(lane is None for lane, _ in queued):
+                self.ends.maybe_ended()
             self.waiters.offer(queued)
 
     def _on_notify(self, payload: str) -> None:
         origin, queued = _decode(payload)
         if origin == self.origin:
             return  # woken in-process already
+        if queued is None:
+            self.ends.maybe_ended()  # another process ended a job (a completion names none)
         self.wake(queued)
-
-    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
-        """Wait until ``event`` (from ``generation``) is set or ``timeout`` passes."""
-        try:
-            await asyncio.wait_for(event.wait(), timeout=max(timeout, 0.0))
-            return True
-        except TimeoutError:
-            return False
 
     async def publish(self, conn: AsyncConnection, queued: Queued | None = None) -> None:
         """Inside a write transaction: tell other server processes (PostgreSQL) at commit."""

@@ -57,7 +57,11 @@ class Settings(BaseSettings):
         "by time (fallback due, retry backoff over). New jobs wake one waiter at once, without it.",
     )
     max_attempts: int = Field(3, ge=1, description="Attempts before a job ends `dead`.")
-    retry_base_s: float = Field(5.0, ge=0, description="First retry delay; doubles per attempt, jittered.")
+    retry_base_s: float = Field(
+        5.0,
+        ge=0,
+        description="First retry delay; doubles per attempt, jittered (each wait is 1/2 to 1 times it).",
+    )
     retry_max_s: float = Field(600.0, ge=0, description="Longest retry delay.")
     reaper_interval_s: float = Field(1.0, gt=0, description="How often expired leases are reclaimed.")
     signed_url_ttl_s: float = Field(3600.0, gt=0, description="Validity of a signed download URL.")
@@ -188,7 +192,9 @@ class Settings(BaseSettings):
         3600.0, ge=0, description="A webhook is retried with backoff for this long after the job ended."
     )
     webhook_backoff_base_s: float = Field(
-        1.0, gt=0, description="First webhook retry delay; doubles per try."
+        1.0,
+        gt=0,
+        description="First webhook retry delay; doubles per try, jittered (each wait is 1/2 to 1 times it).",
     )
     webhook_backoff_max_s: float = Field(300.0, gt=0, description="Longest delay between webhook tries.")
     unserved_check_interval_s: float = Field(

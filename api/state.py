@@ -24,7 +24,7 @@ class AppState:
     secret: bytes
     #: every statement on the jobs, workers and webhook-delivery tables
     jobs: JobStore
-    #: publish a job's change to its listeners (indexing, webhooks), listed in ``api.app``
+    #: publish a job's change to its listeners (indexing, webhooks, metrics, job ends), listed in ``api.app``
     events: JobEvents
     #: users' cookies for the URL jobs a worker claims
     cookies: CookieSource

@@ -8,7 +8,8 @@ so a receiver can verify the sender and refuse replays. The webhook secret is de
 from the server secret (``GET /api/v1/webhooks/secret`` shows it to its user): it reveals neither
 the server secret (which signs download links and encrypts cookies) nor other users' secrets.
 A non-2xx answer or a network error is retried
-with exponential backoff until ``webhook_retry_s`` after the job ended; every attempt is a row in
+with the server's backoff (``api.background.backoff_s``, jittered per job and attempt by
+:func:`delivery_jitter`) until ``webhook_retry_s`` after the job ended; every attempt is a row in
 ``webhook_deliveries``. Deliveries start from job events (the sender is one of the listeners
 wired in ``api.app``; it acts only on final jobs that have a webhook_url) and from a periodic
 sweep, so a restart (or a state change made by another process) loses nothing.
@@ -28,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from api.background import BackgroundService
+from api.background import BackgroundService, backoff_s
 from api.ids import utcnow
 from api.jobs import JobEvent, JobRecord, JobStore, is_final
 from api.logging_setup import task_context
@@ -39,6 +40,14 @@ from protocol.urlguard import UnsafeURL, check_url
 
 log = logging.getLogger("morag.webhooks")
 SIGNATURE_HEADER = "X-Morag-Signature"
+
+
+def delivery_jitter(job_id: str, attempt: int) -> float:
+    """The jitter of one job's ``attempt``-th wait, in [0, 1): random across jobs, yet the same each
+    time it is computed, so the sweep (or another process, or this one after a restart) finds the
+    same next try time, and the same give-up, as the delivery loop that recorded the attempt."""
+    digest = hashlib.sha256(f"{job_id}:{attempt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def user_secret(server_secret: bytes, user_id: int | None) -> str:
@@ -144,7 +153,7 @@ class WebhookSender(BackgroundService):
         if attempts and last_at is not None:
             # Tried before (this process before a restart, or another process): keep to the backoff,
             # and a delivery that was given up stays given up (the sweep must not restart it).
-            next_at = last_at + timedelta(seconds=self._delay(attempts))
+            next_at = last_at + timedelta(seconds=self._delay(job_id, attempts))
             if next_at > give_up:
                 return
             wait = (next_at - utcnow()).total_seconds()
@@ -156,16 +165,17 @@ class WebhookSender(BackgroundService):
             await self.jobs.record_delivery(job_id, attempts, status, error)
             if status is not None and 200 <= status < 300:
                 return
-            delay = self._delay(attempts)
+            delay = self._delay(job_id, attempts)
             if utcnow() + timedelta(seconds=delay) > give_up:
                 log.warning("webhook for %s given up after %d attempts", job_id, attempts)
                 return
             await asyncio.sleep(delay)
 
-    def _delay(self, attempts: int) -> float:
-        """The wait after the ``attempts``-th failed try."""
+    def _delay(self, job_id: str, attempts: int) -> float:
+        """The wait after the job's ``attempts``-th failed try."""
         s = self.settings
-        return float(min(s.webhook_backoff_max_s, s.webhook_backoff_base_s * 2 ** (attempts - 1)))
+        jitter = delivery_jitter(job_id, attempts)  # looked up here: tests pin it
+        return backoff_s(s.webhook_backoff_base_s, s.webhook_backoff_max_s, attempts, rand=lambda: jitter)
 
     async def _post(self, url: str, body: bytes, user_id: int | None) -> tuple[int | None, str | None]:
         try:

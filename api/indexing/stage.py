@@ -133,4 +133,12 @@ class IndexingStage(BackgroundService):
 
 
 def _ended(job: JobRecord, state: JobState) -> JobEvent:
-    return JobEvent(job.id, state, TaskStage.done, JobKind.ingest, job.webhook_url is not None)
+    return JobEvent(
+        job.id,
+        state,
+        TaskStage.done,
+        JobKind.ingest,
+        job.webhook_url is not None,
+        lane=job.lane,
+        content_type=job.content_type,
+    )

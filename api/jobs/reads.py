@@ -4,11 +4,13 @@ the admin overview; waiting for a result."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, case, func, select
 
+from api import job_ends
 from api.errors import NotFound, Unprocessable
 from api.ids import utcnow
 from api.jobs.base import QUEUED, RUNNING, StoreBase, owner_is
@@ -20,6 +22,8 @@ from api.jobs.records import (
     LaneCount,
     LaneLoad,
     ListedJob,
+    LiveLane,
+    OnlineWorkers,
     TaskStage,
     WorkerRecord,
     is_final,
@@ -223,15 +227,58 @@ class ReadStore(StoreBase):
                 entry["oldest_queued_age_s"] = round((now - oldest).total_seconds(), 3)
         return [LaneLoad(**lanes[name]) for name in sorted(lanes)]
 
+    async def count_live_jobs(self) -> list[LiveLane]:
+        """Queued and running jobs per lane, whoever owns it, with the oldest queued ``run_after``.
+
+        Only the live states are read, each through its partial index (``ix_jobs_claim_lane`` for
+        queued, ``ix_jobs_running_lease`` for running): the cost follows the queue's depth, never
+        the history of ended jobs (those are counted as they end, ``morag_jobs_finished``).
+        """
+        async with self.engine.begin() as conn:
+            queued = (
+                await conn.execute(
+                    select(J.c.lane, func.count(), func.min(J.c.run_after))
+                    .where(J.c.state == QUEUED)
+                    .group_by(J.c.lane)
+                )
+            ).all()
+            running = (
+                await conn.execute(
+                    select(J.c.lane, func.count()).where(J.c.state == RUNNING).group_by(J.c.lane)
+                )
+            ).all()
+        lanes: dict[str, LiveLane] = {lane: LiveLane(lane, int(n), 0, first) for lane, n, first in queued}
+        for lane, n in running:
+            known = lanes.get(lane)
+            lanes[lane] = LiveLane(
+                lane, known.queued if known else 0, int(n), known.oldest_queued_run_after if known else None
+            )
+        return [lanes[name] for name in sorted(lanes)]
+
+    async def count_online_workers(self) -> OnlineWorkers:
+        """Workers seen within the presence TTL (the ``last_seen_at`` index), by the lanes they serve."""
+        since = self._live_since(utcnow())
+        gpu = func.coalesce(func.sum(case((W.c.serves_gpu, 1), else_=0)), 0)
+        cpu = func.coalesce(func.sum(case((W.c.serves_cpu, 1), else_=0)), 0)
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(select(gpu, cpu, func.count()).where(W.c.last_seen_at > since))).one()
+        return OnlineWorkers(gpu=int(row[0]), cpu=int(row[1]), total=int(row[2]))
+
     async def wait_for_final(self, user_id: int | None, job_id: str, timeout: float) -> JobRecord:
-        """The job once it is final, or as it stands after ``timeout`` seconds (woken by the notifier)."""
+        """The job once it is final, or as it stands after ``timeout`` seconds.
+
+        Reads the job when its end may have come (:mod:`api.job_ends`: this process's job event for
+        it, another process's notice) and every ``END_RECHECK_S`` as a safety net, not on a timer
+        of its own nor on every change of the queue.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
-            wake = self.notifier.generation  # grab before reading, so a completion in between is not missed
-            job = await self.get(user_id, job_id)
-            remaining = deadline - loop.time()
-            if is_final(job.state) or remaining <= 0:
-                return job
-            # Re-check now and then too: another server process may finish it (PostgreSQL wakes us).
-            await self.notifier.wait(wake, min(remaining, max(self.settings.claim_recheck_s, 0.05)))
+        with self.notifier.ends.watch(job_id) as ended:
+            while True:
+                ended.clear()  # before reading, so an end in between is not missed
+                job = await self.get(user_id, job_id)
+                remaining = deadline - loop.time()
+                if is_final(job.state) or remaining <= 0:
+                    return job
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), min(remaining, job_ends.END_RECHECK_S))

@@ -24,7 +24,9 @@ __all__ = [
     "Lease",
     "LeasedJob",
     "ListedJob",
+    "LiveLane",
     "NewJob",
+    "OnlineWorkers",
     "TaskStage",
     "WorkerRecord",
     "is_final",
@@ -224,3 +226,23 @@ class LaneLoad:
     queued: int
     running: int
     oldest_queued_age_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class LiveLane:
+    """One lane's live jobs, whoever owns it (``/metrics``): ended jobs are not read."""
+
+    lane: str
+    queued: int
+    running: int
+    #: the earliest ``run_after`` of its queued jobs (None when none is queued)
+    oldest_queued_run_after: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineWorkers:
+    """Workers seen within the presence TTL: how many serve GPU lanes, CPU lanes, and in all."""
+
+    gpu: int
+    cpu: int
+    total: int

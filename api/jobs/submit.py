@@ -133,7 +133,7 @@ class SubmitStore(StoreBase):
                         lease_expires_at=None,
                         progress_message="canceled",
                     )
-                    .returning(J.c.stage, J.c.kind, J.c.webhook_url)
+                    .returning(J.c.stage, J.c.kind, J.c.webhook_url, J.c.lane, J.c.content_type)
                 )
             ).first()
             if row is not None:
@@ -143,6 +143,8 @@ class SubmitStore(StoreBase):
                     TaskStage(row.stage),
                     JobKind(row.kind),
                     row.webhook_url is not None,
+                    lane=row.lane,
+                    content_type=row.content_type,
                 )
             state = (
                 await conn.execute(select(J.c.state).where(J.c.id == job_id, owner_is(user_id)))

@@ -84,18 +84,9 @@ class AdminOverview(BaseModel):
 
 
 @router.get("/tasks", response_model=TaskList, tags=["status"])
-async def list_tasks(
-    request: Request,
-    status: JobState | None = Query(None, description="Only tasks in this state."),
-    state: JobState | None = Query(None, deprecated=True, description="Old name of status."),
-    cursor: str | None = Query(None, max_length=64, description="next_cursor of the previous page."),
-    limit: int = Query(50, ge=1, le=500),
-    who: Principal = Depends(client_access),
-    app_state: AppState = Depends(get_state),
-) -> TaskList:
+async def list_tasks(page: TaskList = Depends(task_page)) -> TaskList:
     """The caller's tasks, newest first, optionally by status; a malformed cursor is 422 invalid_cursor."""
-    listed = await app_state.jobs.list_jobs(who.user_id, status or state, cursor, limit)
-    return await task_page(app_state, request, listed, limit)
+    return page
 
 
 @router.post(

@@ -150,7 +150,7 @@ async def ready(request: Request) -> JSONResponse:
 
 
 _METRICS_EXAMPLE = (
-    "# HELP morag_jobs Jobs in the table by lane kind and state.\n"
+    "# HELP morag_jobs Live jobs (queued, running) by lane kind and state.\n"
     "# TYPE morag_jobs gauge\n"
     'morag_jobs{lane="gpu",state="queued"} 3.0\n'
 )
@@ -182,7 +182,7 @@ async def get_metrics(request: Request) -> Response:
         except Exception as exc:  # the vector store's trouble is /ready's to report
             log.debug("vector point count skipped: %s", exc)
     try:
-        body = await metrics.render(state.engine, state.settings.presence_ttl_s, extra)
+        body = await metrics.render(state.jobs, extra)
     except Exception as exc:
         log.warning("metrics: database unavailable: %s", exc)
         return Response(

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 
 from api import artifacts
 from api.auth import client_access, principal
-from api.jobs import JobRecord, ListedJob
+from api.jobs import JobRecord
 from api.keystore import Principal
 from api.schemas import ArtifactInfo, QueueStats, TaskList, TaskStatus, WorkerList, task_status
 from api.state import AppState, get_state
@@ -46,12 +46,22 @@ async def _with_artifacts(
     return out
 
 
-async def task_page(state: AppState, request: Request, listed: list[ListedJob], limit: int) -> TaskList:
-    """One page of a task list (``GET /status/`` and ``GET /tasks``), with its ``next_cursor``."""
+async def task_page(
+    request: Request,
+    status: JobState | None = Query(None, description="Only tasks in this state."),
+    state: JobState | None = Query(None, deprecated=True, description="Old name of status."),
+    cursor: str | None = Query(None, max_length=64, description="next_cursor of the previous page."),
+    limit: int = Query(50, ge=1, le=500),
+    who: Principal = Depends(client_access),
+    app_state: AppState = Depends(get_state),
+) -> TaskList:
+    """One page of the caller's tasks, newest first, with its ``next_cursor``: the listing of both
+    ``GET /api/v1/status/`` and ``GET /api/v1/tasks`` (``Depends(task_page)``: one signature)."""
+    listed = await app_state.jobs.list_jobs(who.user_id, status or state, cursor, limit)
     rows = [item.job for item in listed]
     names = {item.job.id: item.file_name for item in listed}
     next_cursor = rows[-1].id if len(rows) == limit else None
-    return TaskList(tasks=await _with_artifacts(state, request, rows, names), next_cursor=next_cursor)
+    return TaskList(tasks=await _with_artifacts(app_state, request, rows, names), next_cursor=next_cursor)
 
 
 @router.get("/status/stats/queues", response_model=QueueStats)
@@ -97,19 +107,10 @@ async def get_artifact(
 
 
 @router.get("/status/", response_model=TaskList)
-async def list_status(
-    request: Request,
-    status: JobState | None = Query(None, description="Only tasks in this state."),
-    state: JobState | None = Query(None, deprecated=True, description="Old name of status."),
-    cursor: str | None = Query(None, max_length=64, description="next_cursor of the previous page."),
-    limit: int = Query(50, ge=1, le=500),
-    who: Principal = Depends(client_access),
-    app_state: AppState = Depends(get_state),
-) -> TaskList:
+async def list_status(page: TaskList = Depends(task_page)) -> TaskList:
     """The caller's tasks, newest first, optionally by status; follow ``next_cursor`` for more (a
     malformed cursor is 422 ``invalid_cursor``). ``GET /api/v1/tasks`` is the same list."""
-    listed = await app_state.jobs.list_jobs(who.user_id, status or state, cursor, limit)
-    return await task_page(app_state, request, listed, limit)
+    return page
 
 
 @router.get("/workers", response_model=WorkerList)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from api import keystore
@@ -179,3 +180,32 @@ async def test_a_job_queued_by_another_server_process_wakes_a_waiter_here(
         for t in polls:
             t.cancel()
         await asyncio.gather(*polls, return_exceptions=True)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # processes share PostgreSQL only
+async def test_a_result_completed_by_another_server_process_answers_a_wait_here(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/process/* waits in this process; the worker's result reaches another one. Its NOTIFY wakes
+    the wait here long before the safety re-check (set to an hour)."""
+    from api import job_ends
+
+    monkeypatch.setattr(job_ends, "END_RECHECK_S", 3600.0)
+    settings = make_settings(tmp_path, database_url=database_url, claim_recheck_s=30.0)
+    async with running_env(settings) as env:
+        await _until(lambda: env.state.notifier.listening)
+        waiting = asyncio.create_task(
+            env.client.post("/process/url?wait_s=60", headers=env.alice, json={"url": "https://a.org/x"})
+        )
+        [job] = await _poll(env, _body("w1", 5, ctypes=["web"]))
+        other = create_app(make_settings(tmp_path / "other", database_url=database_url, claim_recheck_s=30.0))
+        async with (
+            other.router.lifespan_context(other),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=other), base_url="http://other") as there,
+        ):
+            done = {"job_id": job["job_id"], "lease_token": job["lease_token"], "markdown": "# there"}
+            resp = await there.post("/worker/complete", headers=env.worker, json={**done, "metadata": {}})
+            assert resp.status_code == 200, resp.text
+            answer = await asyncio.wait_for(waiting, 10)
+    assert answer.status_code == 200 and answer.json()["content"] == "# there"

@@ -361,13 +361,16 @@ def test_job_falls_back_to_shared_workers_not_before_the_delay_and_soon_after(
 
 @both_backends
 def test_webhook_retries_stop_at_the_limit(live_server: LiveServerFactory) -> None:
-    """With backoff 0.5 s doubling and a 2.5 s retry window: tries at ~0, 0.5, 1.5 s; the next
-    (3.5 s) is past the window, so exactly 3. Break caught: the give-up check removed (a 4th try)."""
+    """Backoff 0.25 s doubling, each wait jittered to 1/2..1 of its step, a 1.25 s retry window:
+    waits of 0.125-0.25, 0.25-0.5, 0.5-1 and 1-2 s, so tries at 0, by 0.25, by 0.75 and maybe one
+    more by 1.25 s; then none. Break caught: the give-up check removed (a try after the window,
+    at the latest 1.25 + 2 s after the first)."""
+    window = 1.25
     server = live_server(
         env={
             "MORAG_WEBHOOK_ALLOW_PRIVATE": "true",
-            "MORAG_WEBHOOK_BACKOFF_BASE_S": "0.5",
-            "MORAG_WEBHOOK_RETRY_S": "2.5",
+            "MORAG_WEBHOOK_BACKOFF_BASE_S": "0.25",
+            "MORAG_WEBHOOK_RETRY_S": str(window),
         }
     )
     with Receiver(500) as rx:
@@ -376,11 +379,12 @@ def test_webhook_retries_stop_at_the_limit(live_server: LiveServerFactory) -> No
         task = resp.json()["task_id"]
         assert server.api("DELETE", f"/ingest/{task}").status_code == 200
         wait_for(lambda: len(rx.calls) >= 3, 15, "three webhook tries")
-        time.sleep(3.5)  # a 4th try would come 2 s after the 3rd
+        time.sleep(max(rx.calls[0][0] + window + 2.5 - time.monotonic(), 0))  # past any late try
         times = [t for t, _ in rx.calls]
-    assert len(times) == 3, f"{len(times)} tries"
+    assert len(times) in (3, 4), f"{len(times)} tries"
+    assert times[-1] - times[0] <= window + 0.5, times  # none after the window
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert gaps[0] >= 0.45 and gaps[1] >= 0.95, gaps  # backoff doubles
+    assert gaps[0] >= 0.12 and gaps[1] >= 0.24, gaps  # never sooner than half the doubling step
     assert json.loads(rx.calls[0][1])["status"] == "canceled"
 
 

@@ -24,10 +24,14 @@ metrics.UPLOAD_BYTES.labels("/api/v1/ingest/file").inc(1000)
 RENDER = """
 import asyncio, sys
 from api import db, metrics
+from api.jobs import JobStore
+from api.notifier import Notifier
+from api.settings import Settings
 url = sys.argv[1]
 db.upgrade_sync(url)
 engine = db.make_engine(url)
-print(asyncio.run(metrics.render(engine, 60.0)).decode())
+jobs = JobStore(engine, Settings(database_url=url, secret_key="s"), Notifier())
+print(asyncio.run(metrics.render(jobs)).decode())
 """
 
 

@@ -37,13 +37,14 @@ async def test_ready_checks_database_vector_store_and_embedder(env: Any) -> None
 async def test_ready_is_503_with_the_reason_when_the_database_is_down(env: Any) -> None:
     state = env.app.state.morag
     real = state.engine
-    state.engine = make_engine("postgresql+asyncpg://nobody@127.0.0.1:1/nothing")
+    # Down for everyone: the readiness check and the job store (which /metrics reads through).
+    state.engine = state.jobs.engine = make_engine("postgresql+asyncpg://nobody@127.0.0.1:1/nothing")
     try:
         r = await env.client.get("/ready")
         m = await env.client.get("/metrics")
     finally:
         await state.engine.dispose()
-        state.engine = real
+        state.engine = state.jobs.engine = real
     body = check_openapi(r, "/ready")
     assert r.status_code == 503 and body["status"] == "not ready"
     assert body["checks"]["database"]["ok"] is False
@@ -197,3 +198,20 @@ async def test_metrics_count_processing_retries_lease_expiries_and_dead_jobs(env
         sample(final, "morag_jobs_dead_total", lane="cpu")
         == sample(expired, "morag_jobs_dead_total", lane="cpu") + 1
     )
+    finished = "morag_jobs_finished_total"
+    assert (
+        sample(final, finished, lane="cpu", state="dead")
+        == sample(before, finished, lane="cpu", state="dead") + 1
+    )
+    # Ended jobs are counted as they end; the morag_jobs gauge holds only the live ones.
+    r = await env.client.post("/api/v1/ingest/url", headers=env.alice, json={"url": "https://a.org/x"})
+    assert (
+        await env.client.delete(f"/api/v1/ingest/{r.json()['task_id']}", headers=env.alice)
+    ).status_code == 200
+    canceled = await scrape()
+    assert (
+        sample(canceled, finished, lane="cpu", state="canceled")
+        == sample(final, finished, lane="cpu", state="canceled") + 1
+    )
+    states = set(re.findall(r'^morag_jobs\{lane="\w+",state="(\w+)"\}', canceled, re.MULTILINE))
+    assert states <= {"queued", "running"}, states

@@ -115,3 +115,51 @@ async def test_process_bad_input_leaves_nothing(env: Env) -> None:
         "validation_error",
     )
     assert await env.snapshot() == before
+
+
+async def test_a_waiting_request_reads_its_job_again_only_when_that_job_ends(env: Env, monkeypatch) -> None:
+    """The wait sleeps on its own job's end (the job event), not on a timer nor on the queue's
+    other changes. Break caught: the old wait, re-reading at every change and every second."""
+    from api import job_ends
+
+    monkeypatch.setattr(job_ends, "END_RECHECK_S", 3600.0)  # only a wake-up can end the wait early
+    jobs = env.state.jobs
+    real_get = jobs.get
+    reads: list[str] = []
+
+    async def counting_get(user_id, job_id):
+        reads.append(job_id)
+        return await real_get(user_id, job_id)
+
+    monkeypatch.setattr(jobs, "get", counting_get)
+    waiting = asyncio.create_task(
+        env.client.post("/process/url?wait_s=60", headers=env.alice, json={"url": "https://example.org/mine"})
+    )
+    (mine,) = await claim(env, ["web"])
+    for _ in range(100):
+        if mine["job_id"] in reads:
+            break
+        await asyncio.sleep(0.01)
+    # A busy queue meanwhile: other jobs queued, claimed, completed and failed.
+    for i in range(4):
+        other = await env.client.post(
+            "/process/url?wait_s=0", headers=env.alice, json={"url": f"https://example.org/{i}"}
+        )
+        assert other.status_code == 202
+        (job,) = await claim(env, ["web"])
+        if i % 2:
+            await complete(env, job, "# other")
+        else:
+            body = {
+                "job_id": job["job_id"],
+                "lease_token": job["lease_token"],
+                "error": "x",
+                "retryable": False,
+            }
+            assert (await env.client.post("/worker/fail", headers=env.worker, json=body)).status_code == 200
+    await asyncio.sleep(1.2)  # longer than the old one-second re-check
+    assert reads.count(mine["job_id"]) == 1, reads  # read once, when the wait began
+    await complete(env, mine, "# mine")
+    resp = await asyncio.wait_for(waiting, 10)  # well before the (here hour-long) safety re-check
+    assert resp.status_code == 200 and resp.json()["content"] == "# mine"
+    assert reads.count(mine["job_id"]) == 2, reads

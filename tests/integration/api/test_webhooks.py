@@ -28,6 +28,12 @@ from tests.integration.api.conftest import Env, make_settings
 USER_SECRET = webhooks.user_secret(b"test-secret", 1).encode()
 
 
+@pytest.fixture(autouse=True)
+def _no_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each wait is the full backoff step here, so the tries' schedule below is exact."""
+    monkeypatch.setattr(webhooks, "delivery_jitter", lambda job_id, attempt: 1.0)
+
+
 class _Lines(logging.Handler):
     """Records of the ``morag`` loggers with the request/task ids the server's filter adds."""
 

@@ -28,3 +28,17 @@ def test_every_route_has_a_summary_line():
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
             assert op.get("description") or op.get("summary"), f"{method.upper()} {path} has no docstring"
+
+
+def test_both_task_lists_are_one_listing(tmp_path):
+    """``GET /api/v1/status/`` and ``GET /api/v1/tasks`` share ``task_page``: one signature, one answer."""
+    import inspect
+
+    from api.routes.manage import list_tasks
+    from api.routes.status import list_status, task_page
+
+    for route in (list_status, list_tasks):
+        (param,) = inspect.signature(route).parameters.values()
+        assert param.default.dependency is task_page, route
+    spec = create_app(Settings(data_dir=tmp_path, secret_key="x")).openapi()["paths"]
+    assert spec["/api/v1/status/"]["get"]["parameters"] == spec["/api/v1/tasks"]["get"]["parameters"]

@@ -22,7 +22,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("MORAG_SERVER", "MORAG_API_KEY", "MORAG_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr("client.cli.time.sleep", lambda s: None)
+    monkeypatch.setattr("client.commands.time.sleep", lambda s: None)
 
 
 def run(*argv: str) -> tuple[int, str, str]:
@@ -225,3 +225,43 @@ def test_progress_redraws_in_place_on_a_terminal() -> None:
     assert text.count("\x1b[2F") == 1 and text.count("\x1b[1F") == 1  # back over the lines drawn
     assert text.rstrip().endswith("queued    process b.pdf")
     assert " 50% running   process a.mp3" in text.split("\x1b[2F")[-1]
+
+
+@respx.mock
+def test_status_list_queues_and_workers_print_one_line_per_thing() -> None:
+    """The text each command prints (``client/output.py``), beside the commands that call it."""
+    failed = _task("failed", 0.5, error="boom", error_class="bad_input", finished_at="2026-12-01T10:01:00Z")
+    respx.get(f"{BASE}/api/v1/status/t1").respond(200, json=failed)
+    respx.get(f"{BASE}/api/v1/tasks").respond(200, json={"tasks": [failed], "next_cursor": None})
+    respx.get(f"{BASE}/api/v1/status/stats/queues").respond(
+        200, json={"lanes": [{"lane": "cpu-tasks-1", "queued": 2, "running": 1, "oldest_queued_age_s": 42.4}]}
+    )
+    respx.get(f"{BASE}/api/v1/workers").respond(
+        200,
+        json={
+            "workers": [
+                {
+                    "worker_id": "w1",
+                    "name": "box",
+                    "lanes": ["cpu"],
+                    "online": True,
+                    "device": "CPU x4",
+                    "last_seen_at": "2026-12-01T10:02:00Z",
+                    "current_jobs": ["t1"],
+                }
+            ]
+        },
+    )
+    code, out, _ = run("status", "t1")
+    assert code == 0
+    assert out.splitlines()[:4] == ["task      t1", "status    failed", "stage     process", "progress  50%"]
+    assert (
+        "attempts  1/3" in out
+        and "finished  2026-12-01 10:01:00" in out
+        and "error     [bad_input] boom" in out
+    )
+    assert run("list")[1].strip() == "t1  failed     50%  document 2026-12-01 10:00:00  boom"
+    assert run("queues")[1].strip() == "cpu-tasks-1  queued=2 running=1 oldest=42s workers_online=0"
+    assert run("workers")[1].strip() == (
+        "box  online   CPU x4  lanes=cpu  types=all  last seen 2026-12-01 10:02:00  t1"
+    )

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from client import MoragClient
-from client.cli import _parser
+from client.arguments import build_parser
 
 ROOT = Path(__file__).resolve().parents[3]
 DOC = (ROOT / "docs" / "client-api.md").read_text()
@@ -28,7 +28,7 @@ def _morag_lines() -> list[str]:
 
 @pytest.mark.parametrize("line", _morag_lines())
 def test_every_morag_line_parses(line: str) -> None:
-    _parser().parse_args(shlex.split(line)[1:])
+    build_parser().parse_args(shlex.split(line)[1:])
 
 
 def test_docs_show_every_command() -> None:
