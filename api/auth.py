@@ -8,7 +8,7 @@ from fastapi import Request
 
 from api.errors import Forbidden, Unauthorized
 from api.keystore import Principal, Scope
-from api.state import get_state
+from api.state import app_state
 
 ANONYMOUS = Principal(key_id=None, user_id=None, user_name=None, scope=Scope.client)
 
@@ -27,7 +27,7 @@ def _presented_key(request: Request) -> str | None:
 async def principal(request: Request) -> Principal:
     """Who is calling; anonymous only when the operator allows it."""
     key = _presented_key(request)
-    state = get_state(request)
+    state = app_state(request)
     if key is None:
         if state.settings.allow_anonymous:
             return ANONYMOUS

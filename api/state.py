@@ -32,6 +32,12 @@ class AppState:
     keys: KeyCache
 
 
-def get_state(request: Request) -> AppState:
-    """The server's state (``Depends(get_state)``)."""
+def app_state(request: Request) -> AppState:
+    """The server's state, from code that has the request."""
+    return cast(AppState, request.app.state.morag)
+
+
+async def get_state(request: Request) -> AppState:
+    """The server's state (``Depends(get_state)``). A coroutine on purpose: FastAPI runs a plain
+    function dependency in its thread pool, a thread hop on every request."""
     return cast(AppState, request.app.state.morag)

@@ -615,6 +615,21 @@ class Morag(System):
         self.poll()
         return len(keys - self.finished)
 
+    def requests(self) -> dict[str, float]:
+        """Requests answered so far, by route (the server's /metrics)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        assert self.client is not None
+        out: dict[str, float] = {}
+        for fam in text_string_to_metric_families(self.client.get("/metrics").text):
+            if fam.name != "morag_http_requests":
+                continue
+            for sample in fam.samples:
+                if sample.name.endswith("_total") and sample.labels["route"].startswith("/worker/"):
+                    route = sample.labels["route"]
+                    out[route] = out.get(route, 0.0) + sample.value
+        return out
+
     def stop(self) -> None:
         if self.client is not None:
             self.client.close()
@@ -851,6 +866,10 @@ def run_one(
     rss_enqueue = cpu.rss_peak
     spy = profiled(system.server_pids(), profile_dir and profile_dir / f"{system.name}-drain.txt")
     spy.__enter__()
+    first_worker = [system.workers[0].pid] if system.workers else []
+    wspy = profiled(first_worker, profile_dir and profile_dir / f"{system.name}-worker-drain.txt")
+    wspy.__enter__()
+    before = system.requests() if hasattr(system, "requests") else None
     t_resume = time.time()
     Procs.signal(system.workers, signal.SIGCONT)
 
@@ -864,6 +883,13 @@ def run_one(
     t_empty = time.time()
     drain_cpu = cpu.stop()
     spy.__exit__(None, None, None)
+    wspy.__exit__(None, None, None)
+    if before is not None:  # worker requests per drained job, by route
+        after = system.requests()  # type: ignore[attr-defined]
+        per_job = {r.removeprefix("/worker/"): (n - before.get(r, 0.0)) / jobs for r, n in after.items()}
+        system.notes.append(
+            "worker requests/job: " + ", ".join(f"{r} {v:.2f}" for r, v in sorted(per_job.items()) if v > 0)
+        )
     drain_s = max(last_start, t_empty) - t_resume
     time.sleep(STATS_FLUSH_S)
     x1 = system.xacts()
@@ -907,7 +933,7 @@ def run_one(
         f"(server {res.per_job_ms(res.server_cpu_s):.2f}, db {res.per_job_ms(res.db_cpu_s):.2f}), "
         f"worker {res.per_job_ms(res.worker_cpu_s):.2f} ms/job, "
         f"xacts/job {'n/a' if xacts is None else f'{xacts / jobs:.1f}'}, "
-        f"RSS {res.server_rss_mb or 0:.0f} MB, load {res.load:.2f}",
+        f"RSS {res.server_rss_mb or 0:.0f} MB, load {res.load:.2f}" + "".join(f"; {n}" for n in res.notes),
         file=log,
         flush=True,
     )

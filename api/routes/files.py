@@ -12,7 +12,7 @@ from api.auth import worker_access
 from api.errors import Forbidden, NotFound, documented
 from api.jobs import TaskStage
 from api.keystore import Principal, Scope
-from api.state import get_state
+from api.state import app_state
 from protocol import paths, signing
 from protocol.states import JobState
 
@@ -44,7 +44,7 @@ async def download(
     who: Principal = Depends(worker_access),
 ) -> FileResponse:
     """Stream a job's input file (Range supported) to the worker holding its lease."""
-    state = get_state(request)
+    state = app_state(request)
     row = await state.jobs.get_any(job)
     # One answer for every mismatch, so a probe learns nothing about other users' files.
     denied = NotFound("no such file, or the link is not valid for this key", code="file_not_found")

@@ -35,7 +35,7 @@ from api.schemas import (
     IngestURLRequest,
     TaskCreated,
 )
-from api.state import get_state
+from api.state import app_state
 from protocol.states import ContentType, JobState, TaskStage
 
 router = APIRouter(prefix="/api/v1", tags=["ingest"])
@@ -86,7 +86,7 @@ async def ingest_file(
     request: Request, response: Response, who: Principal = Depends(client_access)
 ) -> TaskCreated:
     """Upload a file (streamed to disk) and queue it for processing and indexing."""
-    state = get_state(request)
+    state = app_state(request)
     async with uploaded(request, who.user_id) as form:
         fields = form_model(IngestFileForm, form.fields)
         if not form.files:
@@ -105,7 +105,7 @@ async def ingest_url(
     body: IngestURLRequest, request: Request, response: Response, who: Principal = Depends(client_access)
 ) -> TaskCreated:
     """Queue a URL (web page, YouTube or other media) for processing and indexing."""
-    state = get_state(request)
+    state = app_state(request)
     check_source_url(body.url)
     await check_webhook(state.settings, body.webhook_url)
     job_id = await state.jobs.enqueue(who, check_job(state.settings, _url_job(body)))
@@ -165,7 +165,7 @@ async def ingest_batch(
 async def _ingest_batch(request: Request, who: Principal) -> BatchCreated:
     if request.headers.get("content-type", "").lower().startswith("multipart/"):
         return await _file_batch(request, who)
-    state = get_state(request)
+    state = app_state(request)
     body = await _json_batch(request)
     limit = state.settings.batch_max_items
     if len(body.items) > limit:
@@ -186,7 +186,7 @@ async def _ingest_batch(request: Request, who: Principal) -> BatchCreated:
 
 async def _file_batch(request: Request, who: Principal) -> BatchCreated:
     """Files of one multipart body (field ``files``, repeated), sharing the other fields."""
-    state = get_state(request)
+    state = app_state(request)
     async with uploaded(request, who.user_id, max_files=state.settings.batch_max_items) as form:
         fields = form_model(IngestFileForm, form.fields)
         if not form.files:
@@ -227,7 +227,7 @@ async def batch_status(
     batch_id: str, request: Request, who: Principal = Depends(client_access)
 ) -> BatchStatus:
     """Aggregate status of a batch: counts by state, overall progress and each task."""
-    rows = await get_state(request).jobs.list_batch(who.user_id, batch_id)
+    rows = await app_state(request).jobs.list_batch(who.user_id, batch_id)
     if not rows:
         raise NotFound("no such batch", code="batch_not_found")
     counts = {s.value: 0 for s in JobState}
@@ -256,7 +256,7 @@ async def batch_status(
 @router.delete("/ingest/{task_id}", response_model=TaskCreated, responses=documented(404, 409))
 async def cancel(task_id: str, request: Request, who: Principal = Depends(client_access)) -> TaskCreated:
     """Cancel a task: a queued one never runs; a running one is told at its next heartbeat."""
-    state = get_state(request)
+    state = app_state(request)
     event = await state.jobs.cancel(who.user_id, task_id)
     state.events.publish(event)
     return TaskCreated(task_id=task_id, status=event.state)

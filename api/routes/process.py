@@ -24,7 +24,7 @@ from api.routes.forms import (
     wait_seconds,
 )
 from api.schemas import ProcessFileForm, ProcessResult, ProcessURLRequest, TaskCreated
-from api.state import get_state
+from api.state import app_state
 from protocol.errors import TaskErrorClass
 from protocol.states import JobState
 
@@ -61,14 +61,14 @@ def _result(row: JobRecord) -> ProcessResult:
 
 
 async def _enqueue(request: Request, who: Principal, job: NewJob) -> str:
-    state = get_state(request)
+    state = app_state(request)
     return await state.jobs.enqueue(who, check_job(state.settings, job))
 
 
 async def _answer(request: Request, who: Principal, job_id: str, wait_s: float) -> Any:
     status = JobState.queued  # just inserted: with no wait there is nothing to read back
     if wait_s > 0:
-        row = await get_state(request).jobs.wait_for_final(who.user_id, job_id, wait_s)
+        row = await app_state(request).jobs.wait_for_final(who.user_id, job_id, wait_s)
         if is_final(row.state):
             return _result(row)
         status = JobState(row.state)
@@ -88,7 +88,7 @@ async def process_file(
     request: Request, wait_s: float | None = _WAIT, who: Principal = Depends(client_access)
 ) -> Any:
     """Process an uploaded file now and answer with its content (202 with a task id if it takes longer)."""
-    state = get_state(request)
+    state = app_state(request)
     async with uploaded(request, who.user_id) as form:
         fields = form_model(ProcessFileForm, form.fields)
         wait = wait_seconds(state.settings, wait_s, fields.wait_s)  # refused before anything is queued
@@ -118,7 +118,7 @@ async def process_url(
     who: Principal = Depends(client_access),
 ) -> Any:
     """Process a URL now and answer with its content (202 with a task id if it takes longer)."""
-    state = get_state(request)
+    state = app_state(request)
     check_source_url(body.url)
     wait = wait_seconds(state.settings, wait_s, body.wait_s)
     content_type = body.content_type or content_type_for_url(body.url)
