@@ -33,7 +33,7 @@ Queued = Iterable[tuple[str | None, str | None]]  # (lane, content type) per que
 UNKNOWN: list[tuple[str | None, str | None]] = [(None, None)]
 
 
-def _encode(origin: str, queued: Queued | None) -> str:
+def encode_notice(origin: str, queued: Queued | None) -> str:
     body: dict[str, Any] = {"o": origin}
     if queued is not None:
         counts = Counter(queued)
@@ -85,7 +85,7 @@ class Notifier:
     async def publish(self, conn: AsyncConnection, queued: Queued | None = None) -> None:
         """Inside a write transaction: tell other server processes (PostgreSQL) at commit."""
         if conn.dialect.name == "postgresql":
-            payload = _encode(self.origin, queued)
+            payload = encode_notice(self.origin, queued)
             await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": payload})
 
     async def start(self, database_url: str) -> None:

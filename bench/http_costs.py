@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=400)
     ap.add_argument("--sqlite", action="store_true")
+    ap.add_argument("--cprofile", type=Path, help="run the server under cProfile, stats written here at exit")
+    ap.add_argument("--only", help="run only the phases whose name contains this")
     args = ap.parse_args()
     n = args.jobs
     work = Path(tempfile.mkdtemp(prefix="morag-http-costs-"))
@@ -66,8 +69,9 @@ def main() -> None:
     wk = cli("keys", "create", "--user", "bench", "--scope", "worker")
     ck = cli("keys", "create", "--user", "bench", "--scope", "client")
     port = free_port()
+    prof = ["-m", "cProfile", "-o", str(args.cprofile)] if args.cprofile else []
     server = subprocess.Popen(
-        [sys.executable, "-m", "api", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, *prof, "-m", "api", "serve", "--host", "127.0.0.1", "--port", str(port)],
         env=env,
         stdout=open(work / "server.log", "wb"),
         stderr=subprocess.STDOUT,
@@ -125,6 +129,8 @@ def main() -> None:
         phases += [("submit", lambda: submit(n)), ("claim 8 carrying 8 results", riding)]
         print(f"{'phase':32} {'jobs/s':>8} {'server ms/job':>14} {'db ms/job':>10} {'xacts/job':>10}")
         for name, fn in phases:
+            if args.only and args.only not in name and name != "submit":
+                continue
             time.sleep(0.3)
             s0, d0 = cpu_s(tree(server.pid)), cpu_s(pg_backends(db) if db else [])
             x0 = pg_xacts(db) if db else None
@@ -139,8 +145,8 @@ def main() -> None:
                 flush=True,
             )
     finally:
-        server.terminate()
-        server.wait(10)
+        server.send_signal(signal.SIGINT)  # a clean exit: cProfile writes its stats
+        server.wait(30)
         if db:
             pg(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, case, literal, select, update
+from sqlalchemy import bindparam, case, column, exists, func, literal, select, update, values
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.background import backoff_s
@@ -30,7 +30,7 @@ from api.jobs.records import (
 from api.jobs.tables import JOBS as J
 from api.jobs.tables import WORKERS as W
 from api.keystore import Principal
-from api.notifier import UNKNOWN
+from api.notifier import CHANNEL, UNKNOWN, encode_notice
 from protocol.errors import ErrorClass
 
 _EVENT_COLS = (J.c.state, J.c.stage, J.c.kind, J.c.webhook_url, J.c.lane, J.c.content_type, J.c.started_at)
@@ -119,6 +119,8 @@ class LeaseStore(StoreBase):
         """Several completions in one transaction (one commit, one NOTIFY); per result its event or
         why it was refused (stale lease, canceled). Nothing is acknowledged before the commit."""
         now = utcnow()
+        if self.engine.dialect.name == "postgresql":
+            return await self._complete_many_pg(results, now)
         out: list[JobEvent | MoragError] = []
         stored = False
         async with self.engine.begin() as conn:
@@ -134,6 +136,60 @@ class LeaseStore(StoreBase):
                 await self.notifier.publish(conn)
         if stored:
             self.notifier.wake()  # after the commit: a waiter woken now reads the result
+        return out
+
+    async def _complete_many_pg(
+        self, results: list[tuple[Lease, str, dict[str, Any]]], now: datetime
+    ) -> list[JobEvent | MoragError]:
+        """PostgreSQL: the whole batch in ONE statement (one round trip, committed on its own):
+        ``WITH v AS (VALUES ...), done AS (UPDATE jobs ... FROM v WHERE <fence> RETURNING ...)``
+        plus the NOTIFY when anything was stored. A result the fence refused is explained after."""
+        v = values(
+            column("vid", J.c.id.type),
+            column("vtoken", J.c.lease_token.type),
+            column("vkey", J.c.worker_key_id.type),
+            column("vresult", J.c.result.type),
+            name="v",
+        ).data(
+            [
+                (lease.job_id, lease.token, lease.key_id, {"markdown": markdown, "metadata": metadata})
+                for lease, markdown, metadata in results
+            ]
+        )
+        sets = {**_COMPLETE_VALUES, "result": v.c.vresult}
+        done = (
+            update(J)
+            .where(
+                J.c.id == v.c.vid,
+                J.c.lease_token == v.c.vtoken,
+                J.c.worker_key_id == v.c.vkey,
+                J.c.state == RUNNING,
+                J.c.stage == TaskStage.process.value,
+            )
+            .values(**sets)
+            .returning(J.c.id, J.c.lease_token, *_EVENT_COLS)
+            .cte("done")
+        )
+        told = (
+            select(func.pg_notify(CHANNEL, bindparam("payload")))
+            .where(exists(select(literal(1)).select_from(done)))
+            .cte("told")
+        )
+        stmt = select(done, select(func.count()).select_from(told).scalar_subquery().label("told"))
+        payload = encode_notice(self.notifier.origin, None)
+        async with self.autocommit.connect() as conn:
+            found = (await conn.execute(stmt, {"now": now, "payload": payload})).all()
+            rows = {(r.id, r.lease_token): r for r in found}
+            out: list[JobEvent | MoragError] = []
+            for lease, _, _ in results:
+                row = rows.get((lease.job_id, lease.token))
+                out.append(
+                    _event(lease.job_id, row)
+                    if row is not None
+                    else await self._completed_or_refused(conn, lease)
+                )
+        if rows:
+            self.notifier.wake()  # committed: a waiter woken now reads the result
         return out
 
     async def _completed_or_refused(self, conn: AsyncConnection, lease: Lease) -> JobEvent | MoragError:
