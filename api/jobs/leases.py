@@ -7,10 +7,11 @@ key that claimed it, ``running`` in the ``process`` stage.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, case, column, exists, func, literal, select, update, values
+from sqlalchemy import bindparam, case, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.background import backoff_s
@@ -67,6 +68,41 @@ _COMPLETE_VALUES: dict[str, Any] = dict(
     error=None,
     error_class=None,
 )
+
+
+# The PostgreSQL form of a batch of completions: the same fence and values as _COMPLETE_VALUES.
+_COMPLETE_PG = text(
+    f"""
+WITH v AS (
+    SELECT * FROM unnest(CAST(:ids AS varchar[]), CAST(:tokens AS varchar[]), CAST(:keys AS varchar[]),
+                         CAST(:results AS text[])) AS v(vid, vtoken, vkey, vresult)
+), done AS (
+    UPDATE jobs SET
+        state = CASE WHEN jobs.kind = '{JobKind.ingest.value}' THEN '{RUNNING}'
+                     ELSE '{JobState.succeeded.value}' END,
+        stage = CASE WHEN jobs.kind = '{JobKind.ingest.value}' THEN '{TaskStage.indexing.value}'
+                     ELSE '{TaskStage.done.value}' END,
+        result = CAST(v.vresult AS json),
+        progress = CASE WHEN jobs.kind = '{JobKind.ingest.value}' THEN 0.9 ELSE 1.0 END,
+        progress_message = CASE WHEN jobs.kind = '{JobKind.ingest.value}' THEN 'indexing' ELSE 'done' END,
+        lease_expires_at = NULL,
+        index_next_at = :now,
+        finished_at = CASE WHEN jobs.kind = '{JobKind.ingest.value}' THEN NULL
+                           ELSE CAST(:now AS timestamptz) END,
+        updated_at = :now,
+        error = NULL,
+        error_class = NULL
+    FROM v
+    WHERE jobs.id = v.vid AND jobs.lease_token = v.vtoken AND jobs.worker_key_id = v.vkey
+      AND jobs.state = '{RUNNING}' AND jobs.stage = '{TaskStage.process.value}'
+    RETURNING jobs.id, jobs.lease_token, jobs.state, jobs.stage, jobs.kind, jobs.webhook_url, jobs.lane,
+              jobs.content_type, jobs.started_at
+), told AS (
+    SELECT pg_notify(:channel, :payload) WHERE EXISTS (SELECT 1 FROM done)
+)
+SELECT done.*, (SELECT count(*) FROM told) AS told FROM done
+"""
+).bindparams(bindparam("now", type_=J.c.updated_at.type))
 
 
 class LeaseStore(StoreBase):
@@ -141,53 +177,30 @@ class LeaseStore(StoreBase):
     async def _complete_many_pg(
         self, results: list[tuple[Lease, str, dict[str, Any]]], now: datetime
     ) -> list[JobEvent | MoragError]:
-        """PostgreSQL: the whole batch in ONE statement (one round trip, committed on its own):
-        ``WITH v AS (VALUES ...), done AS (UPDATE jobs ... FROM v WHERE <fence> RETURNING ...)``
-        plus the NOTIFY when anything was stored. A result the fence refused is explained after."""
-        v = values(
-            column("vid", J.c.id.type),
-            column("vtoken", J.c.lease_token.type),
-            column("vkey", J.c.worker_key_id.type),
-            column("vresult", J.c.result.type),
-            name="v",
-        ).data(
-            [
-                (lease.job_id, lease.token, lease.key_id, {"markdown": markdown, "metadata": metadata})
-                for lease, markdown, metadata in results
-            ]
-        )
-        sets = {**_COMPLETE_VALUES, "result": v.c.vresult}
-        done = (
-            update(J)
-            .where(
-                J.c.id == v.c.vid,
-                J.c.lease_token == v.c.vtoken,
-                J.c.worker_key_id == v.c.vkey,
-                J.c.state == RUNNING,
-                J.c.stage == TaskStage.process.value,
-            )
-            .values(**sets)
-            .returning(J.c.id, J.c.lease_token, *_EVENT_COLS)
-            .cte("done")
-        )
-        told = (
-            select(func.pg_notify(CHANNEL, bindparam("payload")))
-            .where(exists(select(literal(1)).select_from(done)))
-            .cte("told")
-        )
-        stmt = select(done, select(func.count()).select_from(told).scalar_subquery().label("told"))
-        payload = encode_notice(self.notifier.origin, None)
+        """PostgreSQL: the whole batch in ONE statement of fixed text, whatever its size (arrays,
+        ``unnest``), committed on its own, with its NOTIFY: one round trip per batch, one prepared
+        statement for every batch. A result the fence refused is explained after."""
+        params = {
+            "ids": [lease.job_id for lease, _, _ in results],
+            "tokens": [lease.token for lease, _, _ in results],
+            "keys": [lease.key_id for lease, _, _ in results],
+            "results": [
+                json.dumps({"markdown": markdown, "metadata": metadata}) for _, markdown, metadata in results
+            ],
+            "now": now,
+            "channel": CHANNEL,
+            "payload": encode_notice(self.notifier.origin, None),
+        }
         async with self.autocommit.connect() as conn:
-            found = (await conn.execute(stmt, {"now": now, "payload": payload})).all()
+            found = (await conn.execute(_COMPLETE_PG, params)).all()
             rows = {(r.id, r.lease_token): r for r in found}
             out: list[JobEvent | MoragError] = []
             for lease, _, _ in results:
                 row = rows.get((lease.job_id, lease.token))
-                out.append(
-                    _event(lease.job_id, row)
-                    if row is not None
-                    else await self._completed_or_refused(conn, lease)
-                )
+                if row is None:
+                    out.append(await self._completed_or_refused(conn, lease))
+                else:
+                    out.append(_event(lease.job_id, row))
         if rows:
             self.notifier.wake()  # committed: a waiter woken now reads the result
         return out

@@ -287,3 +287,40 @@ async def test_turning_a_fallback_on_frees_jobs_already_queued(store):
     await keystore.set_user_fallback(store.engine, "dave", shared=True)
     (r,) = await claim(store, shared, "op", content_types=("document",))
     assert r.id == cpu_job
+
+
+async def test_a_completion_writes_the_same_row_on_both_backends(store):
+    """PostgreSQL completes with one statement of its own text (api/jobs/leases._COMPLETE_PG),
+    SQLite with the Core update: both must write exactly this. Break caught: a column forgotten
+    or set differently in either form (e.g. finished_at for an ingest job)."""
+    from api.jobs import JobKind
+
+    alice, _ = await make_user(store.engine, "alice")
+    process = await submit(store, alice)
+    ingest = await submit(store, alice, kind=JobKind.ingest)
+    leased = {r.id: r for r in await claim(store, alice, n=2)}
+    now = utcnow()
+    events = await store.jobs.complete_many(
+        [(Lease(i, leased[i].lease_token, alice.key_id), f"# {i}", {"n": 1}) for i in (process, ingest)]
+    )
+    assert [(e.state, e.stage) for e in events] == [("succeeded", "done"), ("running", "index")]
+    cols = [J.c.id, J.c.state, J.c.stage, J.c.result, J.c.progress, J.c.progress_message]
+    cols += [J.c.lease_expires_at, J.c.finished_at, J.c.index_next_at, J.c.error, J.c.error_class]
+    async with store.engine.begin() as conn:
+        rows = {
+            r.id: r for r in (await conn.execute(select(*cols).where(J.c.id.in_([process, ingest])))).all()
+        }
+    p, i = rows[process], rows[ingest]
+    assert (p.state, p.stage, p.progress, p.progress_message) == ("succeeded", "done", 1.0, "done")
+    assert (i.state, i.stage, i.progress, i.progress_message) == ("running", "index", 0.9, "indexing")
+    assert p.result == {"markdown": f"# {process}", "metadata": {"n": 1}}
+    assert i.result == {"markdown": f"# {ingest}", "metadata": {"n": 1}}
+    assert p.finished_at is not None and i.finished_at is None
+    for row in (p, i):
+        assert row.lease_expires_at is None and row.error is None and row.error_class is None
+        stamp = (
+            row.index_next_at.replace(tzinfo=now.tzinfo)
+            if row.index_next_at.tzinfo is None
+            else row.index_next_at
+        )
+        assert abs((stamp - now).total_seconds()) < 5

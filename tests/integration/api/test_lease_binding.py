@@ -172,7 +172,7 @@ async def test_several_results_in_one_request_are_stored_in_one_transaction(env:
     assert got[3]["status"] is None and got[3]["error"]["code"] == "stale_lease"
     if env.state.engine.dialect.name == "postgresql":
         # One statement (committed on its own) stores the batch; the refused one is explained after.
-        assert len(commits) == 0 and statements[0].lstrip().startswith("WITH done")
+        assert len(commits) == 0 and statements[0].lstrip().startswith("WITH v")
         assert sum("UPDATE" in s for s in statements) == 1
     else:
         assert len(commits) == 1  # one transaction for the whole batch
