@@ -122,15 +122,19 @@ class Completions:
             return
         settle(batch, answers)
 
-    async def _complete_one(self, body: CompleteRequest, max_time_s: float | None) -> CompleteResponse:
+    async def _post(self, path: str, body: Any, max_time_s: float | None) -> Any:
+        """POST ``body`` (a model), retried until ``max_time_s`` when given; the answer's JSON."""
         resp = await self._call(
             "POST",
-            paths.COMPLETE,
+            path,
             json=body.model_dump(mode="json"),
             max_time_s=max_time_s,
             max_tries=10_000 if max_time_s else None,
         )
-        return CompleteResponse.model_validate(resp.json())
+        return resp.json()
+
+    async def _complete_one(self, body: CompleteRequest, max_time_s: float | None) -> CompleteResponse:
+        return CompleteResponse.model_validate(await self._post(paths.COMPLETE, body, max_time_s))
 
     async def _complete_each(
         self, bodies: list[CompleteRequest], max_time_s: float | None
@@ -150,17 +154,10 @@ class Completions:
     ) -> list[CompleteResponse | ServerError]:
         from worker.client import ServerRejected
 
-        request = CompleteBatchRequest(results=bodies)
         try:
-            resp = await self._call(
-                "POST",
-                paths.COMPLETE_BATCH,
-                json=request.model_dump(mode="json"),
-                max_time_s=max_time_s,
-                max_tries=10_000 if max_time_s else None,
-            )
+            answer = await self._post(paths.COMPLETE_BATCH, CompleteBatchRequest(results=bodies), max_time_s)
         except ServerRejected as exc:
             if exc.status not in (404, 405):
                 raise
             return await self._complete_each(bodies, max_time_s)  # a server without batches
-        return [answer_of(item) for item in CompleteBatchResponse.model_validate(resp.json()).results]
+        return [answer_of(item) for item in CompleteBatchResponse.model_validate(answer).results]
