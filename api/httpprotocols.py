@@ -127,6 +127,7 @@ class HttpToolsHeadTimeoutProtocol(HttpToolsProtocol):
         self.max_head_bytes = max_head_bytes
         self.head_bytes = 0  # received since the deadline was armed, while the head is incomplete
         self.head_started = False  # a message began and its headers are not complete yet
+        self.in_body = False  # a request's headers are complete and its body is still arriving
 
     def _await_head(self) -> None:
         self.head_bytes = 0
@@ -158,10 +159,20 @@ class HttpToolsHeadTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.head_deadline.disarm()
         self.head_started = False
+        self.in_body = True
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.in_body = False
+        # Answered before its body was all in (an early 413/409): the next head is awaited now.
+        if self.cycle is not None and self.cycle.response_complete and not self.transport.is_closing():
+            if not self.pipeline:
+                self._await_head()
+
     def on_response_complete(self) -> None:
-        if not self.transport.is_closing() and not self.pipeline:  # a pipelined head is complete
+        # A body still arriving (the answer came early) is not a head: wait for its end first.
+        if not self.transport.is_closing() and not self.pipeline and not self.in_body:
             self._await_head()
         super().on_response_complete()
 
