@@ -226,4 +226,7 @@ def test_client_and_worker_through_tls_proxy_long_poll_and_large_transfer(
             worker.wait(30)
         assert body["status"] == "succeeded", (body, log.read_text()[-2000:])
     access = (tmp_path / "nginx" / "access.log").read_text()
-    assert "/worker/claim" in access and "/worker/complete" in access
+    # The worker knows only the proxy's address, so its result came through nginx: on its own
+    # (/worker/complete) or, as a one-slot worker sends it, riding on its next claim.
+    answered_claims = access.count('"POST /worker/claim HTTP/1.1" 200')
+    assert answered_claims >= 2 or "/worker/complete" in access, access
