@@ -49,7 +49,7 @@ async def claim_answer(
             item.file_name, item.file_size, item.file_sha256 = f["original_name"], f["size"], f["sha256"]
         if j.source_url:
             item.source_url = j.source_url
-            if j.user_id is not None and j.content_type in COOKIE_TYPES:
+            if j.user_id is not None:  # only the pairs in `wanted` have cookies
                 item.cookies = cookies.get((j.user_id, j.source_url))
         out.append(item)
     return out
