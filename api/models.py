@@ -121,6 +121,13 @@ class Job(SQLModel, table=True):
             postgresql_where=text("state = 'running'"),
             sqlite_where=text("state = 'running'"),
         ),
+        # The shared lane's fair share: how many jobs a user has running (api/jobs/claim_pg.py).
+        Index(
+            "ix_jobs_running_user",
+            "user_id",
+            postgresql_where=text("state = 'running'"),
+            sqlite_where=text("state = 'running'"),
+        ),
         Index("ix_jobs_user_created", "user_id", "id"),
     )
 

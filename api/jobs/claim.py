@@ -113,9 +113,23 @@ def _build_claim_generic(dialect: str, shape: ClaimShape) -> Any:
         # Users' jobs only while their owner allows the shared fallback (read now, not at enqueue).
         allowed = J.c.user_id.in_(select(U.c.id).where(U.c.shared_fallback.is_(True)))
         cond = and_(base, or_(J.c.lane == DEFAULT_LANE, and_(J.c.shared_at <= _P_NOW, allowed)))
-        # Fairness: the first job of every user before the second job of any user.
+        # Fairness: a job's turn is its place in its user's queue plus the jobs that user already
+        # has running, lowest first (as api/jobs/claim_pg.py): the first job of every user before
+        # the second of any, and a user with nothing running before one whose flood fills the workers.
         rank = func.row_number().over(partition_by=J.c.user_id, order_by=order)
-        ranked = select(J.c.id.label("id"), rank.label("rn")).where(cond).subquery("ranked")
+        r = J.alias("running")
+        running = (
+            select(r.c.user_id, func.count().label("n"))
+            .where(r.c.state == RUNNING)
+            .group_by(r.c.user_id)
+            .subquery("running_per_user")
+        )
+        ranked = (
+            select(J.c.id.label("id"), (rank + func.coalesce(running.c.n, 0)).label("rn"))
+            .select_from(J.outerjoin(running, running.c.user_id == J.c.user_id))
+            .where(cond)
+            .subquery("ranked")
+        )
         top = select(ranked.c.id, ranked.c.rn).order_by(ranked.c.rn, ranked.c.id).limit(bindparam("top_n"))
         top_sq = top.subquery("top")
         cand = (

@@ -11,9 +11,12 @@ rows are merged:
                   (lane, fallback_at, id): a range scan that reads due rows only, oldest due first;
 - shared          the default lane on ``ix_jobs_claim_lane``, plus a LATERAL probe per user who
                   allows the shared fallback on ``ix_jobs_claim_shared_user`` (user_id, shared_at,
-                  id): at most n due jobs per user, numbered 1..n, and the merge takes every user's
-                  first job before anyone's second (the small user is served first). Nothing
-                  ranks the whole table; the work grows with users, not with queued jobs.
+                  id): at most n due jobs per user, numbered 1..n. Each number is raised by the
+                  jobs that user already has running (a count on ``ix_jobs_running_user``), and
+                  the merge takes the lowest numbers: a user with nothing running is served
+                  before the next job of a user whose flood fills the workers, and two busy users
+                  alternate. Nothing ranks the whole table; the work grows with users and running
+                  jobs, not with queued jobs.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Integer, and_, bindparam, func, select, true, union_all, update
 
-from api.jobs.base import QUEUED
+from api.jobs.base import QUEUED, RUNNING
 from api.jobs.tables import JOBS as J
 from api.jobs.tables import USERS as U
 from protocol.states import DEFAULT_LANE
@@ -69,6 +72,17 @@ def lanes_claim(
     return update(J).where(J.c.id.in_(best.scalar_subquery())).values(**values).returning(*returning)
 
 
+def running_jobs(user_id: Any) -> Any:
+    """How many jobs of this user run now: the fair share's weight (``ix_jobs_running_user``)."""
+    r = J.alias("running")
+    return (
+        select(func.count())
+        .select_from(r)
+        .where(r.c.user_id == user_id, r.c.state == RUNNING)
+        .scalar_subquery()
+    )
+
+
 def shared_claim(now: Any, values: dict[str, Any], returning: tuple[Any, ...]) -> Any:
     """The default lane and every user's due shared-fallback jobs, round-robin over users."""
     n = bindparam("n", type_=Integer())
@@ -83,7 +97,8 @@ def shared_claim(now: Any, values: dict[str, Any], returning: tuple[Any, ...]) -
     by_user = func.row_number().over(
         partition_by=head.c.user_id, order_by=(head.c.priority.desc(), head.c.id)
     )
-    default = select(head.c.id, by_user.label("rn")).subquery("default_lane")
+    # A job's turn: its place in its user's queue plus the jobs that user already has running.
+    default = select(head.c.id, (by_user + running_jobs(head.c.user_id)).label("rn")).subquery("default_lane")
     # Per user who allows it: the first n due jobs (an index range walk), numbered after the LIMIT.
     per_user = (
         select(J.c.id, J.c.shared_at)
@@ -94,7 +109,7 @@ def shared_claim(now: Any, values: dict[str, Any], returning: tuple[Any, ...]) -
     )
     rank = func.row_number().over(partition_by=U.c.id, order_by=(per_user.c.shared_at, per_user.c.id))
     fallback = (
-        select(per_user.c.id, rank.label("rn"))
+        select(per_user.c.id, (rank + running_jobs(U.c.id)).label("rn"))
         .select_from(U.join(per_user, true()))
         .where(U.c.shared_fallback.is_(True))
     )

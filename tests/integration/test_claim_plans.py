@@ -150,3 +150,27 @@ async def test_shared_lane_round_robin_probes_each_user_not_the_table(store) -> 
     assert "z000000000001" in ids and "d000000000001" in ids and "a000000000001" in ids
     assert not any(i.startswith("c") for i in ids)
     _check_bounded(nodes, "ix_jobs_claim_shared_user", "ix_jobs_claim_lane")
+
+
+async def test_shared_lane_fair_share_counts_running_jobs_by_index(store) -> None:
+    """The fair share's running count walks ``ix_jobs_running_user``, whatever the user's history."""
+    shared, _ = await make_user(store.engine, "operator", Scope.shared_worker)
+    big, _ = await make_user(store.engine, "big")
+    small, _ = await make_user(store.engine, "small")
+    b, s = big.user_id, small.user_id
+    due = "now() - interval '1 minute'"
+    await _queue(store, b, f"cpu-tasks-{b}", DEPTH // 2, "a", shared_at=due)
+    await _queue(store, b, f"cpu-tasks-{b}", DEPTH // 2, "e", shared_at=due)  # big's history: ended
+    await _queue(store, s, f"cpu-tasks-{s}", 3, "z", shared_at=due)
+    async with store.engine.begin() as conn:
+        await conn.execute(text("UPDATE jobs SET state = 'succeeded' WHERE id LIKE 'e%'"))
+        await conn.execute(
+            text(
+                "UPDATE jobs SET state = 'running', lease_expires_at = now() + interval '1 hour' "
+                "WHERE id IN (SELECT id FROM jobs WHERE id LIKE 'a%' ORDER BY id LIMIT 8)"
+            )
+        )
+    got, nodes = await _plan(store, shared, [LaneKind.default])
+    # big runs 8 already: small's 3 jobs go first, then big's oldest queued one.
+    assert sorted(j.id for j in got) == ["a000000000009", "z000000000001", "z000000000002", "z000000000003"]
+    _check_bounded(nodes, "ix_jobs_claim_shared_user", "ix_jobs_running_user")

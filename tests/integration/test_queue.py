@@ -240,6 +240,28 @@ async def test_default_lane_is_fair_between_users(store):
     assert {r.id for r in first} & set(busy_jobs)
 
 
+async def test_default_lane_serves_a_user_with_nothing_running_before_a_flood(store):
+    """One user's backlog fills the shared workers; another user's job is next, not after it
+    (issue 15: B's p99 wait was 15x with A's flood, because A's older ids won every 1-job claim)."""
+    shared, _ = await make_user(store.engine, "operator", Scope.shared_worker)
+    busy, _ = await make_user(store.engine, "busy")
+    other, _ = await make_user(store.engine, "other")
+    quiet, _ = await make_user(store.engine, "quiet")
+    store.settings.shared_fallback_after_s = 0
+    busy_jobs = [await submit(store, busy) for _ in range(30)]
+    running = await claim(store, shared, "op", n=8)  # the flood fills 8 slots
+    assert {r.id for r in running} <= set(busy_jobs)
+    quiet_job = await submit(store, quiet)
+    (nxt,) = await claim(store, shared, "op", n=1)  # one slot frees: the quiet user's job, at once
+    assert nxt.id == quiet_job
+    # Two busy users alternate: with 'other' flooding too, the next claims take turns by who runs less.
+    other_jobs = [await submit(store, other) for _ in range(30)]
+    taken = [(await claim(store, shared, "op", n=1))[0].id for _ in range(8)]
+    assert set(taken) <= set(other_jobs)  # busy already runs 8: other catches up first
+    taken = [(await claim(store, shared, "op", n=1))[0].id for _ in range(4)]
+    assert [t in busy_jobs for t in taken] in ([True, False, True, False], [False, True, False, True])
+
+
 async def test_concurrent_claims_never_hand_a_job_to_two_workers(store, database_url):
     owner, _ = await make_user(store.engine, "alice")
     n_jobs, n_workers = 1000, 8
