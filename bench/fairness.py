@@ -1,6 +1,6 @@
 """Fairness of the shared lane over HTTP: does one user's flood delay another user's few jobs?
 
-    .venv/bin/python bench/fairness.py [--flood 5000] [--few 20] [--rounds 3] [--sqlite]
+    .venv/bin/python bench/fairness.py [--flood 5000] [--few 20] [--rounds 3] [--job-s 0] [--sqlite]
 
 Per round, on a fresh PostgreSQL database (or SQLite file) and a fresh ``python -m api serve``
 (loopback, per-key rate limits lifted, ``MORAG_SHARED_FALLBACK_AFTER_S=0`` so that the jobs of users
@@ -10,6 +10,9 @@ without a worker of their own go to the shared lane at once), with 2 real shared
 - *with the flood*: the workers are paused (SIGSTOP) while user A queues ``--flood`` jobs; they are
   resumed, and once they are draining A's backlog user B submits ``--few`` jobs, one every
   ``--gap-s`` seconds;
+  ``--job-s`` makes each of A's jobs take about that long (echo's ``sleep_s``, 0.5-1.5x, seeded),
+  as a transcription would: the workers' slots then free one at a time, each claim asks for one
+  job, and B's job can at best take the next slot that frees;
 - *alone*: the same B jobs, same gaps, to the same idle workers.
 
 B's wait per job is the server's own record, ``started_at - created_at`` (claimed minus
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -123,12 +127,19 @@ async def one(a: argparse.Namespace, flood: bool) -> list[float]:
                     "/process/url",
                     params={"wait_s": 0},
                     headers={"Authorization": f"Bearer {keys[user]}"},
-                    json={"url": f"https://bench.invalid/{user}/{seq}", "content_type": "echo"},
+                    json={
+                        "url": f"https://bench.invalid/{user}/{seq}",
+                        "content_type": "echo",
+                        "options": {"sleep_s": round(a.job_s * jitter.uniform(0.5, 1.5), 3)}
+                        if user == "alice"
+                        else {},
+                    },
                 )
                 if r.status_code != 202:
                     raise RuntimeError(f"submit answered {r.status_code}: {r.text[:300]}")
                 return str(r.json()["task_id"])
 
+            jitter = random.Random(15)  # A's job lengths vary, so slots free apart; the same every run
             # Warm the workers up (each slot's child process starts with its first job) before timing.
             warm = [await submit("warmup", i) for i in range(WORKERS * SLOTS * 2)]
             wh = {"Authorization": f"Bearer {keys['warmup']}"}
@@ -209,7 +220,8 @@ async def main(a: argparse.Namespace) -> None:
                 flush=True,
             )
     backend = "SQLite" if a.sqlite else "PostgreSQL"
-    print(f"\n{backend}, B's {a.few} jobs {a.gap_s} s apart, {a.rounds} round(s) pooled:")
+    took = f", A's jobs {a.job_s} s each" if a.job_s else ""
+    print(f"\n{backend}, B's {a.few} jobs {a.gap_s} s apart{took}, {a.rounds} round(s) pooled:")
     print("| B's wait (submit -> claimed), ms | p50 | p99 | max |")
     print("|---|---|---|---|")
     for flood in (False, True):
@@ -226,5 +238,6 @@ if __name__ == "__main__":
     p.add_argument("--few", type=int, default=20)
     p.add_argument("--gap-s", type=float, default=0.1)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--job-s", type=float, default=0.0, help="how long each of A's jobs takes (echo sleep_s)")
     p.add_argument("--sqlite", action="store_true")
     asyncio.run(main(p.parse_args()))
