@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     # Leases and claims
     lease_s: float = Field(60.0, gt=1, description="Lease length; workers heartbeat at a third of it.")
     claim_wait_max_s: float = Field(30.0, ge=0, le=30, description="Longest long-poll a claim may ask for.")
+    claim_wait_spread: float = Field(
+        0.25,
+        ge=0,
+        le=0.9,
+        description="A long-poll with no job ends at a random point in the last this fraction of its "
+        "wait, so that workers which started together (a server restart) re-poll apart, not in one burst.",
+    )
     claim_recheck_s: float = Field(
         1.0,
         gt=0,

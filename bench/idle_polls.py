@@ -134,6 +134,8 @@ async def main(a: argparse.Namespace) -> None:
         "MORAG_LOG_LEVEL": "warning",
         "MORAG_CLAIM_WAIT_MAX_S": "30",
         "PYTHONPATH": str(code),
+        # N workers would hold N keys; the bench spreads its polls over --users keys instead.
+        "MORAG_MAX_POLLS_PER_KEY": str(-(-a.polls // a.users)),
     }
     for k, v in a.set:
         env[k] = v

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ from api.errors import BadRequest, MoragError
 from api.jobs import Lease, LeasedJob
 from api.jobs.claim import claim_key
 from api.keystore import Principal, Scope
+from api.settings import Settings
 from api.state import AppState, get_state
 from protocol import FEATURE_CLAIM_RESULTS, PROTOCOL_VERSION, paths
 from protocol.errors import ErrorBody
@@ -100,8 +102,7 @@ async def claim(
             jobs = await claim_answer(state, who, _base_url(state, request), replay)
             return ClaimResponse(jobs=jobs, results=done)
     content_types = [c.value for c in body.content_types]
-    wait_s = 0.0 if body.results else min(body.wait_s, settings.claim_wait_max_s)
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + (0.0 if body.results else poll_wait(body.wait_s, settings))
 
     async def run_claim() -> list[LeasedJob]:
         return await state.jobs.claim(
@@ -127,6 +128,15 @@ async def claim(
         return Response(status_code=204)
     jobs = await claim_answer(state, who, _base_url(state, request), leased) if leased else []
     return ClaimResponse(jobs=jobs, results=done)
+
+
+def poll_wait(asked_s: float, settings: Settings) -> float:
+    """How long this long-poll waits: what it asked (at most the server's longest), ending at a
+    random point in its last ``claim_wait_spread``. Workers that re-poll at once after a 204
+    would otherwise stay in step for ever after a restart: 1,000 of them re-polling in the same
+    second held a submission for 8-11 s (bench/idle_polls.py, 2026-12-03)."""
+    wait = min(asked_s, settings.claim_wait_max_s)
+    return wait * (1.0 - settings.claim_wait_spread * random.random())
 
 
 async def _store_results(

@@ -265,7 +265,7 @@ async def test_empty_long_poll_answers_204_after_wait(api):
     r = await client.post(
         "/worker/claim", headers=bearer(keys[("alice", "worker")]), json={**CLAIM, "wait_s": 0.5}
     )
-    assert r.status_code == 204 and 0.45 < time.perf_counter() - t0 < 3
+    assert r.status_code == 204 and 0.35 < time.perf_counter() - t0 < 3  # 0.375-0.5 s (claim_wait_spread)
 
 
 async def test_workers_are_listed_with_their_jobs_and_queue_stats_are_real(api):

@@ -130,7 +130,9 @@ def test_long_poll_is_not_cut_and_oversized_heads_are_refused(server: LiveServer
             began = time.monotonic()
             resp = c.post("/worker/claim", json=body, timeout=15)
             assert resp.status_code == 204, resp.text
-            assert time.monotonic() - began >= 2.5  # three times the head deadline
+            assert (
+                time.monotonic() - began >= 2.2
+            )  # past twice the head deadline (MORAG_CLAIM_WAIT_SPREAD: 2.25-3 s)
 
     ok = httpx.get(f"{server.url}/health", headers={"X-Pad": "a" * 4000}, timeout=5)
     assert ok.status_code == 200
