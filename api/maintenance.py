@@ -7,12 +7,14 @@ carry its task id (``api/jobs/upkeep.py``, ``api/artifacts.py``); the totals bel
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from api import artifacts
 from api.background import BackgroundService
 from api.filestore import sweep_file_store
 from api.jobs import JobStore
+from api.jobs.base import PRESENCE_FLUSH_S
 from api.settings import Settings
 
 log = logging.getLogger("morag.upkeep")
@@ -82,6 +84,25 @@ class UnservedCheck(BackgroundService):
         return False
 
 
+class PresenceWriter(BackgroundService):
+    """Writes the batched presence refreshes of workers that keep re-polling (api/jobs/base.py)."""
+
+    name = "worker presence"
+
+    def __init__(self, jobs: JobStore) -> None:
+        super().__init__(PRESENCE_FLUSH_S)
+        self.jobs = jobs
+
+    async def run_once(self) -> bool:
+        await self.jobs.flush_presence()
+        return False
+
+    async def stop(self) -> None:
+        await super().stop()
+        with contextlib.suppress(Exception):  # the last second's refreshes, if the database is there
+            await self.jobs.flush_presence()
+
+
 def upkeep_services(jobs: JobStore, settings: Settings) -> list[BackgroundService]:
     """The upkeep loops of one server process."""
     return [
@@ -89,4 +110,5 @@ def upkeep_services(jobs: JobStore, settings: Settings) -> list[BackgroundServic
         FallbackSweep(jobs, settings),
         FileRetention(jobs, settings),
         UnservedCheck(jobs, settings),
+        PresenceWriter(jobs),
     ]

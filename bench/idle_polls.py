@@ -169,6 +169,7 @@ async def main(a: argparse.Namespace) -> None:
                     await asyncio.sleep(0.1)
             got: dict[str, float] = {}
             stop = asyncio.Event()
+            began = time.perf_counter()
             tasks = [
                 asyncio.create_task(_poller(c, workers[i % a.users], i, got, stop)) for i in range(a.polls)
             ]
@@ -220,6 +221,8 @@ async def main(a: argparse.Namespace) -> None:
                 assert r.status_code == 202, r.text
                 tid = r.json()["task_id"]
                 submit_ms.append(1000 * (s1 - s0))
+                if a.verbose:
+                    print(f"  job {j}: submit {1000 * (s1 - s0):.1f} ms at t={s0 - began:.1f} s", flush=True)
                 while tid not in got and time.perf_counter() - s0 < 60:
                     await asyncio.sleep(0.002)
                 if tid in got:
@@ -254,6 +257,7 @@ async def main(a: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="print each submit's latency and when it ran")
     p.add_argument("--backend", choices=["postgres", "sqlite"], default="postgres")
     p.add_argument("--polls", type=int, default=100)
     p.add_argument("--users", type=int, default=4)

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from api.errors import JobCanceledError, MoragError, StaleLease
 from api.jobs.records import JobState, Lease, TaskStage
 from api.jobs.tables import JOBS as J
+from api.jobs.tables import WORKERS as W
 from api.keystore import Principal
 from api.notifier import Notifier
 from api.settings import Settings
@@ -29,6 +30,10 @@ from api.settings import Settings
 # every second, heartbeats come per job): the presence TTL is a minute, so this costs nothing in
 # accuracy and saves a write on the hot path.
 PRESENCE_REFRESH_S = 5.0
+# A worker this process has written before, with the same lanes and types, only moves its
+# last_seen_at forward: those renewals wait in memory and are written together this often (one
+# statement for every worker that re-polled meanwhile), not one write transaction per re-poll.
+PRESENCE_FLUSH_S = 1.0
 ONLINE_CACHE_S = 1.0
 
 QUEUED, RUNNING = JobState.queued.value, JobState.running.value
@@ -59,6 +64,7 @@ class StoreBase:
         self.settings = settings
         self.notifier = notifier
         self._presence: dict[tuple[str | None, str, tuple[Any, ...]], float] = {}
+        self._renewals: dict[tuple[str | None, str], datetime] = {}
         # One statement that is atomic on its own needs no BEGIN/COMMIT round trips (PostgreSQL):
         # the same pool, without the transaction the driver would open.
         self.autocommit: AsyncEngine = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -77,17 +83,43 @@ class StoreBase:
         self._presence[key] = now
         return False
 
-    def _presence_fresh(self, who: Principal, worker_id: str, shape: tuple[Any, ...]) -> bool:
-        """True when this worker's row was written recently with the same lanes and types."""
+    def _presence_due(self, who: Principal, worker_id: str, shape: tuple[Any, ...], now: datetime) -> bool:
+        """True when this worker's row must be written with the claim: the first claim this
+        process sees from it, or one with other lanes or types. A known worker whose row is
+        merely due for a refresh is queued for :meth:`flush_presence` instead (False)."""
         key = (who.key_id, worker_id, shape)
-        now = time.monotonic()
-        if now - self._presence.get(key, -PRESENCE_REFRESH_S) < PRESENCE_REFRESH_S:
-            return True
+        mono = time.monotonic()
+        last = self._presence.get(key)
+        if last is not None and mono - last < PRESENCE_REFRESH_S:
+            return False
         if len(self._presence) > 10_000:  # a bound, not a cache policy: workers come and go
             self._presence.clear()
-        self._presence[key] = now
+        self._presence[key] = mono
+        if last is not None:
+            self._renewals[(who.key_id, worker_id)] = now
+            return False
         self._online.clear()  # this worker's row is about to change: submits read it again
-        return False
+        return True
+
+    async def flush_presence(self) -> int:
+        """Write the queued presence renewals in one statement; how many there were."""
+        if not self._renewals:
+            return 0
+        batch, self._renewals = self._renewals, {}
+        stmt = (
+            update(W)
+            .where(W.c.key_id == bindparam("b_key"), W.c.worker_id == bindparam("b_worker"))
+            .values(last_seen_at=bindparam("b_seen"))
+        )
+        rows = [{"b_key": k, "b_worker": w, "b_seen": seen} for (k, w), seen in batch.items()]
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(stmt, rows)
+        except BaseException:
+            for key, seen in batch.items():  # kept for the next flush: a renewal is never dropped
+                self._renewals.setdefault(key, seen)
+            raise
+        return len(batch)
 
     def _live_since(self, now: datetime) -> datetime:
         return now - timedelta(seconds=self.settings.presence_ttl_s)
