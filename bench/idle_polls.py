@@ -5,7 +5,10 @@
 Starts ``python -m api serve`` (from ``--code``, default this checkout) on a fresh PostgreSQL
 database (or a fresh SQLite file), makes ``--users`` users with one worker key and one client key
 each, and opens ``--polls`` long-polling claims (``wait_s`` 30, spread over the worker keys; each
-re-polls at once after a 204). After a warm-up it reads, over ``--measure-s`` seconds:
+re-polls at once after a 204) from ``--poll-procs`` processes of their own, as real workers are:
+held in the submitting process, one asyncio loop with 1,000 connections delayed its own submits by
+2-10 s during the re-poll waves, which the server did not (curl saw 7-20 ms). After a warm-up it
+reads, over ``--measure-s`` seconds:
 server CPU (% of one core, /proc, the server's process tree), server RSS, the CPU of the
 PostgreSQL backends of the bench database and its transactions/s (pg_stat_database). Then it
 submits ``--jobs`` echo jobs one at a time (``--gap-s`` apart, round-robin over the users) and
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
 import signal
@@ -90,7 +94,7 @@ def _cli(code: Path, env: dict[str, str], *args: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-async def _poller(c: httpx.AsyncClient, key: str, n: int, got: dict[str, float], stop: asyncio.Event) -> None:
+async def _poller(c: httpx.AsyncClient, key: str, n: int, stop: asyncio.Event) -> None:
     h = {"Authorization": f"Bearer {key}"}
     body = {
         "worker_id": f"w{n}",
@@ -108,9 +112,9 @@ async def _poller(c: httpx.AsyncClient, key: str, n: int, got: dict[str, float],
             await asyncio.sleep(0.1)
             continue
         if r.status_code == 200:
-            now = time.perf_counter()
+            now = time.time()
             for j in r.json()["jobs"]:
-                got[j["job_id"]] = now
+                print(f"got {j['job_id']} {now:.6f}", flush=True)  # read by the parent
                 await c.post(
                     "/worker/complete",
                     headers=h,
@@ -119,6 +123,26 @@ async def _poller(c: httpx.AsyncClient, key: str, n: int, got: dict[str, float],
         elif r.status_code != 204:
             print(f"claim answered {r.status_code}: {r.text[:200]}", file=sys.stderr)
             await asyncio.sleep(1)
+
+
+async def _poll_child(base: str, keys: list[str], first: int, count: int) -> None:
+    """A share of the long-polls, in a process of its own (as real workers are): one asyncio loop
+    holding all 1,000 connections was the bottleneck it measured (its own pool stalled submits 2-10 s)."""
+    limits = httpx.Limits(max_connections=count + 10, max_keepalive_connections=count + 10)
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as c:
+        tasks = [
+            asyncio.create_task(_poller(c, keys[i % len(keys)], i, stop)) for i in range(first, first + count)
+        ]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _read_got(child: asyncio.subprocess.Process, got: dict[str, float]) -> None:
+    assert child.stdout is not None
+    async for line in child.stdout:
+        parts = line.decode().split()
+        if len(parts) == 3 and parts[0] == "got":
+            got[parts[1]] = float(parts[2])
 
 
 async def main(a: argparse.Namespace) -> None:
@@ -136,6 +160,9 @@ async def main(a: argparse.Namespace) -> None:
         "PYTHONPATH": str(code),
         # N workers would hold N keys; the bench spreads its polls over --users keys instead.
         "MORAG_MAX_POLLS_PER_KEY": str(-(-a.polls // a.users)),
+        # ... and those keys' claims are --polls workers' claims: no per-key claim rate either.
+        "MORAG_RATE_CLAIM_PER_S": "1000000",
+        "MORAG_RATE_CLAIM_BURST": "1000000",
     }
     for k, v in a.set:
         env[k] = v
@@ -145,6 +172,8 @@ async def main(a: argparse.Namespace) -> None:
         await admin.execute(f'CREATE DATABASE "{dbname}"')
         env["MORAG_DATABASE_URL"] = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{dbname}"
     server = None
+    children: list[asyncio.subprocess.Process] = []
+    readers: list[asyncio.Task[None]] = []
     try:
         workers, clients = [], []
         for u in range(a.users):
@@ -159,7 +188,7 @@ async def main(a: argparse.Namespace) -> None:
             start_new_session=True,
         )
         base = f"http://127.0.0.1:{port}"
-        limits = httpx.Limits(max_connections=a.polls + 50, max_keepalive_connections=a.polls + 50)
+        limits = httpx.Limits(max_connections=50, max_keepalive_connections=50)
         async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as c:
             for _ in range(300):
                 try:
@@ -168,13 +197,24 @@ async def main(a: argparse.Namespace) -> None:
                 except httpx.TransportError:
                     await asyncio.sleep(0.1)
             got: dict[str, float] = {}
-            stop = asyncio.Event()
             began = time.perf_counter()
-            tasks = [
-                asyncio.create_task(_poller(c, workers[i % a.users], i, got, stop)) for i in range(a.polls)
-            ]
+            share = -(-a.polls // a.poll_procs)
+            for first in range(0, a.polls, share):
+                child = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    __file__,
+                    "--poll-child",
+                    base,
+                    ",".join(workers),
+                    str(first),
+                    str(min(share, a.polls - first)),
+                    stdout=asyncio.subprocess.PIPE,
+                    start_new_session=True,
+                )
+                children.append(child)
+                readers.append(asyncio.create_task(_read_got(child, got)))
             await asyncio.sleep(a.warmup_s)
-            pids = _tree(server.pid)
+            pids = _tree(server.pid)  # the server's processes only: the pollers are the workers
 
             async def pg_pids() -> list[int]:
                 if admin is None:
@@ -210,7 +250,7 @@ async def main(a: argparse.Namespace) -> None:
             submit_ms, claim_ms = [], []
             for j in range(a.jobs):
                 h = {"Authorization": f"Bearer {clients[j % a.users]}"}
-                s0 = time.perf_counter()
+                s0, w0 = time.perf_counter(), time.time()
                 r = await c.post(
                     "/api/v1/ingest/file",
                     headers=h,
@@ -226,7 +266,7 @@ async def main(a: argparse.Namespace) -> None:
                 while tid not in got and time.perf_counter() - s0 < 60:
                     await asyncio.sleep(0.002)
                 if tid in got:
-                    claim_ms.append(1000 * (got[tid] - s0))
+                    claim_ms.append(1000 * (got[tid] - w0))
                 else:
                     print(f"job {tid} not claimed within 60 s", file=sys.stderr)
                 await asyncio.sleep(a.gap_s)
@@ -239,11 +279,13 @@ async def main(a: argparse.Namespace) -> None:
                 f"({len(claim_ms)}/{a.jobs} claimed)",
                 flush=True,
             )
-            stop.set()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
     finally:
+        for child in children:
+            if child.returncode is None:
+                os.killpg(child.pid, signal.SIGTERM)
+                await child.wait()
+        for reader in readers:
+            reader.cancel()
         if server is not None and server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
             try:
@@ -269,4 +311,10 @@ if __name__ == "__main__":
     p.add_argument(
         "--set", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="extra MORAG_* setting"
     )
+    p.add_argument("--poll-procs", type=int, default=4, help="processes the long-polls are spread over")
+    if sys.argv[1:2] == ["--poll-child"]:
+        base, keys, first, count = sys.argv[2:6]
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_poll_child(base, keys.split(","), int(first), int(count)))
+        sys.exit(0)
     asyncio.run(main(p.parse_args()))
