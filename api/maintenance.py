@@ -1,5 +1,5 @@
 """Background upkeep inside the server: expired leases, lane fallback, file and artifact retention,
-and the note on queued tasks no online worker can take.
+the note on queued tasks no online worker can take, and the batched worker presence renewals.
 
 The lines these write about one job (a lease expired, a fallback became due, an artifact removed)
 carry its task id (``api/jobs/upkeep.py``, ``api/artifacts.py``); the totals below name no task.

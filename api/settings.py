@@ -53,7 +53,7 @@ class Settings(BaseSettings):
         0.25,
         ge=0,
         le=0.9,
-        description="A long-poll with no job ends at a random point in the last this fraction of its "
+        description="A long-poll with no job ends at a random point within this final fraction of its "
         "wait, so that workers which started together (a server restart) re-poll apart, not in one burst.",
     )
     claim_recheck_s: float = Field(

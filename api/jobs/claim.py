@@ -257,7 +257,7 @@ class ClaimStore(StoreBase):
         unless this is a worker's first claim here (or its lanes or types changed): its presence
         row then joins the claim in one transaction. Later refreshes of that row are batched
         (:meth:`flush_presence`): 1,000 workers re-polling in the same second were 1,000 write
-        transactions, and a submission waited 2-10 s behind them (bench/idle_polls.py)."""
+        transactions, and a submission (timed by curl) waited up to 1.2 s behind them."""
         now = utcnow()
         shape = (tuple(lanes), tuple(content_types), name, version, device)
         dialect = self.engine.dialect.name

@@ -133,8 +133,8 @@ async def claim(
 def poll_wait(asked_s: float, settings: Settings) -> float:
     """How long this long-poll waits: what it asked (at most the server's longest), ending at a
     random point in its last ``claim_wait_spread``. Workers that re-poll at once after a 204
-    would otherwise stay in step for ever after a restart: 1,000 of them re-polling in the same
-    second held a submission for 8-11 s (bench/idle_polls.py, 2026-12-03)."""
+    would otherwise stay in step for ever after a restart, and 1,000 of them hit the server in
+    the same second every ``claim_wait_max_s`` (bench/idle_polls.py)."""
     wait = min(asked_s, settings.claim_wait_max_s)
     return wait * (1.0 - settings.claim_wait_spread * random.random())
 
