@@ -40,6 +40,19 @@ OPTIONS: list[tuple[str, Any, str]] = [
     ("--ffmpeg-timeout", float, "the longest one ffmpeg/ffprobe call may run, in seconds"),
     ("--isolation", str, "process (jobs run in child processes the worker can stop) | thread"),
     ("--kill-after", float, "seconds a stopped job's process gets after SIGTERM before SIGKILL"),
+    (
+        "--spool-after",
+        float,
+        "results of jobs that ran at least this many seconds are written to the spool before they "
+        "are sent (quicker ones only when the server cannot be reached: a lost one is simply rerun)",
+    ),
+    (
+        "--prefetch",
+        int,
+        "jobs leased ahead of the free slots while the recent jobs are short (-1: as many as "
+        "--concurrency, 0: off); each claim then carries more results and leases more jobs",
+    ),
+    ("--prefetch-below", float, "prefetch only while the recent jobs ran shorter than this, in seconds"),
     ("--once", "bool", "process one job and exit (exit 0 when it succeeded)"),
     ("--log-format", str, "text | json"),
     ("--grace", float, "seconds running jobs get to finish on SIGINT/SIGTERM before being given back"),
@@ -56,6 +69,8 @@ _DEST = {
     "--fetch-timeout": "fetch_timeout_s",
     "--ffmpeg-timeout": "ffmpeg_timeout_s",
     "--kill-after": "kill_after_s",
+    "--spool-after": "spool_after_s",
+    "--prefetch-below": "prefetch_below_s",
 }
 _CHOICES = {
     "--log-format": ("text", "json"),
@@ -145,6 +160,12 @@ def parse_config(argv: list[str], env: Mapping[str, str] | None = None) -> tuple
     for flag in ("--max-download-mb", "--fetch-timeout", "--ffmpeg-timeout", "--kill-after"):
         if args[dest_of(flag)] <= 0:
             parser.error(f"{flag} must be more than 0")
+    if args["spool_after_s"] < 0:
+        parser.error("--spool-after must be 0 or more")
+    if args["prefetch"] < -1:
+        parser.error("--prefetch must be -1 (as many as --concurrency), 0 (off) or more")
+    if args["prefetch_below_s"] <= 0:
+        parser.error("--prefetch-below must be more than 0")
     for key in ("name", "temp_dir"):
         if args[key] is None:
             args.pop(key)

@@ -86,6 +86,9 @@ class WorkerConfig:
     ffmpeg_timeout_s: float = 600.0  # the longest one ffmpeg/ffprobe call may run
     isolation: str = "process"  # process: each slot's jobs run in a child process the worker can kill
     kill_after_s: float = 1.0  # a stopped child gets this long after SIGTERM before SIGKILL
+    spool_after_s: float = 1.0  # results of jobs that ran this long go to disk before they are sent
+    prefetch: int = -1  # jobs leased ahead of free slots while jobs are short; -1: as many as slots
+    prefetch_below_s: float = 1.0  # prefetch only while the recent jobs ran shorter than this
     once: bool = False
     log_format: str = "text"
     grace_s: float = 30.0  # on SIGINT/SIGTERM: time to finish current jobs before giving them back

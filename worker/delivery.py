@@ -66,6 +66,7 @@ class Delivery:
         return self.dir / f"{job_id}.files"
 
     def _write(self, entry: dict[str, Any]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
         path = self.entry_path(entry["job_id"])
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(entry))
@@ -73,24 +74,25 @@ class Delivery:
 
     def discard(self, job_id: str) -> None:
         self.entry_path(job_id).unlink(missing_ok=True)
-        shutil.rmtree(self.files_dir(job_id), ignore_errors=True)
-
-    def spool(
-        self, job_id: str, lease_token: str, result: ProcessResult, deliver_until: float
-    ) -> dict[str, Any]:
-        """Write the entry and move the artifact files beside it (they outlive the job's temp dir)."""
-        payload = result_payload(result)
-        named = artifact_names(result.artifacts)
         folder = self.files_dir(job_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        files = []
-        for path, name in named:
-            shutil.move(path, folder / name)
-            files.append({"name": name, "uploaded": False})
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def entry(
+        self,
+        job_id: str,
+        lease_token: str,
+        result: ProcessResult,
+        deliver_until: float,
+        files: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """What is sent (and, when spooled, kept): the result, its lease, its artifacts' names."""
+        payload = result_payload(result)
+        files = files or []
         if files or "artifacts" in payload["metadata"]:
             # What the client can download is what was uploaded, under the names the server took.
             payload["metadata"]["artifacts"] = [f["name"] for f in files]
-        entry = {
+        return {
             "job_id": job_id,
             "lease_token": lease_token,
             "saved_at": time.time(),
@@ -98,13 +100,34 @@ class Delivery:
             "artifacts": files,
             **payload,
         }
+
+    def spool(
+        self, job_id: str, lease_token: str, result: ProcessResult, deliver_until: float
+    ) -> dict[str, Any]:
+        """Write the entry and move the artifact files beside it (they outlive the job's temp dir)."""
+        named = artifact_names(result.artifacts)
+        files = []
+        if named:
+            folder = self.files_dir(job_id)
+            folder.mkdir(parents=True, exist_ok=True)
+            for path, name in named:
+                shutil.move(path, folder / name)
+                files.append({"name": name, "uploaded": False})
+        entry = self.entry(job_id, lease_token, result, deliver_until, files)
         self._write(entry)
         return entry
 
     async def send(
-        self, entry: dict[str, Any], max_time_s: float, progress: JobProgress | None = None
+        self,
+        entry: dict[str, Any],
+        max_time_s: float,
+        progress: JobProgress | None = None,
+        *,
+        on_disk: bool = True,
     ) -> bool:
-        """Upload the entry's pending artifacts, then complete; True when the server took the result."""
+        """Upload the entry's pending artifacts, then complete; True when the server took the result.
+        An entry not ``on_disk`` (a quick job's, held in memory) is written to the spool only when
+        the server cannot be reached, so the next start still delivers it."""
         job_id, token = entry["job_id"], entry["lease_token"]
         deadline = time.monotonic() + max_time_s
         files = entry.get("artifacts", [])
@@ -143,6 +166,8 @@ class Delivery:
             else:
                 await self._refused(job_id, token, name, exc)
         except ServerUnreachable as exc:
+            if not on_disk:
+                await asyncio.to_thread(self._write, entry)
             log.error(
                 "job %s: result not delivered (%s); kept in %s for the next start",
                 job_id,
@@ -152,9 +177,11 @@ class Delivery:
             return False
         else:
             log.info("job %s: result delivered (%d artifact(s))", job_id, len(files))
-            self.discard(job_id)
+            if on_disk:
+                self.discard(job_id)
             return True
-        self.discard(job_id)
+        if on_disk:
+            self.discard(job_id)
         return False
 
     async def deliver(
@@ -166,19 +193,30 @@ class Delivery:
         lease_s: float,
         progress: JobProgress | None = None,
         spooled: Callable[[], None] | None = None,
+        spool_first: bool = True,
     ) -> bool:
-        """Spool a fresh result (artifacts too), then send it until the server has it or the lease
-        (``lease_deadline``, monotonic, plus one more lease) is gone; True when it was delivered.
-        ``spooled`` is called once the result is safe on disk, just before it is sent."""
-        if progress:
-            progress.update("upload", 0.0, "sending result")
+        """Send a fresh result until the server has it or the lease (``lease_deadline``, monotonic,
+        plus one more lease) is gone; True when it was delivered. ``spooled`` is called once the
+        result is kept, just before it is sent.
+
+        With ``spool_first`` (the job ran ``--spool-after`` seconds or more) or artifacts, the
+        result goes to the spool on disk first, so a worker killed while sending still delivers
+        it at its next start. A quicker job's result is sent from memory and reaches the spool
+        only when the server cannot be reached: were the worker killed mid-send, the job's lease
+        runs out and the job runs again, which costs less than two file writes on every job."""
         remaining = lease_deadline - time.monotonic()
-        entry = await asyncio.to_thread(
-            self.spool, job_id, lease_token, result, time.time() + remaining + lease_s
-        )
+        deliver_until = time.time() + remaining + lease_s
+        on_disk = spool_first or bool(result.artifacts)
+        if not on_disk:
+            entry = self.entry(job_id, lease_token, result, deliver_until)
+            progress = None  # quick: "result delivered" is its line
+        else:
+            if progress:
+                progress.update("upload", 0.0, "sending result")
+            entry = await asyncio.to_thread(self.spool, job_id, lease_token, result, deliver_until)
         if spooled is not None:
             spooled()
-        ok = await self.send(entry, max(remaining + lease_s, 5.0), progress)
+        ok = await self.send(entry, max(remaining + lease_s, 5.0), progress, on_disk=on_disk)
         if ok and progress:
             progress.update("upload", 1.0, "done")
         return ok

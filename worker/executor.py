@@ -70,6 +70,8 @@ def execute(job: JobInput, config: ProcessorConfig, canceled: threading.Event | 
     processor = load_processor(job.content_type) if ok else None
     if processor is None:
         raise Unsupported(f"this worker cannot process {job.content_type!r}: {why}")
+    if getattr(processor, "uses_temp_dir", True):  # made here, in the slot: a job that needs none skips it
+        job.temp_dir.mkdir(parents=True, exist_ok=True)
     try:
         result = processor.process(job, config)
     except BaseException as exc:

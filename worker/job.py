@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -49,6 +50,7 @@ class JobRun:
     task: asyncio.Task[Any] | None = None
     on_slot_free: Callable[[], None] | None = None  # the runner's: the slot may take the next job
     slot_freed: bool = False
+    processing_s: float = 0.0  # how long the processing ran (decides whether the result is spooled)
 
     def __post_init__(self) -> None:
         self.temp_dir = self.config.jobs_dir / f"{self.job.job_id}-{self.job.attempt}"
@@ -84,7 +86,8 @@ class JobRun:
                 self.lease_deadline,
                 self.lease_s,
                 self.progress,
-                spooled=self._free_slot,  # the result is safe on disk: the slot takes the next job
+                spooled=self._free_slot,  # the result is kept: the slot takes the next job
+                spool_first=self.processing_s >= self.config.spool_after_s,
             )
             self.outcome = "succeeded" if ok else "undelivered"
         except (asyncio.CancelledError, JobCanceled):
@@ -101,7 +104,9 @@ class JobRun:
             if not self.slot_freed:
                 await self.slot.idle()  # a stopped job's process is gone before its files are
                 self._free_slot()
-            await asyncio.to_thread(shutil.rmtree, self.temp_dir, True)
+            # One lstat of a local path, against a thread hop per job: most echo/URL jobs make none.
+            if os.path.lexists(self.temp_dir):  # noqa: ASYNC240
+                await asyncio.to_thread(shutil.rmtree, self.temp_dir, True)
 
     def _free_slot(self) -> None:
         if not self.slot_freed:
@@ -111,11 +116,11 @@ class JobRun:
 
     async def _work(self) -> ProcessResult:
         job = self.job
-        self.temp_dir.mkdir(parents=True, exist_ok=True)
         path = None
         if job.download_url:
             name = Path(job.file_name or "input").name or "input"
             path = self.temp_dir / "in" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
             self.progress.download(0, job.file_size)
             await self.client.download(
                 job.download_url,
@@ -126,22 +131,25 @@ class JobRun:
             )
         cookies = None
         if job.cookies:
+            self.temp_dir.mkdir(parents=True, exist_ok=True)
             cookies = self.temp_dir / "server-cookies.txt"
             cookies.write_text(job.cookies)
             cookies.chmod(0o600)
-        work = self.temp_dir / "work"
-        work.mkdir(exist_ok=True)
         inp = JobInput(
             content_type=job.content_type.value,
             options=dict(job.options),
-            temp_dir=work,
+            temp_dir=self.temp_dir / "work",  # made in the slot when the processor uses one
             path=path,
             url=job.source_url,
             cookies_file=cookies,
             file_name=job.file_name,
         )
         self.progress.update("processing", 0.0, "starting")
-        return await self.slot.run(inp, lambda f, m: self.progress.update("processing", f, m))
+        started = time.monotonic()
+        try:
+            return await self.slot.run(inp, lambda f, m: self.progress.update("processing", f, m))
+        finally:
+            self.processing_s = time.monotonic() - started
 
     async def _after_stop(self) -> None:
         reason = self.stop_reason or "shutdown"

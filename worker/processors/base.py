@@ -42,7 +42,8 @@ class JobInput:
 
     content_type: str
     options: dict[str, Any]
-    temp_dir: Path  # private to this job, removed when it ends
+    temp_dir: Path  # private to this job, removed when it ends; created before the processor runs
+    #               unless the processor says ``uses_temp_dir = False``
     path: Path | None = None  # the downloaded input file, if the job had one
     url: str | None = None  # the source URL, if the job is a URL job
     cookies_file: Path | None = None  # cookies for `url` handed by the server (Netscape format)

@@ -17,6 +17,7 @@ from worker.processors.base import JobInput, ProcessorConfig, ProcessResult
 
 class EchoProcessor:
     content_types = ("echo",)
+    uses_temp_dir = False  # reads its input and answers: no scratch files
 
     def available(self) -> tuple[bool, str]:
         return True, ""

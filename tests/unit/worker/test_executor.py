@@ -163,3 +163,32 @@ def test_result_payload_drops_what_the_server_refuses():
     import json
 
     json.dumps(payload, allow_nan=False)  # what the server accepts
+
+
+class _Scratch:
+    """Writes a scratch file into its temp dir, as the media and document processors do."""
+
+    content_types = ("echo",)
+
+    def __init__(self, uses_temp_dir: bool | None) -> None:
+        if uses_temp_dir is not None:
+            self.uses_temp_dir = uses_temp_dir
+
+    def available(self) -> tuple[bool, str]:
+        return True, ""
+
+    def process(self, job: JobInput, config: ProcessorConfig) -> ProcessResult:
+        if getattr(self, "uses_temp_dir", True):
+            (job.temp_dir / "scratch.bin").write_bytes(b"x")
+        return ProcessResult(markdown="ok")
+
+
+@pytest.mark.parametrize("uses", [None, True, False])
+def test_the_temp_dir_is_made_for_processors_that_use_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, uses: bool | None
+) -> None:
+    with_processor(monkeypatch, _Scratch(uses))
+    inp = job(tmp_path)
+    inp.temp_dir = tmp_path / "job" / "work"  # not there yet: the worker leaves it to the slot
+    assert execute(inp, ProcessorConfig()).markdown == "ok"
+    assert inp.temp_dir.is_dir() is (uses is not False)  # a processor that says it needs none gets none

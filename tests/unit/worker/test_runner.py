@@ -298,13 +298,38 @@ async def test_checksum_mismatch_is_retryable(server: FakeServer, tmp_path: Path
 async def test_result_is_spooled_and_delivered_after_an_outage(server: FakeServer, tmp_path: Path) -> None:
     server.add("J1", b"precious")
     server.complete_outage = 4  # the first attempts meet a dead server
-    runner = make_runner(tmp_path)
+    runner = make_runner(tmp_path, spool_after_s=0.0)  # every job counts as long: spooled first
     spooled: list[bool] = []
     server.on_complete = lambda request: spooled.append((runner.config.spool / "J1.json").exists())
     await run_until(runner, lambda: server.completed)
     assert len(spooled) == 5 and all(spooled)
     assert "precious" in server.completed[0]["markdown"]
     assert not (runner.config.spool / "J1.json").exists()
+
+
+async def test_a_quick_result_is_sent_from_memory_and_spooled_only_when_the_server_is_gone(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    server.add("J1", b"quick one")
+    runner = make_runner(tmp_path, spool_after_s=60.0)
+    on_disk: list[bool] = []
+    server.on_complete = lambda request: on_disk.append(runner.config.spool.exists())
+    await run_until(runner, lambda: server.completed)
+    assert on_disk == [False]  # no spool entry was written (nor its folder made) for a quick job
+    assert not list(runner.config.jobs_dir.iterdir())  # nor a temp dir left behind
+
+    server.add("J2", b"kept when unreachable")
+    server.complete_outage = 10_000  # the server never answers: the send gives up
+    runner = make_runner(tmp_path, spool_after_s=60.0)
+    await run_until(runner, lambda: (runner.config.spool / "J2.json").exists(), timeout=30)
+    entry = json.loads((runner.config.spool / "J2.json").read_text())
+    assert entry["lease_token"] == "tok-J2" and "kept when unreachable" in entry["markdown"]
+    assert not server.completed[1:]
+
+    server.complete_outage = 0  # back: the next start delivers it
+    again = make_runner(tmp_path, spool_after_s=60.0)
+    await run_until(again, lambda: len(server.completed) == 2)
+    assert server.completed[1]["job_id"] == "J2" and not (runner.config.spool / "J2.json").exists()
 
 
 async def test_spooled_result_is_delivered_on_start(server: FakeServer, tmp_path: Path) -> None:
@@ -350,6 +375,7 @@ def with_artifacts(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def execute(inp: Any, config: Any, canceled: Any) -> Any:
         result = real(inp, config, canceled)
+        inp.temp_dir.mkdir(parents=True, exist_ok=True)  # echo itself needs no temp dir
         for name in inp.options.get("artifacts", []):
             path = inp.temp_dir / name
             path.write_bytes(f"bytes of {name}".encode() if name != "empty.jpg" else b"")
