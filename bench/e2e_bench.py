@@ -958,6 +958,8 @@ def ensure_peers_venv() -> None:
 
 def versions() -> str:
     py = str(PEERS_VENV / "bin" / "python")
+    if not Path(py).exists():  # only morag-remote was run
+        return "none run"
     code = (
         "import importlib.metadata as m; print(', '.join(f'{p} {m.version(p)}' for p in "
         "('celery', 'redis', 'pgqueuer', 'procrastinate', 'psycopg', 'asyncpg')))"

@@ -76,6 +76,10 @@ class Completions:
         self.ride_open = False  # set by the runner: a claim goes out at once
         self._riders: list[Pending] = []
 
+    def waiting(self) -> bool:
+        """True when results wait for the next claim."""
+        return bool(self._riders)
+
     def take_riders(self) -> list[Pending]:
         """The results waiting for the claim about to be sent (the claim now owns them)."""
         riders, self._riders = self._riders, []

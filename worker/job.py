@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ class JobRun:
     client: WorkerClient
     config: WorkerConfig
     delivery: Delivery
-    slot: Slot
+    acquire: Callable[[], Awaitable[Slot]]  # waits for a free slot (a prefetched job waits here)
     lease_s: float
     temp_dir: Path = field(init=False)
     progress: JobProgress = field(init=False)
@@ -50,6 +50,7 @@ class JobRun:
     task: asyncio.Task[Any] | None = None
     on_slot_free: Callable[[], None] | None = None  # the runner's: the slot may take the next job
     slot_freed: bool = False
+    slot: Slot | None = None  # the slot running it, once it has one
     processing_s: float = 0.0  # how long the processing ran (decides whether the result is spooled)
 
     def __post_init__(self) -> None:
@@ -69,14 +70,15 @@ class JobRun:
         """Stop the job now: its processing is killed, its task ends without a result."""
         if self.stop_reason is None:
             self.stop_reason = reason
-        if not self.slot_freed:  # a slot given back may already run the next job
+        if not self.slot_freed and self.slot is not None:  # a slot given back may run the next job
             self.slot.stop()
         if self.task and not self.task.done() and self.outcome == "running":
             self.task.cancel()
 
     async def run(self) -> None:
-        hb = asyncio.ensure_future(self._heartbeat_loop())
+        hb = asyncio.ensure_future(self._heartbeat_loop())  # also while a prefetched job waits
         try:
+            self.slot = await self.acquire()
             result = await self._work()
             self.outcome = "delivering"
             ok = await self.delivery.deliver(
@@ -102,7 +104,8 @@ class JobRun:
         finally:
             hb.cancel()
             if not self.slot_freed:
-                await self.slot.idle()  # a stopped job's process is gone before its files are
+                if self.slot is not None:
+                    await self.slot.idle()  # a stopped job's process is gone before its files are
                 self._free_slot()
             # One lstat of a local path, against a thread hop per job: most echo/URL jobs make none.
             if os.path.lexists(self.temp_dir):  # noqa: ASYNC240
@@ -146,6 +149,7 @@ class JobRun:
         )
         self.progress.update("processing", 0.0, "starting")
         started = time.monotonic()
+        assert self.slot is not None
         try:
             return await self.slot.run(inp, lambda f, m: self.progress.update("processing", f, m))
         finally:

@@ -11,6 +11,7 @@ was ready has been delivered (or spooled for the next start).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import signal
@@ -25,9 +26,12 @@ from worker.client import AuthFailed, ServerRejected, ServerUnreachable, WorkerC
 from worker.config import WorkerConfig, backoff_delay
 from worker.delivery import Delivery
 from worker.job import JobRun
-from worker.slots import Slot, SlotPool, make_pool
+from worker.slots import SlotPool, make_pool
 
 log = logging.getLogger("morag.worker")
+# The longest a finished job's result waits for a claim to ride on before a claim (or, with no
+# room for a job, a completion of its own) goes anyway.
+RIDE_WAIT_S = 0.05
 
 
 class FatalSetupError(Exception):
@@ -63,13 +67,15 @@ class Runner:
         self.content_types: list[str] = []
         self.device: str | None = None  # what processes the jobs, shown in the server's worker list
         self.jobs: dict[str, JobRun] = {}  # every job not yet over (processing or delivering)
-        self.processing: set[str] = set()  # the jobs holding a slot
+        self.processing: set[str] = set()  # the jobs holding a slot or waiting for one (prefetched)
+        self._recent: collections.deque[float] = collections.deque(maxlen=max(8, 2 * config.concurrency))
         self.stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._signals = 0
         self.finished: list[JobRun] = []
         self.delivery = Delivery(self.client, config.spool)
         self._redelivery: asyncio.Task[int] | None = None
+        self._flushes: set[asyncio.Future[None]] = set()
         self.pool: SlotPool | None = None
 
     # ----- start-up -------------------------------------------------------------------------
@@ -213,25 +219,40 @@ class Runner:
         claimed_total = 0
         failures = 0  # claims in a row that met an outage or a refusal
         completions = self.client.completions
+        force = False  # results have waited RIDE_WAIT_S for a claim: it goes now
         while not self.stopping.is_set():
             if self.config.once and claimed_total:
                 return 0
-            free = self.config.concurrency - len(self.processing)
-            if free <= 0:
-                # The next claim goes the moment a slot frees: the result that frees it rides on it.
+            prefetch = self.prefetch()
+            free = self.config.concurrency + prefetch - len(self.processing)
+            slot_idle = len(self.processing) < self.config.concurrency
+            if free <= 0 or not (slot_idle or free >= prefetch or force):
+                # The next claim goes when a slot frees (with prefetch: when as many jobs ended as
+                # are prefetched); the results that freed them ride on it.
                 completions.ride_open = True
                 self._slot_freed.clear()
                 stop = asyncio.ensure_future(self.stopping.wait())
                 slot = asyncio.ensure_future(self._slot_freed.wait())
-                await asyncio.wait({stop, slot}, return_when=asyncio.FIRST_COMPLETED)
+                timeout = RIDE_WAIT_S if completions.waiting() else None
+                done, _ = await asyncio.wait(
+                    {stop, slot}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
                 stop.cancel()
                 slot.cancel()
+                if not done and completions.waiting():
+                    if free > 0:
+                        force = True
+                    else:  # no room for a job: the results go on their own
+                        completions.ride_open = False
+                        self._flushes.add(flush := asyncio.ensure_future(completions.flush()))
+                        flush.add_done_callback(self._flushes.discard)
                 continue
+            force = False
             req = ClaimRequest(
                 worker_id=self.worker_id,
                 lanes=[LaneKind(lane) for lane in self.lanes],
                 content_types=[ContentType(ct) for ct in self.content_types],
-                max_jobs=1 if self.config.once else free,
+                max_jobs=1 if self.config.once else min(free, 100),
                 wait_s=self.config.claim_wait_s,
                 claim_id=uuid.uuid4().hex,
                 name=self.config.name[:200],
@@ -277,6 +298,15 @@ class Runner:
                 self._start_job(job)
         return 0
 
+    def prefetch(self) -> int:
+        """How many jobs to lease beyond the slots now: ``--prefetch`` while every recent job ran
+        shorter than ``--prefetch-below`` (a claim then carries more results and leases more jobs;
+        long jobs are never held back from other workers), else none."""
+        cfg = self.config
+        if cfg.once or cfg.prefetch == 0 or not self._recent or max(self._recent) >= cfg.prefetch_below_s:
+            return 0
+        return cfg.concurrency if cfg.prefetch < 0 else cfg.prefetch
+
     def _redeliver_spooled(self) -> None:
         """Send spooled results in the background (one pass at a time) while the worker runs, so a
         result that waited out a long outage reaches the server without a restart."""
@@ -304,6 +334,10 @@ class Runner:
         """Wait for running jobs; past the grace period give their leases back."""
         if not self.jobs:
             return
+        if self.stopping.is_set():
+            for run in list(self.jobs.values()):
+                if run.slot is None and not run.slot_freed:  # prefetched, not started: back at once
+                    run.stop("shutdown")
         tasks = [run.task for run in self.jobs.values() if run.task]
         grace = self.config.grace_s if self.stopping.is_set() else None
         _, pending = await asyncio.wait(tasks, timeout=grace)
@@ -315,20 +349,22 @@ class Runner:
 
     def _start_job(self, job: ClaimedJob) -> None:
         assert self.pool is not None
-        slot = self.pool.take()
-        run = JobRun(job, self.client, self.config, self.delivery, slot, self.lease_s)
-        run.on_slot_free = lambda: self._slot_done(run, slot)
+        run = JobRun(job, self.client, self.config, self.delivery, self.pool.acquire, self.lease_s)
+        run.on_slot_free = lambda: self._slot_done(run)
         self.jobs[job.job_id] = run
         self.processing.add(job.job_id)
         run.start().add_done_callback(lambda _: self._job_done(run))
         log.info("job %s [%s] claimed (attempt %d)", job.job_id, job.content_type.value, job.attempt)
 
-    def _slot_done(self, run: JobRun, slot: Slot) -> None:
-        """The job's processing is over (its result is spooled, or it failed): the slot takes the
-        next job while the result is delivered."""
+    def _slot_done(self, run: JobRun) -> None:
+        """The job's processing is over (its result is kept, or it failed, or it was stopped while
+        waiting for a slot): the slot takes the next job while the result is delivered."""
         assert self.pool is not None
         self.processing.discard(run.job_id)
-        self.pool.give_back(slot)
+        if run.slot is not None:
+            self.pool.give_back(run.slot)
+        if run.processing_s > 0:
+            self._recent.append(run.processing_s)
         self._slot_freed.set()
 
     def _job_done(self, run: JobRun) -> None:

@@ -286,19 +286,20 @@ class ThreadSlot:
 
 
 class SlotPool:
-    """``concurrency`` slots; a job takes a free one and gives it back when it ends."""
+    """``concurrency`` slots; a job waits for a free one (first come, first served) and gives it
+    back when its processing ends. Jobs leased ahead of the slots (``--prefetch``) wait here."""
 
     def __init__(self, make: Callable[[], Slot], size: int) -> None:
         self.slots: list[Slot] = [make() for _ in range(size)]
-        self._free: list[Slot] = list(self.slots)
+        self._free: asyncio.Queue[Slot] = asyncio.Queue()
+        for slot in self.slots:
+            self._free.put_nowait(slot)
 
-    def take(self) -> Slot:
-        if not self._free:
-            raise RuntimeError("no free slot: more jobs than --concurrency")
-        return self._free.pop(0)
+    async def acquire(self) -> Slot:
+        return await self._free.get()
 
     def give_back(self, slot: Slot) -> None:
-        self._free.append(slot)
+        self._free.put_nowait(slot)
 
     def warm(self) -> None:
         for slot in self.slots:

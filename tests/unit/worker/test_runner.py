@@ -610,3 +610,74 @@ async def test_start_up_logs_the_types_offered_and_why_others_are_not(
     await runner.client.aclose()
     assert "video" not in runner.content_types and "echo" in runner.content_types
     assert "not offering video: ffmpeg is not installed" in caplog.text
+
+
+def slots_busy(runner: Runner) -> int:
+    """Jobs holding a slot right now (prefetched jobs wait without one)."""
+    return sum(1 for r in runner.jobs.values() if r.slot is not None and not r.slot_freed)
+
+
+async def test_short_jobs_are_prefetched_without_running_more_than_the_slots(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    for i in range(16):
+        server.add(f"J{i:02d}", sleep_s=0.05)
+    runner = make_runner(tmp_path, concurrency=2)  # --prefetch -1: as many as the slots
+    most: list[int] = []
+
+    def done() -> bool:
+        most.append(slots_busy(runner))
+        return len(server.completed) == 16
+
+    await run_until(runner, done)
+    asked = [c["max_jobs"] for c in server.claims]
+    assert asked[0] == 2  # nothing known about the jobs yet: the free slots only
+    assert max(asked) == 4  # short jobs seen: 2 slots + 2 leased ahead
+    assert max(most) <= 2  # never more jobs processing than --concurrency
+    assert sorted(c["job_id"] for c in server.completed) == [f"J{i:02d}" for i in range(16)]
+    assert not server.failed
+
+
+async def test_long_jobs_are_not_prefetched(server: FakeServer, tmp_path: Path) -> None:
+    for i in range(4):
+        server.add(f"J{i}", sleep_s=0.15)
+    runner = make_runner(tmp_path, concurrency=2, prefetch_below_s=0.1)  # these jobs count as long
+    await run_until(runner, lambda: len(server.completed) == 4)
+    assert all(c["max_jobs"] <= 2 for c in server.claims)
+
+
+async def test_prefetch_off(server: FakeServer, tmp_path: Path) -> None:
+    for i in range(8):
+        server.add(f"J{i}")
+    runner = make_runner(tmp_path, concurrency=2, prefetch=0)
+    await run_until(runner, lambda: len(server.completed) == 8)
+    assert all(c["max_jobs"] <= 2 for c in server.claims)
+
+
+async def test_a_prefetched_job_keeps_its_lease_while_it_waits_for_a_slot(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    server.add("J1")  # short: the next claim leases one ahead
+    server.add("J2", sleep_s=1.2)  # holds the only slot for two lease lengths (lease 0.6 s)
+    server.add("J3")  # leased with J2, waits for the slot
+    runner = make_runner(tmp_path, concurrency=1)
+    await run_until(runner, lambda: len(server.completed) == 3)
+    assert [c["max_jobs"] for c in server.claims[:2]] == [1, 2]
+    j3_beats = [hb for hb in server.heartbeats if hb["job_id"] == "J3"]
+    assert j3_beats, "the waiting job's lease was not extended"
+    assert [c["job_id"] for c in server.completed] == ["J1", "J2", "J3"]
+
+
+async def test_shutdown_gives_prefetched_jobs_back_at_once(server: FakeServer, tmp_path: Path) -> None:
+    server.add("J1")
+    server.add("J2", sleep_s=0.6)
+    server.add("J3")  # prefetched behind J2
+    runner = make_runner(tmp_path, concurrency=1, grace_s=5)
+
+    def j3_waiting() -> bool:
+        return "J3" in runner.jobs and runner.jobs["J3"].slot is None and "J2" in runner.processing
+
+    await run_until(runner, j3_waiting)
+    assert [c["job_id"] for c in server.completed] == ["J1", "J2"]  # J2 finished within grace
+    assert [(f["job_id"], f["error_class"]) for f in server.failed] == [("J3", "shutdown")]
+    assert leftovers(runner) == []
