@@ -608,7 +608,7 @@ class Morag(System):
         if phase == "processing" and "starting" in rec.get("msg", "") and job not in self.started:
             ts = datetime.strptime(rec["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
             self.started[job] = ts.timestamp()
-        elif phase == "upload" and rec.get("progress") == 1.0:
+        elif phase == "delivered":
             self.finished.add(job)  # the server acknowledged the result
 
     def pending(self, keys: set[str]) -> int:

@@ -176,7 +176,12 @@ class Delivery:
             )
             return False
         else:
-            log.info("job %s: result delivered (%d artifact(s))", job_id, len(files))
+            log.info(
+                "job %s: result delivered (%d artifact(s))",
+                job_id,
+                len(files),
+                extra={"job_id": job_id, "phase": "delivered"},  # JSON logs: the server has it
+            )
             if on_disk:
                 self.discard(job_id)
             return True
