@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from api import db, logfilter, openapi_doc
 from api.background import BackgroundService
@@ -15,7 +15,7 @@ from api.bodylimit import JSONBodyLimit
 from api.cookies import CookieSource
 from api.errors import documented, install_handlers
 from api.events import JobEvents
-from api.guards import storable_url
+from api.guards import StorableURL
 from api.indexing.service import Indexer
 from api.indexing.stage import IndexingStage, index_config
 from api.jobs import JobStore
@@ -87,7 +87,6 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         version=VERSION,
         summary="Ingestion server for multimodal RAG with remote, user-owned workers.",
         lifespan=lifespan,
-        dependencies=[Depends(storable_url)],
         docs_url=None,  # served by api/routes/ops.py from local assets (works offline)
         redoc_url=None,
         generate_unique_id_function=openapi_doc.operation_id,
@@ -96,6 +95,7 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     install_handlers(app)
     # Each add_middleware wraps the ones before it: the limits run inside the request context and
     # metrics, so a 413 or 429 is logged and counted like any answer, yet no body is read before them.
+    app.add_middleware(StorableURL)  # no NUL in the path or query (api/guards.py)
     app.add_middleware(JSONBodyLimit, settings=settings)
     app.add_middleware(RateLimit, settings=settings)  # refused before the body is read
     app.add_middleware(MetricsMiddleware)  # request durations, upload bytes (api/metrics.py)

@@ -39,7 +39,11 @@ access_log = logging.getLogger("morag.access")
 
 def redact(text: str) -> str:
     """``text`` without bearer tokens or signed-URL secrets."""
-    return _BEARER.sub(r"\1[redacted]", _SECRET_QUERY.sub(r"\1[redacted]", text))
+    if "=" in text:  # every secret query parameter has one
+        text = _SECRET_QUERY.sub(r"\1[redacted]", text)
+    if "bearer" in text.lower():
+        text = _BEARER.sub(r"\1[redacted]", text)
+    return text
 
 
 @contextlib.contextmanager
@@ -64,8 +68,15 @@ class ContextFilter(logging.Filter):
 class TextFormatter(logging.Formatter):
     """``2026-12-02T13:00:00.123Z INFO morag.api [req=... task=...] message``"""
 
+    _second = -1
+    _second_text = ""
+
     def format(self, record: logging.LogRecord) -> str:
-        ts = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        second = int(record.created)
+        if second != self._second:  # strftime once a second, not once a line
+            self._second = second
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        ts = f"{self._second_text}.{int(record.msecs):03d}Z"
         pairs = (("req", getattr(record, "request_id", None)), ("task", getattr(record, "task_id", None)))
         ids = " ".join(f"{k}={v}" for k, v in pairs if v)
         line = f"{ts} {record.levelname} {record.name} " + (f"[{ids}] " if ids else "") + record.getMessage()
