@@ -52,7 +52,12 @@ OPTIONS: list[tuple[str, Any, str]] = [
         "jobs leased ahead of the free slots while the recent jobs are short (-1: as many as "
         "--concurrency, 0: off); each claim then carries more results and leases more jobs",
     ),
-    ("--prefetch-below", float, "prefetch only while the recent jobs ran shorter than this, in seconds"),
+    (
+        "--prefetch-below",
+        float,
+        "prefetch only while the recent jobs ran shorter than this, in seconds (also about the "
+        "longest a prefetched job can wait for a slot)",
+    ),
     ("--once", "bool", "process one job and exit (exit 0 when it succeeded)"),
     ("--log-format", str, "text | json"),
     ("--grace", float, "seconds running jobs get to finish on SIGINT/SIGTERM before being given back"),

@@ -88,7 +88,7 @@ class WorkerConfig:
     kill_after_s: float = 1.0  # a stopped child gets this long after SIGTERM before SIGKILL
     spool_after_s: float = 1.0  # results of jobs that ran this long go to disk before they are sent
     prefetch: int = -1  # jobs leased ahead of free slots while jobs are short; -1: as many as slots
-    prefetch_below_s: float = 1.0  # prefetch only while the recent jobs ran shorter than this
+    prefetch_below_s: float = 0.1  # prefetch only while the recent jobs ran shorter than this
     once: bool = False
     log_format: str = "text"
     grace_s: float = 30.0  # on SIGINT/SIGTERM: time to finish current jobs before giving them back

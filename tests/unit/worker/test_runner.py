@@ -46,6 +46,7 @@ class FakeServer:
         mock.post(f"{BASE}/worker/claim").mock(side_effect=self._claim)
         mock.post(f"{BASE}/worker/heartbeat").mock(side_effect=self._heartbeat)
         mock.post(f"{BASE}/worker/complete").mock(side_effect=self._complete)
+        mock.post(f"{BASE}/worker/complete-batch").mock(side_effect=self._complete_batch)
         mock.post(f"{BASE}/worker/fail").mock(side_effect=self._fail)
         mock.get(url__regex=rf"{BASE}/files/.*").mock(side_effect=self._file)
         mock.post(f"{BASE}/worker/artifact").mock(side_effect=self._artifact)
@@ -111,6 +112,21 @@ class FakeServer:
         self.events.append(f"complete {body['job_id']}")
         self.completed.append(body)
         return httpx.Response(200, json={"job_id": body["job_id"], "status": "succeeded"})
+
+    async def _complete_batch(self, request: httpx.Request) -> httpx.Response:
+        """Results finishing in the same moment arrive together, as a real server takes them."""
+        if self.on_complete:
+            self.on_complete(request)
+        if self.complete_outage > 0:
+            self.complete_outage -= 1
+            raise httpx.ConnectError("server down")
+        answers = []
+        for body in json.loads(request.content)["results"]:
+            self.complete_started.append(body["job_id"])
+            self.events.append(f"complete {body['job_id']}")
+            self.completed.append(body)
+            answers.append({"job_id": body["job_id"], "status": "succeeded"})
+        return httpx.Response(200, json={"results": answers})
 
     async def _artifact(self, request: httpx.Request) -> httpx.Response:
         params = dict(request.url.params)
@@ -622,7 +638,8 @@ async def test_short_jobs_are_prefetched_without_running_more_than_the_slots(
 ) -> None:
     for i in range(16):
         server.add(f"J{i:02d}", sleep_s=0.05)
-    runner = make_runner(tmp_path, concurrency=2)  # --prefetch -1: as many as the slots
+    # --prefetch -1: as many as the slots; these jobs count as short even on a loaded machine
+    runner = make_runner(tmp_path, concurrency=2, prefetch_below_s=5.0)
     most: list[int] = []
 
     def done() -> bool:
@@ -660,7 +677,7 @@ async def test_a_prefetched_job_keeps_its_lease_while_it_waits_for_a_slot(
     server.add("J1")  # short: the next claim leases one ahead
     server.add("J2", sleep_s=1.2)  # holds the only slot for two lease lengths (lease 0.6 s)
     server.add("J3")  # leased with J2, waits for the slot
-    runner = make_runner(tmp_path, concurrency=1)
+    runner = make_runner(tmp_path, concurrency=1, prefetch_below_s=5.0)
     await run_until(runner, lambda: len(server.completed) == 3)
     assert [c["max_jobs"] for c in server.claims[:2]] == [1, 2]
     j3_beats = [hb for hb in server.heartbeats if hb["job_id"] == "J3"]
@@ -672,7 +689,7 @@ async def test_shutdown_gives_prefetched_jobs_back_at_once(server: FakeServer, t
     server.add("J1")
     server.add("J2", sleep_s=0.6)
     server.add("J3")  # prefetched behind J2
-    runner = make_runner(tmp_path, concurrency=1, grace_s=5)
+    runner = make_runner(tmp_path, concurrency=1, grace_s=5, prefetch_below_s=5.0)
 
     def j3_waiting() -> bool:
         return "J3" in runner.jobs and runner.jobs["J3"].slot is None and "J2" in runner.processing
