@@ -1,6 +1,8 @@
 """Drives the worker: hello, then the claim loop, handing each claimed job to a ``JobRun``.
 
-One asyncio loop. The runner claims only as many jobs as it has free slots (``--concurrency``);
+One asyncio loop. The runner claims as many jobs as it has free slots (``--concurrency``), plus as
+many again while the recent jobs are short (``--prefetch``, ``Runner.prefetch``): prefetched jobs
+wait for a slot in ``SlotPool.acquire`` with their heartbeat running;
 each job's life (download, processing in its slot's child process, heartbeat, delivery) is in
 ``worker.job``, the slots in ``worker.slots``, results on their way to the server in
 ``worker.delivery``. On SIGINT/SIGTERM it stops claiming, gives running jobs ``--grace`` seconds,

@@ -92,6 +92,9 @@ def test_every_option_names_its_variable_in_help(capsys: pytest.CaptureFixture[s
         (["--api-key", "K", "--log-format", "xml"], "--log-format"),
         (["--api-key", "K", "--device", "tpu"], "--device"),
         (["--api-key", "K", "--concurrency", "0"], "--concurrency"),
+        (["--api-key", "K", "--prefetch", "-2"], "--prefetch must be"),
+        (["--api-key", "K", "--prefetch-below", "0"], "--prefetch-below must be"),
+        (["--api-key", "K", "--spool-after", "-1"], "--spool-after must be"),
     ],
 )
 def test_bad_arguments_exit_2(argv: list[str], msg: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -193,3 +196,10 @@ def test_an_unwritable_temp_dir_exits_2_with_a_message(tmp_path: Path) -> None:
     )
     assert out.returncode == 2, out.stderr
     assert "--temp-dir" in out.stderr and "not writable" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_prefetch_and_spool_settings_from_flags_and_environment() -> None:
+    _, cfg = parse_config(["--api-key", "K", "--prefetch", "3", "--spool-after", "0"], env={})
+    assert (cfg.prefetch, cfg.spool_after_s, cfg.prefetch_below_s) == (3, 0.0, 0.1)
+    _, cfg = parse_config(["--api-key", "K"], env={"MORAG_WORKER_PREFETCH_BELOW": "2.5"})
+    assert (cfg.prefetch, cfg.prefetch_below_s) == (-1, 2.5)
