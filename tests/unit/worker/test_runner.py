@@ -42,6 +42,8 @@ class FakeServer:
         self.artifact_delay_s = 0.0
         self.complete_started: list[str] = []
         self.complete_delays: dict[str, float] = {}  # job id -> seconds each complete call takes
+        self.features: list[str] = []  # "claim-results": results may ride on claims
+        self.completed_at: dict[str, float] = {}  # job id -> monotonic time the result arrived
         mock.get(f"{BASE}/worker/hello").mock(side_effect=self._hello)
         mock.post(f"{BASE}/worker/claim").mock(side_effect=self._claim)
         mock.post(f"{BASE}/worker/heartbeat").mock(side_effect=self._heartbeat)
@@ -79,6 +81,7 @@ class FakeServer:
                 "lanes": ["gpu", "cpu"],
                 "lease_s": self.lease_s,
                 "max_claim_wait_s": 30,
+                "features": self.features,
             },
         )
 
@@ -87,6 +90,14 @@ class FakeServer:
         self.claims.append(body)
         if self.on_claim:
             self.on_claim(body)
+        if body.get("results"):  # answered at once, as the real server does
+            done = []
+            for result in body["results"]:
+                self.completed.append(result)
+                self.completed_at[result["job_id"]] = time.monotonic()
+                done.append({"job_id": result["job_id"], "status": "succeeded"})
+            jobs, self.queue = self.queue[: body["max_jobs"]], self.queue[body["max_jobs"] :]
+            return httpx.Response(200, json={"jobs": jobs, "results": done})
         if not self.queue:
             await asyncio.sleep(min(body["wait_s"], 0.05))
             return httpx.Response(204)
@@ -698,3 +709,28 @@ async def test_shutdown_gives_prefetched_jobs_back_at_once(server: FakeServer, t
     assert [c["job_id"] for c in server.completed] == ["J1", "J2"]  # J2 finished within grace
     assert [(f["job_id"], f["error_class"]) for f in server.failed] == [("J3", "shutdown")]
     assert leftovers(runner) == []
+
+
+async def test_a_result_waits_at_most_a_moment_for_a_claim_to_ride_on(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    server.features = ["claim-results"]
+    server.add("J1")  # short: prefetch starts
+    server.add("J2")  # finishes while J3 holds the slot and J4 waits: no claim is due yet
+    server.add("J3", sleep_s=1.5)
+    server.add("J4")
+    server.add("J5")
+    runner = make_runner(tmp_path, concurrency=1, prefetch=2, prefetch_below_s=5.0)
+    j3_started: list[float] = []
+
+    def done() -> bool:
+        run = runner.jobs.get("J3")
+        if run is not None and run.progress.phase == "processing" and not j3_started:
+            j3_started.append(time.monotonic())
+        return len(server.completed) == 5
+
+    await run_until(runner, done)
+    assert [c["max_jobs"] for c in server.claims[:2]] == [1, 3]  # J1; then J2-J4 (1 slot + 2 ahead)
+    # J2's result rode on a claim that went after the 50 ms wait, long before J3 (1.5 s) ended.
+    assert server.completed_at["J2"] - j3_started[0] < 0.5
+    assert any(c.get("results") for c in server.claims)
