@@ -85,6 +85,14 @@ class Completions:
         riders, self._riders = self._riders, []
         return riders
 
+    def send_waiting(self) -> None:
+        """Send the results waiting for a claim on their own, now, without waiting for the answer
+        (the runner has no room for a job, so no claim is due)."""
+        self.ride_open = False
+        riders = self.take_riders()
+        if riders:
+            self._spawn(riders, None)
+
     async def flush(self) -> None:
         """Send results still waiting for a claim that will not come (the runner stops)."""
         self.ride_open = False
@@ -105,11 +113,14 @@ class Completions:
             await asyncio.sleep(0)  # let completions of this same moment join
         finally:
             batch, self._batch = self._batch, None
-        # Sent by a task of its own: a caller canceled meanwhile must not strand the others.
+        self._spawn(batch, max_time_s)
+        return await future
+
+    def _spawn(self, batch: list[Pending], max_time_s: float | None) -> None:
+        """Send ``batch`` by a task of its own: a caller canceled meanwhile must not strand the others."""
         sender = asyncio.create_task(self._send(batch, max_time_s))
         self._senders.add(sender)
         sender.add_done_callback(self._senders.discard)
-        return await future
 
     async def _send(self, batch: list[Pending], max_time_s: float | None) -> None:
         try:

@@ -77,7 +77,6 @@ class Runner:
         self.finished: list[JobRun] = []
         self.delivery = Delivery(self.client, config.spool)
         self._redelivery: asyncio.Task[int] | None = None
-        self._flushes: set[asyncio.Future[None]] = set()
         self.pool: SlotPool | None = None
 
     # ----- start-up -------------------------------------------------------------------------
@@ -245,9 +244,7 @@ class Runner:
                     if free > 0:
                         force = True
                     else:  # no room for a job: the results go on their own
-                        completions.ride_open = False
-                        self._flushes.add(flush := asyncio.ensure_future(completions.flush()))
-                        flush.add_done_callback(self._flushes.discard)
+                        completions.send_waiting()
                 continue
             force = False
             req = ClaimRequest(
