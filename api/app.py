@@ -15,6 +15,7 @@ from api.bodylimit import JSONBodyLimit
 from api.cookies import CookieSource
 from api.errors import documented, install_handlers
 from api.events import JobEvents
+from api.fastpath import FastRoutes, plan_routes
 from api.guards import StorableURL
 from api.indexing.service import Indexer
 from api.indexing.stage import IndexingStage, index_config
@@ -93,13 +94,6 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     )
     openapi_doc.install(app)  # bearer security scheme, examples (api/openapi_doc.py)
     install_handlers(app)
-    # Each add_middleware wraps the ones before it: the limits run inside the request context and
-    # metrics, so a 413 or 429 is logged and counted like any answer, yet no body is read before them.
-    app.add_middleware(StorableURL)  # no NUL in the path or query (api/guards.py)
-    app.add_middleware(JSONBodyLimit, settings=settings)
-    app.add_middleware(RateLimit, settings=settings)  # refused before the body is read
-    app.add_middleware(MetricsMiddleware)  # request durations, upload bytes (api/metrics.py)
-    app.add_middleware(RequestContextMiddleware)  # request id, task id, access log (api/logging_setup.py)
     # Every worker route may answer these (docs/protocol.md, "Status codes a worker can get").
     app.include_router(worker.router, responses=documented(401, 403, 404, 409, 413, 422, 429))
     app.include_router(files.router)
@@ -108,6 +102,15 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     app.include_router(manage.router)  # retry, webhook log, prune, documents, admin overview
     app.include_router(ui.router)  # the dashboard at /ui
     ops.install(app)  # /ready, /metrics, /docs (offline), / -> /docs
+    # Each add_middleware wraps the ones before it: the limits run inside the request context and
+    # metrics, so a 413 or 429 is logged and counted like any answer, yet no body is read before them.
+    # The fast routes are planned from the declarations above (a route they cannot serve stops here).
+    app.add_middleware(FastRoutes, routes=plan_routes(app) if settings.fast_routes else {})
+    app.add_middleware(StorableURL)  # no NUL in the path or query (api/guards.py)
+    app.add_middleware(JSONBodyLimit, settings=settings)
+    app.add_middleware(RateLimit, settings=settings)  # refused before the body is read
+    app.add_middleware(MetricsMiddleware)  # request durations, upload bytes (api/metrics.py)
+    app.add_middleware(RequestContextMiddleware)  # request id, task id, access log (api/logging_setup.py)
 
     @app.get(
         "/health",

@@ -22,12 +22,13 @@ number of users.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import time
 from collections import defaultdict, deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -130,6 +131,17 @@ def count_finished(lane: str, state: JobState, n: int = 1) -> None:
 # --- HTTP middleware ----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
+def _counted(method: str, route: str, status: int) -> Any:
+    """The request counter of one (method, route template, status): looked up once, not per request."""
+    return REQUESTS.labels(method, route, str(status))
+
+
+@functools.lru_cache(maxsize=4096)
+def _timed(method: str, route: str) -> Any:
+    return REQUEST_SECONDS.labels(method, route)
+
+
 class MetricsMiddleware:
     """Request count and duration by route template (never the raw path), upload bytes."""
 
@@ -176,8 +188,8 @@ class MetricsMiddleware:
                 _observe_first_claims(b"".join(answer))
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope.get("method", "-")
-            REQUESTS.labels(method, route, str(status)).inc()
-            REQUEST_SECONDS.labels(method, route).observe(time.perf_counter() - start)
+            _counted(method, route, status).inc()
+            _timed(method, route).observe(time.perf_counter() - start)
 
 
 def _observe_first_claims(body: bytes) -> None:

@@ -138,6 +138,13 @@ class Settings(BaseSettings):
     http_graceful_shutdown_s: int = Field(
         35, ge=0, description="On shutdown, open requests (long-polls: up to 30 s) get this long to finish."
     )
+    fast_routes: bool = Field(
+        True,
+        description="Serve the per-job JSON routes (claim, complete, heartbeat, fail, POST /process/url, "
+        "POST /api/v1/ingest/url) with the same endpoint code but without FastAPI's router and dependency "
+        "solving (api/fastpath.py); false sends them through FastAPI like every other route. Answers are "
+        "the same either way.",
+    )
 
     # Per-key limits (429 rate_limited with Retry-After past them; in-process)
     rate_submit_per_s: float = Field(

@@ -45,6 +45,9 @@ def main() -> None:
     ap.add_argument("--sqlite", action="store_true")
     ap.add_argument("--cprofile", type=Path, help="run the server under cProfile, stats written here at exit")
     ap.add_argument("--only", help="run only the phases whose name contains this")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="MORAG_X=V", help="a server setting (repeatable)"
+    )
     args = ap.parse_args()
     n = args.jobs
     work = Path(tempfile.mkdtemp(prefix="morag-http-costs-"))
@@ -53,6 +56,7 @@ def main() -> None:
     env.update(
         {f"MORAG_RATE_{k}": "1000000" for k in ("SUBMIT_PER_S", "SUBMIT_BURST", "CLAIM_PER_S", "CLAIM_BURST")}
     )
+    env.update(kv.split("=", 1) for kv in args.set)
     db = None
     if not args.sqlite:
         db = f"morag_costs_{uuid.uuid4().hex[:8]}"
