@@ -15,8 +15,7 @@ exception answered by the application's own exception handlers. Every middleware
 Only the happy path is taken here. Anything else goes to FastAPI untouched, the body replayed as it
 arrived, so every refusal (content type, malformed JSON, a field out of range, a bad query value)
 keeps FastAPI's exact status and error body: a body that does not validate, a query value that
-does not, a content type that is not JSON, a request on a mounted sub-path, a test's
-``dependency_overrides``. The plan of each route is read from its FastAPI declaration when the app
+does not, a content type that is not JSON, a test's ``dependency_overrides``. The plan of each route is read from its FastAPI declaration when the app
 is built, and a route whose shape this path cannot serve stops the build (``plan_routes``), so a
 route changed later cannot silently drift from what its declaration says. ``MORAG_FAST_ROUTES=false``
 sends every request through FastAPI.
@@ -170,6 +169,16 @@ def plan_routes(
     return plans
 
 
+def _route_path(scope: Scope) -> str:
+    """The path the router matches: without the ``root_path`` a proxy mounts the server under
+    (``--root-path``), as Starlette's own router strips it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
+        return path[len(root) :]
+    return path
+
+
 def _replaying(messages: list[Message], receive: Receive) -> Receive:
     """``receive`` that first hands out the messages already read."""
     pending = list(messages)
@@ -191,8 +200,8 @@ class FastRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         fast = None
-        if scope["type"] == "http" and not scope.get("root_path"):
-            fast = self.routes.get((scope["method"], scope["path"]))
+        if scope["type"] == "http":
+            fast = self.routes.get((scope["method"], _route_path(scope)))
         app = scope.get("app")
         if fast is None or not isinstance(app, FastAPI) or app.dependency_overrides:
             await self.app(scope, receive, send)

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from pydantic import BaseModel
@@ -131,6 +132,26 @@ async def test_a_leased_job_completes_through_the_fast_path(env: Env) -> None:
     assert done.json() == {"job_id": job["job_id"], "status": "succeeded"}
     status = await env.client.get(f"/api/v1/status/{job['job_id']}", headers=env.alice)
     assert status.json()["status"] == "succeeded"
+
+
+async def test_behind_a_proxy_prefix_the_fast_path_still_serves(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = []
+    real = FastRoutes._answer
+
+    async def counting(*a: Any) -> Any:
+        taken.append(a[0].route.path)
+        return await real(*a)
+
+    monkeypatch.setattr(FastRoutes, "_answer", staticmethod(counting))
+    transport = httpx.ASGITransport(app=env.app, root_path="/morag")  # uvicorn --root-path /morag
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        resp = await client.post("/morag/process/url", params={"wait_s": 0}, headers=env.alice, json=ECHO)
+        assert resp.status_code == 202, resp.text
+        other = await client.post("/morag/process/urls", headers=env.alice, json=ECHO)
+        assert other.status_code == 404  # not a hot route: FastAPI's answer
+    assert taken == ["/process/url"]
 
 
 async def test_dependency_overrides_send_requests_through_fastapi(env: Env) -> None:
