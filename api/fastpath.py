@@ -13,9 +13,9 @@ exception answered by the application's own exception handlers. Every middleware
 (request id and access log, metrics, rate limits, body limits, the URL guard) still runs.
 
 Only the happy path is taken here. Anything else goes to FastAPI untouched, the body replayed as it
-arrived, so every refusal (content type, malformed JSON, a field out of range, a bad query value)
-keeps FastAPI's exact status and error body: a body that does not validate, a query value that
-does not, a content type that is not JSON, a test's ``dependency_overrides``. The plan of each route is read from its FastAPI declaration when the app
+arrived, so every refusal keeps FastAPI's exact status and error body: a body that does not
+validate, a query value that does not, a content type that is not JSON, a test's
+``dependency_overrides``. The plan of each route is read from its FastAPI declaration when the app
 is built, and a route whose shape this path cannot serve stops the build (``plan_routes``), so a
 route changed later cannot silently drift from what its declaration says. ``MORAG_FAST_ROUTES=false``
 sends every request through FastAPI.
