@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e_bench import PG_URL, free_port, pg, pg_backends, pg_xacts, proc_stat, tree, wait_until
+from e2e_bench import PG_URL, free_port, pg, pg_backends, pg_xacts, proc_stat, profiled, tree, wait_until
 
 
 def cpu_s(pids: list[int]) -> float:
@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--sqlite", action="store_true")
     ap.add_argument("--cprofile", type=Path, help="run the server under cProfile, stats written here at exit")
     ap.add_argument("--only", help="run only the phases whose name contains this")
+    ap.add_argument("--spy", type=Path, help="py-spy each phase of the server into this folder (raw stacks)")
     ap.add_argument(
         "--set", action="append", default=[], metavar="MORAG_X=V", help="a server setting (repeatable)"
     )
@@ -138,9 +139,13 @@ def main() -> None:
             time.sleep(0.3)
             s0, d0 = cpu_s(tree(server.pid)), cpu_s(pg_backends(db) if db else [])
             x0 = pg_xacts(db) if db else None
-            t0 = time.perf_counter()
-            fn()
-            dt = time.perf_counter() - t0
+            spy = args.spy and args.spy / f"{name.replace(' ', '-')}.txt"
+            if spy:
+                args.spy.mkdir(parents=True, exist_ok=True)
+            with profiled([server.pid], spy):
+                t0 = time.perf_counter()
+                fn()
+                dt = time.perf_counter() - t0
             s1, d1 = cpu_s(tree(server.pid)), cpu_s(pg_backends(db) if db else [])
             x1 = pg_xacts(db) if db else None
             xa = "-" if x0 is None or x1 is None else f"{(x1 - x0) / n:.2f}"
