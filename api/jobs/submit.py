@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.errors import Conflict, NotFound
 from api.ids import new_id, utcnow
-from api.jobs.base import ONLINE_CACHE_S, QUEUED, RUNNING, StoreBase, owner_is
+from api.jobs.base import ONLINE_CACHE_S, QUEUED, RUNNING, StoreBase, execute_direct, owner_is
 from api.jobs.records import JobEvent, JobKind, JobState, NewJob, TaskStage
 from api.jobs.tables import DELIVERIES as D
 from api.jobs.tables import FILES as F
@@ -121,7 +121,7 @@ class SubmitStore(StoreBase):
             if pg:
                 stmt, params = _insert_pg(rows)
                 params.update(channel=CHANNEL, payload=encode_notice(self.notifier.origin, queued))
-                await conn.execute(stmt, params)
+                await execute_direct(conn, stmt, params)
             else:
                 await conn.execute(J.insert(), rows)  # one executemany for the whole batch
                 await self.notifier.publish(conn, queued)

@@ -1,0 +1,81 @@
+"""A submit's insert on PostgreSQL goes through the pooled connection's asyncpg driver
+(``api.jobs.base.execute_direct``): its errors are answered as SQLAlchemy's would be."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+
+from tests.integration.api.conftest import Env, make_settings, running_env
+
+pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
+
+ECHO = {"url": "https://example.org/a", "content_type": "echo"}
+
+
+@pytest.fixture
+async def pg_env(tmp_path: Path, database_url: str) -> AsyncIterator[Env]:
+    async with running_env(
+        make_settings(tmp_path, database_url=database_url), raise_app_exceptions=False
+    ) as env:
+        yield env
+
+
+def _fail_inserts_with(monkeypatch: pytest.MonkeyPatch, exc: Exception) -> list[Any]:
+    """The next job insert sent by asyncpg raises ``exc`` (once); returns the connections that
+    were asked to run one, in order."""
+    seen: list[Any] = []
+    real = asyncpg.connection.Connection.execute
+
+    async def execute(self: Any, query: str, *args: Any, **kw: Any) -> Any:
+        if query.startswith("WITH ins AS (INSERT INTO jobs"):
+            seen.append(self)
+            if len(seen) == 1:
+                raise exc
+        return await real(self, query, *args, **kw)
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "execute", execute)
+    return seen
+
+
+async def _submit(env: Env) -> Any:
+    return await env.client.post("/process/url", params={"wait_s": 0}, headers=env.alice, json=ECHO)
+
+
+async def _jobs(env: Env) -> int:
+    async with env.state.engine.connect() as conn:
+        return int((await conn.execute(text("SELECT count(*) FROM jobs"))).scalar_one())
+
+
+async def test_a_lost_connection_is_503_and_leaves_the_pool(
+    pg_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _fail_inserts_with(monkeypatch, asyncpg.exceptions.ConnectionDoesNotExistError("gone"))
+    resp = await _submit(pg_env)
+    assert resp.status_code == 503 and resp.json()["code"] == "database_unavailable", resp.text
+    assert int(resp.headers["retry-after"]) >= 1
+    assert seen[0].is_closed()  # invalidated: the pool closed it and opens a fresh one instead
+    for _ in range(12):  # more submits than the pool holds connections: the lost one never returns
+        assert (await _submit(pg_env)).status_code == 202
+    assert len(seen) == 13 and seen[0] not in seen[1:] and await _jobs(pg_env) == 12
+
+
+async def test_a_value_the_database_refuses_is_422(pg_env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fail_inserts_with(monkeypatch, asyncpg.exceptions.CharacterNotInRepertoireError("invalid byte sequence"))
+    resp = await _submit(pg_env)
+    assert resp.status_code == 422 and resp.json()["code"] == "invalid_data", resp.text
+    assert await _jobs(pg_env) == 0
+
+
+async def test_another_database_error_is_500_not_a_crash(
+    pg_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fail_inserts_with(monkeypatch, asyncpg.exceptions.UniqueViolationError("duplicate key"))
+    resp = await _submit(pg_env)
+    assert resp.status_code == 500 and resp.json()["code"] == "internal_error", resp.text
+    assert (await _submit(pg_env)).status_code == 202 and await _jobs(pg_env) == 1
