@@ -14,6 +14,7 @@ import functools
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import ColumnElement, Row, and_, bindparam, select, update
@@ -76,13 +77,26 @@ async def execute_direct(conn: AsyncConnection, stmt: ClauseElement, params: dic
     server answers them alike (api/errors.py): a lost connection is invalidated (the pool drops
     it) and answered 503, a value the database refuses 422, anything else 500.
     """
+    await _direct(conn, stmt, params, fetch=False)
+
+
+async def fetch_direct(conn: AsyncConnection, stmt: ClauseElement, params: dict[str, Any]) -> list[Any]:
+    """Like :func:`execute_direct` for a statement that returns rows: each row with its columns
+    as attributes, as SQLAlchemy's rows have them (values as asyncpg decodes them: plain types
+    only, no JSON columns)."""
+    records = await _direct(conn, stmt, params, fetch=True)
+    return [SimpleNamespace(**dict(r)) for r in records]
+
+
+async def _direct(conn: AsyncConnection, stmt: ClauseElement, params: dict[str, Any], *, fetch: bool) -> Any:
     import asyncpg
 
     sql, names = _driver_sql(stmt, conn.dialect)
     driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None  # a checked-out connection has one
+    args = [params[n] for n in names]
     try:
-        await driver.execute(sql, *[params[n] for n in names])
+        return await (driver.fetch(sql, *args) if fetch else driver.execute(sql, *args))
     except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError) as exc:
         await conn.invalidate(exc)
         raise sa_exc.OperationalError(sql, None, exc, connection_invalidated=True) from exc

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from api.background import backoff_s
 from api.errors import JobCanceledError, MoragError, StaleLease
 from api.ids import utcnow
-from api.jobs.base import QUEUED, RUNNING, StoreBase
+from api.jobs.base import QUEUED, RUNNING, StoreBase, fetch_direct
 from api.jobs.records import (
     FailOutcome,
     HeartbeatOutcome,
@@ -192,7 +192,7 @@ class LeaseStore(StoreBase):
             "payload": encode_notice(self.notifier.origin, None),
         }
         async with self.autocommit.connect() as conn:
-            found = (await conn.execute(_COMPLETE_PG, params)).all()
+            found = await fetch_direct(conn, _COMPLETE_PG, params)
             rows = {(r.id, r.lease_token): r for r in found}
             out: list[JobEvent | MoragError] = []
             for lease, _, _ in results:

@@ -126,7 +126,9 @@ def test_the_access_log_never_shows_a_download_signature_or_a_lease_token() -> N
     assert "job=J1&exp=1700000000&sig=[redacted]" in line
 
 
-async def test_several_results_in_one_request_are_stored_in_one_transaction(env: Env) -> None:
+async def test_several_results_in_one_request_are_stored_in_one_transaction(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env.state.keys.ttl_s = 60.0  # the key stays cached: the only commit counted is the batch's
     for _ in range(3):
         resp = await env.client.post(
@@ -159,6 +161,19 @@ async def test_several_results_in_one_request_are_stored_in_one_transaction(env:
         for i, j in enumerate(jobs)
     ]
     results.append({"job_id": jobs[0]["job_id"], "lease_token": "stale", "markdown": "forged"})
+    import asyncpg
+
+    def sent(name: str) -> Any:  # statements sent by asyncpg itself (api.jobs.base.fetch_direct)
+        real = getattr(asyncpg.connection.Connection, name)
+
+        async def record(self: Any, query: str, *args: Any, **kw: Any) -> Any:
+            statements.append(query)
+            return await real(self, query, *args, **kw)
+
+        return record
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetch", sent("fetch"))
+    monkeypatch.setattr(asyncpg.connection.Connection, "execute", sent("execute"))
     event.listen(env.state.engine.sync_engine, "commit", count)
     event.listen(env.state.engine.sync_engine, "before_cursor_execute", count_statement)
     try:
