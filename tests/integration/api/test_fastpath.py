@@ -60,6 +60,20 @@ CASES: list[tuple[str, str, dict[str, Any] | None, Any, str, bool]] = [
 ]  # fmt: skip
 
 
+@pytest.fixture
+def taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The route path of every request the fast path served, in order."""
+    served: list[str] = []
+    real = FastRoutes._answer
+
+    async def counting(*a: Any) -> Any:
+        served.append(a[0].route.path)
+        return await real(*a)
+
+    monkeypatch.setattr(FastRoutes, "_answer", staticmethod(counting))
+    return served
+
+
 def _normalized(text: str) -> str:
     return _TOKENS.sub(r'"\1":"-"', _IDS.sub("ID", text))
 
@@ -89,17 +103,7 @@ async def _answers(env: Env, taken: list[str]) -> list[tuple[int, str, str | Non
     return out
 
 
-async def test_fast_and_fastapi_paths_answer_the_same(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    taken = []
-    real = FastRoutes._answer
-
-    async def counting(*a: Any) -> Any:
-        taken.append(a[0].route.path)
-        return await real(*a)
-
-    monkeypatch.setattr(FastRoutes, "_answer", staticmethod(counting))
+async def test_fast_and_fastapi_paths_answer_the_same(tmp_path: Path, taken: list[str]) -> None:
     answers = {}
     for fast in (True, False):
         async with running_env(make_settings(tmp_path / str(fast), fast_routes=fast)) as env:
@@ -134,17 +138,7 @@ async def test_a_leased_job_completes_through_the_fast_path(env: Env) -> None:
     assert status.json()["status"] == "succeeded"
 
 
-async def test_behind_a_proxy_prefix_the_fast_path_still_serves(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    taken = []
-    real = FastRoutes._answer
-
-    async def counting(*a: Any) -> Any:
-        taken.append(a[0].route.path)
-        return await real(*a)
-
-    monkeypatch.setattr(FastRoutes, "_answer", staticmethod(counting))
+async def test_behind_a_proxy_prefix_the_fast_path_still_serves(env: Env, taken: list[str]) -> None:
     transport = httpx.ASGITransport(app=env.app, root_path="/morag")  # uvicorn --root-path /morag
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         resp = await client.post("/morag/process/url", params={"wait_s": 0}, headers=env.alice, json=ECHO)
