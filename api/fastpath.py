@@ -208,10 +208,10 @@ class FastRoutes:
             return
         content_type = b""
         for name, value in scope["headers"]:
-            if name == b"content-type":
+            if name == b"content-type":  # the first one, as Starlette's request.headers reads it
                 content_type = value
+                break
         messages: list[Message] = []
-        body = b""
         more = True
         while more:
             message = await receive()
@@ -219,8 +219,8 @@ class FastRoutes:
             if message["type"] != "http.request":  # the client left: FastAPI's own answer to that
                 await self.app(scope, _replaying(messages, receive), send)
                 return
-            body += message.get("body", b"")
             more = message.get("more_body", False)
+        body = b"".join(m.get("body", b"") for m in messages)  # one copy, however many chunks
         request = Request(scope, receive)
         request._body = body  # read once; an endpoint that asks for it again gets it
         kwargs = self._arguments(fast, request, body, content_type)

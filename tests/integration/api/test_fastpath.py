@@ -148,6 +148,46 @@ async def test_behind_a_proxy_prefix_the_fast_path_still_serves(env: Env, taken:
     assert taken == ["/process/url"]
 
 
+async def test_a_body_in_chunks_and_a_second_content_type(tmp_path: Path, taken: list[str]) -> None:
+    body = json.dumps({**ECHO, "options": {"pad": "x" * 60_000}}).encode()
+    answers = {}
+    for fast in (True, False):
+        async with running_env(make_settings(tmp_path / str(fast), fast_routes=fast)) as env:
+            # The body as a client streams it: several ASGI messages, not one.
+            parts = [body[i : i + 16384] for i in range(0, len(body), 16384)]
+            messages = [
+                {"type": "http.request", "body": p, "more_body": i < len(parts) - 1}
+                for i, p in enumerate(parts)
+            ]
+            sent: list[dict[str, Any]] = []
+
+            async def receive() -> dict[str, Any]:
+                return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            auth = env.alice["Authorization"].encode()
+            scope = {
+                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                "scheme": "http", "path": "/process/url", "raw_path": b"/process/url", "root_path": "",
+                "query_string": b"wait_s=0", "client": ("127.0.0.1", 1), "server": ("testserver", 80),
+                "headers": [(b"authorization", auth), (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())],
+            }  # fmt: skip
+            await env.app(scope, receive, send)
+            assert sent[0]["status"] == 202, sent
+            # Two content types, the first not JSON: Starlette reads the first, so FastAPI answers.
+            two = [("content-type", "text/plain"), ("content-type", "application/json"), *env.alice.items()]
+            resp = await env.client.post(
+                "/process/url", params={"wait_s": 0}, content=json.dumps(ECHO), headers=two
+            )
+            answers[fast] = (resp.status_code, resp.json()["code"])
+        if fast:
+            assert taken == ["/process/url"]  # the chunked one; the two-type one went to FastAPI
+    assert answers[True] == answers[False] == (422, "validation_error")
+
+
 async def test_dependency_overrides_send_requests_through_fastapi(env: Env) -> None:
     seen = []
 
