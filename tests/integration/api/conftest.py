@@ -120,6 +120,32 @@ async def env(tmp_path: Path, settings_overrides: dict[str, Any]) -> AsyncIterat
         yield e
 
 
+async def raw_post(
+    app: Any, path: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes], query: bytes = b""
+) -> list[dict[str, Any]]:
+    """POST straight into the ASGI app, the body as ``chunks`` (one message each), then a client
+    that has gone (``http.disconnect``); the messages the app sent back."""
+    messages = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query,
+        "root_path": "", "server": ("testserver", 80), "client": ("127.0.0.1", 1),
+        "headers": [(b"host", b"testserver"), *headers],
+    }  # fmt: skip
+    await app(scope, receive, send)
+    return sent
+
+
 async def claim(env: Env, content_types: list[str], wait_s: float = 5.0) -> list[dict[str, Any]]:
     """Claim like a worker of alice's (both lanes)."""
     resp = await env.client.post(

@@ -17,7 +17,7 @@ from api import fastpath
 from api.auth import worker_access
 from api.fastpath import FastRoutes, NotServable, plan_routes
 from api.keystore import Principal
-from tests.integration.api.conftest import Env, make_settings, running_env
+from tests.integration.api.conftest import Env, make_settings, raw_post, running_env
 
 _IDS = re.compile(r"[0-9a-f]{32}")
 _TOKENS = re.compile(r'"(lease_token|download_url|lease_expires_at|x-request-id)":"[^"]*"')
@@ -155,27 +155,10 @@ async def test_a_body_in_chunks_and_a_second_content_type(tmp_path: Path, taken:
         async with running_env(make_settings(tmp_path / str(fast), fast_routes=fast)) as env:
             # The body as a client streams it: several ASGI messages, not one.
             parts = [body[i : i + 16384] for i in range(0, len(body), 16384)]
-            messages = [
-                {"type": "http.request", "body": p, "more_body": i < len(parts) - 1}
-                for i, p in enumerate(parts)
-            ]
-            sent: list[dict[str, Any]] = []
-
-            async def receive() -> dict[str, Any]:
-                return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-            async def send(message: dict[str, Any]) -> None:
-                sent.append(message)
-
             auth = env.alice["Authorization"].encode()
-            scope = {
-                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                "scheme": "http", "path": "/process/url", "raw_path": b"/process/url", "root_path": "",
-                "query_string": b"wait_s=0", "client": ("127.0.0.1", 1), "server": ("testserver", 80),
-                "headers": [(b"authorization", auth), (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())],
-            }  # fmt: skip
-            await env.app(scope, receive, send)
+            headers = [(b"authorization", auth), (b"content-type", b"application/json")]
+            sent = await raw_post(env.app, "/process/url", headers, parts, query=b"wait_s=0")
+            assert len(parts) == 4
             assert sent[0]["status"] == 202, sent
             # Two content types, the first not JSON: Starlette reads the first, so FastAPI answers.
             two = [("content-type", "text/plain"), ("content-type", "application/json"), *env.alice.items()]

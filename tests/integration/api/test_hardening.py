@@ -20,7 +20,7 @@ from api import db, keystore
 from api.models import StoredFile
 from api.serve import serve, server_options
 from api.settings import Settings
-from tests.integration.api.conftest import Env, claim, make_settings, running_env
+from tests.integration.api.conftest import Env, claim, make_settings, raw_post, running_env
 
 
 @pytest.fixture
@@ -186,24 +186,9 @@ async def test_job_claimed_for_a_departed_long_poll_is_given_back(db_env: Env) -
     """The worker's connection closed while it waited: the job it would have got is queued again."""
     task = await _submit_file(db_env)
     body = json.dumps({"worker_id": "gone", "lanes": ["cpu", "gpu"], "content_types": ["echo"], "wait_s": 0})
-    sent: list[dict[str, Any]] = []
-    messages = [{"type": "http.request", "body": body.encode(), "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
     auth = db_env.worker["Authorization"].encode()
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/worker/claim", "raw_path": b"/worker/claim", "query_string": b"",
-        "root_path": "", "server": ("testserver", 80), "client": ("127.0.0.1", 1),
-        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
-                    (b"authorization", auth)],
-    }  # fmt: skip
-    await db_env.app(scope, receive, send)
+    headers = [(b"content-type", b"application/json"), (b"authorization", auth)]
+    sent = await raw_post(db_env.app, "/worker/claim", headers, [body.encode()])
     assert sent[0]["status"] == 204  # nobody was there to get the job
     status = (await db_env.client.get(f"/api/v1/status/{task}", headers=db_env.alice)).json()
     assert status["status"] == "queued"
