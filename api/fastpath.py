@@ -5,8 +5,8 @@ A py-spy profile of ``POST /process/url`` (bench/http_costs.py) put a third of t
 between the last middleware and the endpoint: Starlette's router trying each route in turn,
 FastAPI's request handler, dependency solving, JSON read twice (``json.loads``, then validation),
 two exception layers. For the routes named in ``HOT_ROUTES`` this middleware does the same work
-directly: one pass of pydantic over the raw body (``model_validate_json``), the route's query
-parameters through FastAPI's own ``request_params_to_args``, its dependencies (each a function of
+directly: one pass of pydantic over the raw body (``model_validate_json``), the route's scalar
+query parameters through FastAPI's own field validators, its dependencies (each a function of
 the request alone: the key check, the server state) awaited in order, the endpoint called with the
 same arguments FastAPI would pass, the answer serialized with the route's response model, and an
 exception answered by the application's own exception handlers. Every middleware outside this one
@@ -130,12 +130,16 @@ def plan(route: APIRoute, declared: Any = None) -> FastRoute:
         raise NotServable(f"{where}: path, header or cookie parameters")
     if d.background_tasks_param_name or d.security_scopes_param_name or d.http_connection_param_name:
         raise NotServable(f"{where}: background tasks or security scopes")
-    if r.response_model is None or r.response_model_include or r.response_model_exclude:
-        raise NotServable(f"{where}: needs a response model without include/exclude")
-    if r.response_model_exclude_unset or r.response_model_exclude_defaults:
-        raise NotServable(f"{where}: response model exclusions")
-    if r.response_model_exclude_none or not r.response_model_by_alias:
-        raise NotServable(f"{where}: response model exclusions")
+    if r.response_model is None:
+        raise NotServable(f"{where}: needs a response model")
+    shaped = (r.response_model_include, r.response_model_exclude, r.response_model_exclude_unset)
+    shaped += (
+        r.response_model_exclude_defaults,
+        r.response_model_exclude_none,
+        not r.response_model_by_alias,
+    )
+    if any(shaped):
+        raise NotServable(f"{where}: response model include/exclude options")
     if not isinstance(r.response_class, DefaultPlaceholder):
         raise NotServable(f"{where}: a custom response class")
     if not inspect.iscoroutinefunction(r.endpoint):

@@ -97,10 +97,12 @@ async def _direct(conn: AsyncConnection, stmt: ClauseElement, params: dict[str, 
     args = [params[n] for n in names]
     try:
         return await (driver.fetch(sql, *args) if fetch else driver.execute(sql, *args))
-    except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError) as exc:
-        await conn.invalidate(exc)
-        raise sa_exc.OperationalError(sql, None, exc, connection_invalidated=True) from exc
-    except asyncpg.exceptions.OperatorInterventionError as exc:  # shutdown, crash recovery
+    except (
+        asyncpg.InterfaceError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.exceptions.OperatorInterventionError,  # shutdown, crash recovery
+        OSError,
+    ) as exc:
         await conn.invalidate(exc)
         raise sa_exc.OperationalError(sql, None, exc, connection_invalidated=True) from exc
     except asyncpg.exceptions.DataError as exc:
