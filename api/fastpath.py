@@ -132,8 +132,10 @@ def plan(route: APIRoute, declared: Any = None) -> FastRoute:
         raise NotServable(f"{where}: background tasks or security scopes")
     if r.response_model is None:
         raise NotServable(f"{where}: needs a response model")
-    shaped = (r.response_model_include, r.response_model_exclude, r.response_model_exclude_unset)
-    shaped += (
+    shaped = (
+        r.response_model_include,
+        r.response_model_exclude,
+        r.response_model_exclude_unset,
         r.response_model_exclude_defaults,
         r.response_model_exclude_none,
         not r.response_model_by_alias,
