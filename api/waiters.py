@@ -17,6 +17,11 @@ Jobs that become claimable by time (a fallback falls due, a retry backoff ends) 
 announced without their lane (re-queued by the reaper, fallback sweeps) are found by one shared,
 process-wide re-check: every ``claim_recheck_s`` while anyone waits, the oldest idle waiter of each
 distinct claim (same key, lanes and content types) runs its claim once. Waiting costs no query.
+
+A new long-poll whose group looked less than ``claim_recheck_s`` ago and found nothing, with no job
+announced since (``known_empty``), starts waiting without a query of its own when its caller allows
+it (``wait_first``: the route's presence bookkeeping): it is then exactly a claim that was already
+waiting. Idle workers re-poll every ~26 s, and each re-poll was one claim query that found nothing.
 """
 
 from __future__ import annotations
@@ -80,6 +85,13 @@ class Waiters:
         self._waiters: dict[int, Waiter] = {}  # insertion order = oldest first
         self._timer: asyncio.Task[None] | None = None
         self.claims_run = 0  # claim queries run by waiters (tests and metrics)
+        self.claims_skipped = 0  # long-polls that started waiting on a group's recent empty look
+        # Bumped whenever jobs are announced: an empty look older than the last announcement
+        # proves nothing about what is queued now.
+        self._announced = 0
+        self._empty: dict[
+            ClaimKey, tuple[float, int]
+        ] = {}  # group -> (its empty look began, _announced then)
 
     def __len__(self) -> int:
         return len(self._waiters)
@@ -87,6 +99,7 @@ class Waiters:
     # -- announcing work ---------------------------------------------------------------------
     def offer(self, jobs: Iterable[tuple[str | None, str | None]]) -> None:
         """One ticket per queued job ``(lane, content_type)``; ``(None, None)``: lane unknown."""
+        self._announced += 1
         unknown = False
         for lane, ctype in jobs:
             if lane is None and ctype is None:
@@ -141,6 +154,21 @@ class Waiters:
                 self._place(t)
 
     # -- waiting ---------------------------------------------------------------------------
+    def known_empty(self, key: ClaimKey) -> bool:
+        """This group's claim looked less than ``recheck_s`` ago, found nothing, and no job has
+        been announced since it began: a new claim of the group would find nothing either, except
+        a job that became claimable by time, which the shared re-check finds as for any waiter."""
+        seen = self._empty.get(key)
+        return seen is not None and seen[1] == self._announced and time.monotonic() - seen[0] < self.recheck_s
+
+    def _found_nothing(self, key: ClaimKey, began: float, announced: int) -> None:
+        """Note the group's empty look; one that overlapped an announcement never counts."""
+        if len(self._empty) > 10_000:  # a bound: keys and their lane sets come and go
+            self._empty.clear()
+        seen = self._empty.get(key)
+        if seen is None or seen[0] < began:
+            self._empty[key] = (began, announced)
+
     async def claim_or_wait(
         self,
         key: ClaimKey,
@@ -148,18 +176,35 @@ class Waiters:
         max_jobs: int,
         deadline: float,
         disconnected: Callable[[], Awaitable[bool]],
+        wait_first: Callable[[], bool] | None = None,
     ) -> list[T]:
         """Run ``claim`` now and again whenever a ticket arrives, until it leases jobs, the
-        ``deadline`` (``time.monotonic()``) passes or the client hangs up; [] when none came."""
+        ``deadline`` (``time.monotonic()``) passes or the client hangs up; [] when none came.
+
+        ``wait_first``: asked when the group is :meth:`known_empty` (and the claim may wait);
+        True lets this claim skip its first query and wait at once."""
         w = Waiter(next(self._ids), key)
         self._waiters[w.id] = w  # registered before the first query: nothing queued meanwhile is missed
         self._ensure_timer()
+        skip = (
+            wait_first is not None and deadline > time.monotonic() and self.known_empty(key) and wait_first()
+        )
+        if skip:
+            self.claims_skipped += 1
         try:
             while True:
+                if skip:  # as a waiter that was here already: wait for a ticket
+                    skip = False
+                    w.busy = False
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(w.event.wait(), deadline - time.monotonic())
+                    if not w.tickets or await disconnected():
+                        return []
                 w.busy = True
                 w.event.clear()
                 held, w.tickets = w.tickets, []
                 self.claims_run += 1
+                began, announced = time.monotonic(), self._announced
                 leased = await claim()
                 if leased:
                     # Tickets beyond the jobs taken go on; a full claim may have left more work.
@@ -171,6 +216,7 @@ class Waiters:
                     return leased
                 # Nothing for them here, nor for any waiter of this group (same query, and the
                 # jobs were committed before it ran): a waiter of another group looks.
+                self._found_nothing(key, began, announced)
                 for t in held:
                     t.tried.add(key)
                 self._pass_on(held)

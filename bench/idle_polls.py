@@ -229,7 +229,20 @@ async def main(a: argparse.Namespace) -> None:
                     "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1", dbname
                 )
             c0, p0, t0 = _cpu(pids), _cpu(await pg_pids()), time.perf_counter()
+            spy = None
+            if a.spy:  # its own CPU is not the server's: the server's tree only is measured
+                spy = subprocess.Popen(
+                    [
+                        *(str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(server.pid)),
+                        *("-r", "250", "-f", "raw", "-o", str(a.spy), "--nonblocking"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             await asyncio.sleep(a.measure_s)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
             backends = await pg_pids()
             c1, p1, t1 = _cpu(pids), _cpu(backends), time.perf_counter()
             rss = _rss_mb(pids)
@@ -311,6 +324,7 @@ if __name__ == "__main__":
     p.add_argument(
         "--set", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="extra MORAG_* setting"
     )
+    p.add_argument("--spy", type=Path, help="py-spy the server over the measured window into this file (raw)")
     p.add_argument("--poll-procs", type=int, default=4, help="processes the long-polls are spread over")
     if sys.argv[1:2] == ["--poll-child"]:
         base, keys, first, count = sys.argv[2:6]

@@ -225,6 +225,25 @@ class ClaimStore(StoreBase):
             ins.on_conflict_do_update(index_elements=[W.c.key_id, W.c.worker_id], set_=changed)
         )
 
+    def presence_kept(
+        self,
+        who: Principal,
+        worker_id: str,
+        lanes: list[LaneKind],
+        content_types: list[str],
+        name: str | None = None,
+        version: str | None = None,
+        device: str | None = None,
+    ) -> bool:
+        """For a long-poll that waits without running its claim (``api.waiters``): True when this
+        worker's row needs no write with a claim (this process knows it, with these lanes and
+        types), its refresh queued when due as a claim would queue it; False: the claim must run."""
+        shape = (tuple(lanes), tuple(content_types), name, version, device)
+        if (who.key_id, worker_id, shape) not in self._presence:
+            return False
+        self._presence_due(who, worker_id, shape, utcnow())
+        return True
+
     async def replay_claim(self, who: Principal, claim_id: str) -> list[LeasedJob]:
         """The jobs a previous claim with this idempotency id handed out and still holds."""
         async with self.autocommit.connect() as conn:  # one read: no transaction round trips

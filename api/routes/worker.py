@@ -117,9 +117,19 @@ async def claim(
             body.device,
         )
 
+    def wait_first() -> bool:  # its group found nothing just now: wait as the others do
+        return state.jobs.presence_kept(
+            who, body.worker_id, body.lanes, content_types, body.name, body.version, body.device
+        )
+
     # Waiting costs no query: a queued job wakes one suitable waiter (api.waiters).
     leased = await state.notifier.waiters.claim_or_wait(
-        claim_key(who, body.lanes, content_types), run_claim, body.max_jobs, deadline, request.is_disconnected
+        claim_key(who, body.lanes, content_types),
+        run_claim,
+        body.max_jobs,
+        deadline,
+        request.is_disconnected,
+        wait_first,
     )
     if leased and await request.is_disconnected():  # the worker left during its long-poll: give them back
         await state.jobs.release_claimed(who, leased)

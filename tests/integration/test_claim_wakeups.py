@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from api import keystore
 from api.app import create_app
@@ -83,6 +84,45 @@ async def test_one_new_job_costs_one_claim_query_not_one_per_waiter(
             t.cancel()
         await asyncio.gather(*polls, return_exceptions=True)
         assert len(env.state.notifier.waiters) == 0
+
+
+async def test_a_known_workers_repoll_waits_without_a_query_and_still_gets_the_next_job(
+    database_url: str, tmp_path: Path
+) -> None:
+    """An idle worker re-polls every ~26 s; its group looked and found nothing just now (and no job
+    was announced since), so its new long-poll waits at once instead of querying again."""
+    settings = make_settings(tmp_path, database_url=database_url, claim_recheck_s=30.0)
+    async with running_env(settings) as env:
+        calls = _count_claims(env)
+        assert await _poll(env, _body("w1", 0.05)) == []  # its first claim here: a query (and its row)
+        assert len(calls) == 1
+        repoll = asyncio.create_task(_poll(env, _body("w1", 20)))
+        await _until(lambda: len(env.state.notifier.waiters) == 1)
+        await asyncio.sleep(0.2)
+        assert len(calls) == 1, "a known worker's re-poll of an empty group must not query"
+        # A worker this process has not seen, or one that changed its name, writes its row with a claim.
+        others = [
+            asyncio.create_task(_poll(env, _body("w2", 20))),
+            asyncio.create_task(_poll(env, {**_body("w1", 20), "name": "renamed"})),
+        ]
+        await _until(lambda: len(calls) == 3)
+        rows: list[tuple[Any, ...]] = []
+        for _ in range(100):  # their claims commit the rows with their (empty) looks
+            async with env.state.engine.connect() as conn:
+                sql = text("SELECT worker_id, name FROM workers ORDER BY worker_id")
+                rows = [tuple(r) for r in (await conn.execute(sql)).all()]
+            if len(rows) == 2 and rows[0][1]:
+                break
+            await asyncio.sleep(0.05)
+        assert rows == [("w1", "renamed"), ("w2", None)]
+        alice, _ = await make_user(env.state.engine, "alice", Scope.client)
+        job = await submit(env.state, alice)
+        got = await asyncio.wait_for(repoll, 5)  # the oldest waiter: the one that never queried
+        assert [j["job_id"] for j in got] == [job]
+        assert len(calls) == 4
+        for t in others:
+            t.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
 
 async def test_a_job_queued_while_the_only_waiter_runs_its_query_is_not_lost(

@@ -83,6 +83,26 @@ async def test_refreshes_wait_for_one_batched_write(store, clock, statements) ->
     assert await store.jobs.flush_presence() == 0  # nothing twice
 
 
+async def test_a_repoll_that_waits_without_a_query_still_renews_presence(store, clock, statements) -> None:
+    """A known worker's long-poll may wait without its claim query (api.waiters): its presence
+    renewal is queued all the same, and an unknown worker or shape must run the claim."""
+    who, _ = await make_user(store.engine, "alice", Scope.worker)
+    lanes, types = [LaneKind.cpu], ["echo"]  # as tests.factories.claim asks
+    assert not store.jobs.presence_kept(who, "w1", lanes, types)  # never seen: its claim writes the row
+    await claim(store, who, "w1")
+    first = await _seen_at(store)
+    statements.clear()
+    assert store.jobs.presence_kept(who, "w1", lanes, types)
+    assert store.jobs.presence_kept(who, "w1", lanes, types, name="renamed") is False
+    assert store.jobs.presence_kept(who, "w1", [LaneKind.gpu, LaneKind.cpu], types) is False
+    assert await store.jobs.flush_presence() == 0  # fresh: nothing due
+    clock.now += base.PRESENCE_REFRESH_S + 1
+    assert store.jobs.presence_kept(who, "w1", lanes, types)
+    assert _worker_writes(statements) == []
+    assert await store.jobs.flush_presence() == 1
+    assert (await _seen_at(store))["w1"] > first["w1"]
+
+
 async def test_a_new_shape_is_written_with_the_claim(store, clock, statements) -> None:
     who, _ = await make_user(store.engine, "alice", Scope.worker)
     await claim(store, who, "w1", lanes=(LaneKind.cpu,))

@@ -199,3 +199,101 @@ async def test_the_shared_recheck_is_one_query_per_group_not_per_waiter() -> Non
     await asyncio.gather(*tasks, return_exceptions=True)
     await asyncio.sleep(0.25)
     assert w._timer is None  # no waiters, no timer
+
+
+# -- a new long-poll of a group that just found nothing waits without a query -------------------
+def _repoll(
+    w: Waiters, q: Queue, name: str, key: ClaimKey, allowed: bool = True, timeout: float = 5.0
+) -> asyncio.Task[list[str]]:
+    """A claim that may wait first (the route allows it for a worker it knows)."""
+    deadline = time.monotonic() + timeout
+    return asyncio.create_task(
+        w.claim_or_wait(key, q.claimer(name, key), 1, deadline, _never, wait_first=lambda: allowed)
+    )
+
+
+async def _empty_look(w: Waiters, q: Queue, key: ClaimKey) -> None:
+    """One claim of the group that finds nothing and leaves (a 204)."""
+    assert await w.claim_or_wait(key, q.claimer("look", key), 1, time.monotonic(), _never) == []
+
+
+async def test_a_repoll_after_an_empty_look_waits_without_a_query_and_still_gets_the_next_job() -> None:
+    w, q = Waiters(recheck_s=60), Queue()
+    await _empty_look(w, q, CPU_A)
+    assert w.known_empty(CPU_A) and not w.known_empty(CPU_B)
+    q.calls.clear()
+    task = _repoll(w, q, "again", CPU_A)
+    await _settle(w, 1)
+    assert q.calls == [] and w.claims_skipped == 1  # no query: it waits as the others do
+    q.jobs.append(("cpu-tasks-1", "j1"))
+    w.offer([("cpu-tasks-1", "echo")])
+    assert await asyncio.wait_for(task, 2) == ["j1"]
+    assert q.calls == ["again"]
+
+
+async def test_a_repoll_queries_after_any_announcement_since_the_empty_look() -> None:
+    w, q = Waiters(recheck_s=60), Queue()
+    await _empty_look(w, q, CPU_A)
+    q.jobs.append(("cpu-tasks-1", "j1"))
+    w.offer([("cpu-tasks-1", "echo")])  # nobody waited for it: the ticket found no waiter
+    assert not w.known_empty(CPU_A)
+    assert await asyncio.wait_for(_repoll(w, q, "again", CPU_A), 2) == ["j1"]
+    assert w.claims_skipped == 0
+
+
+async def test_a_look_that_overlapped_an_announcement_proves_nothing() -> None:
+    w, q = Waiters(recheck_s=60), Queue()
+    gate = asyncio.Event()
+
+    async def slow_empty() -> list[str]:
+        await gate.wait()  # the job is re-queued and announced while this query runs
+        return []
+
+    look = asyncio.create_task(w.claim_or_wait(CPU_A, slow_empty, 1, time.monotonic(), _never))
+    await asyncio.sleep(0.01)
+    q.jobs.append(("cpu-tasks-1", "j1"))
+    w.offer([(None, None)])  # lanes unknown (the reaper): no ticket for a busy waiter
+    gate.set()
+    assert await asyncio.wait_for(look, 2) == []
+    assert not w.known_empty(CPU_A)
+    assert await asyncio.wait_for(_repoll(w, q, "again", CPU_A), 2) == ["j1"]
+
+
+async def test_an_empty_look_goes_stale_after_the_recheck_interval() -> None:
+    w, q = Waiters(recheck_s=0.05), Queue()
+    await _empty_look(w, q, CPU_A)
+    assert w.known_empty(CPU_A)
+    await asyncio.sleep(0.06)
+    assert not w.known_empty(CPU_A)  # a job may have become claimable by time (a fallback due)
+    q.jobs.append(("cpu-tasks-1", "j1"))  # ... as this one did, unannounced
+    assert await asyncio.wait_for(_repoll(w, q, "again", CPU_A), 2) == ["j1"]
+    assert w.claims_skipped == 0
+
+
+async def test_a_waiting_repoll_is_rechecked_like_any_waiter() -> None:
+    w, q = Waiters(recheck_s=0.05), Queue()
+    await _empty_look(w, q, CPU_A)
+    task = _repoll(w, q, "again", CPU_A)
+    await _settle(w, 1)
+    assert w.claims_skipped == 1
+    q.jobs.append(("cpu-tasks-1", "j1"))  # claimable by time: nobody announces it
+    assert await asyncio.wait_for(task, 2) == ["j1"]  # the shared re-check found it
+
+
+async def test_a_repoll_the_caller_does_not_allow_to_wait_first_queries() -> None:
+    w, q = Waiters(recheck_s=60), Queue()
+    await _empty_look(w, q, CPU_A)
+    q.calls.clear()
+    task = _repoll(w, q, "first-claim", CPU_A, allowed=False)  # e.g. its presence must be written
+    await _settle(w, 1)
+    assert q.calls == ["first-claim"] and w.claims_skipped == 0
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_skipped_repoll_ends_empty_at_its_deadline() -> None:
+    w, q = Waiters(recheck_s=60), Queue()
+    await _empty_look(w, q, CPU_A)
+    q.calls.clear()
+    assert await asyncio.wait_for(_repoll(w, q, "again", CPU_A, timeout=0.05), 2) == []
+    assert q.calls == [] and len(w) == 0
