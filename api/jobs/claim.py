@@ -191,6 +191,39 @@ def _leased(rows: list[Row[Any]]) -> list[LeasedJob]:
     return sorted(jobs, key=lambda j: (-j.priority, j.id))
 
 
+_WORKER_COLUMNS = (
+    "key_id",
+    "worker_id",
+    "user_id",
+    "shared",
+    "serves_gpu",
+    "serves_cpu",
+    "content_types",
+    "name",
+    "version",
+    "device",
+    "first_seen_at",
+    "last_seen_at",
+)
+_upsert_cache: dict[str, Any] = {}
+
+
+def _upsert_statement(dialect: str) -> Any:
+    """A worker's presence row, inserted or updated (its first-seen time kept): built once per
+    dialect with bound parameters ``w_<column>``. Building it per claim cost ~1 ms of Python, 1,000
+    times over when 1,000 workers come back after a restart."""
+    stmt = _upsert_cache.get(dialect)
+    if stmt is None:
+        ins = (postgresql if dialect == "postgresql" else sqlite).insert(W)
+        ins = ins.values({c: bindparam(f"w_{c}", type_=W.c[c].type) for c in _WORKER_COLUMNS})
+        keep = ("key_id", "worker_id", "first_seen_at")
+        changed = {c: ins.excluded[c] for c in _WORKER_COLUMNS if c not in keep}
+        stmt = _upsert_cache[dialect] = ins.on_conflict_do_update(
+            index_elements=[W.c.key_id, W.c.worker_id], set_=changed
+        )
+    return stmt
+
+
 class ClaimStore(StoreBase):
     async def _upsert_worker(
         self,
@@ -218,12 +251,7 @@ class ClaimStore(StoreBase):
             first_seen_at=now,
             last_seen_at=now,
         )
-        ins = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(W).values(**values)
-        keep = ("key_id", "worker_id", "first_seen_at")
-        changed = {k: ins.excluded[k] for k in values if k not in keep}
-        await conn.execute(
-            ins.on_conflict_do_update(index_elements=[W.c.key_id, W.c.worker_id], set_=changed)
-        )
+        await conn.execute(_upsert_statement(conn.dialect.name), {f"w_{k}": v for k, v in values.items()})
 
     def presence_kept(
         self,

@@ -106,11 +106,16 @@ async def test_a_repoll_that_waits_without_a_query_still_renews_presence(store, 
 async def test_a_new_shape_is_written_with_the_claim(store, clock, statements) -> None:
     who, _ = await make_user(store.engine, "alice", Scope.worker)
     await claim(store, who, "w1", lanes=(LaneKind.cpu,))
+    async with store.engine.connect() as conn:
+        first = (await conn.execute(select(W.c.first_seen_at, W.c.last_seen_at))).one()
     statements.clear()
+    await asyncio.sleep(0.01)
     await claim(store, who, "w1", lanes=(LaneKind.cpu, LaneKind.gpu))  # now serves GPU too: at once
     assert len(_worker_writes(statements)) == 1
     async with store.engine.connect() as conn:
-        assert (await conn.execute(select(W.c.serves_gpu))).scalar_one() is True
+        row = (await conn.execute(select(W.c.serves_gpu, W.c.first_seen_at, W.c.last_seen_at))).one()
+    assert row.serves_gpu is True
+    assert row.first_seen_at == first.first_seen_at and row.last_seen_at > first.last_seen_at  # one row, updated
     statements.clear()
     await claim(store, who, "w1", lanes=(LaneKind.cpu, LaneKind.gpu))  # fresh: nothing to write
     assert _worker_writes(statements) == [] and await store.jobs.flush_presence() == 0
