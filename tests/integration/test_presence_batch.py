@@ -115,7 +115,7 @@ async def test_a_new_shape_is_written_with_the_claim(store, clock, statements) -
     async with store.engine.connect() as conn:
         row = (await conn.execute(select(W.c.serves_gpu, W.c.first_seen_at, W.c.last_seen_at))).one()
     assert row.serves_gpu is True
-    assert row.first_seen_at == first.first_seen_at and row.last_seen_at > first.last_seen_at  # one row, updated
+    assert row.first_seen_at == first.first_seen_at and row.last_seen_at > first.last_seen_at
     statements.clear()
     await claim(store, who, "w1", lanes=(LaneKind.cpu, LaneKind.gpu))  # fresh: nothing to write
     assert _worker_writes(statements) == [] and await store.jobs.flush_presence() == 0
