@@ -295,6 +295,8 @@ class Runner:
             for job in jobs:
                 claimed_total += 1
                 self._start_job(job)
+            if jobs:  # the jobs start before the next claim is built and sent
+                await asyncio.sleep(0)
         return 0
 
     def prefetch(self) -> int:
