@@ -23,15 +23,14 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from datetime import datetime
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e_bench import PG_URL, free_port, percentile, pg, wait_until
-from http_costs import _ok
+from e2e_bench import free_port, percentile, pg, wait_until
+from http_costs import _ok, bench_server_env
 
 
 def main() -> None:
@@ -49,27 +48,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="morag-dispatch-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MORAG_")}
-    env.update(MORAG_DATA_DIR=str(work), MORAG_SECRET_KEY="bench", MORAG_LOG_LEVEL="warning")
-    env.update(
-        {f"MORAG_RATE_{k}": "1000000" for k in ("SUBMIT_PER_S", "SUBMIT_BURST", "CLAIM_PER_S", "CLAIM_BURST")}
-    )
-    env.update(kv.split("=", 1) for kv in args.set)
-    db = None
-    if not args.sqlite:
-        db = f"morag_dispatch_{uuid.uuid4().hex[:8]}"
-        pg(f'CREATE DATABASE "{db}"')
-        env["MORAG_DATABASE_URL"] = PG_URL.format(db=db).replace("postgresql:", "postgresql+asyncpg:")
-
-    def cli(*a: str) -> str:
-        out = subprocess.run(
-            [sys.executable, "-m", "api", *a], env=env, capture_output=True, text=True, check=True
-        )
-        return out.stdout.strip().splitlines()[-1].split()[-1]
-
-    cli("users", "create", "bench")
-    wk = cli("keys", "create", "--user", "bench", "--scope", "worker")
-    ck = cli("keys", "create", "--user", "bench", "--scope", "client")
+    env, db, wk, ck = bench_server_env(work, args.sqlite, args.set, "morag_dispatch")
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "api", "serve", "--host", "127.0.0.1", "--port", str(port)],

@@ -39,6 +39,36 @@ def cpu_s(pids: list[int]) -> float:
     return total
 
 
+def bench_server_env(
+    work: Path, sqlite: bool, settings: list[str], db_prefix: str
+) -> tuple[dict[str, str], str | None, str, str]:
+    """The environment of a bench server (data in ``work``, per-key rate limits lifted, ``settings``
+    as MORAG_X=V), a fresh PostgreSQL database unless ``sqlite``, a user with a worker key and a
+    client key: (env, database name or None, worker key, client key)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MORAG_")}
+    env.update(MORAG_DATA_DIR=str(work), MORAG_SECRET_KEY="bench", MORAG_LOG_LEVEL="warning")
+    env.update(
+        {f"MORAG_RATE_{k}": "1000000" for k in ("SUBMIT_PER_S", "SUBMIT_BURST", "CLAIM_PER_S", "CLAIM_BURST")}
+    )
+    env.update(kv.split("=", 1) for kv in settings)
+    db = None
+    if not sqlite:
+        db = f"{db_prefix}_{uuid.uuid4().hex[:8]}"
+        pg(f'CREATE DATABASE "{db}"')
+        env["MORAG_DATABASE_URL"] = PG_URL.format(db=db).replace("postgresql:", "postgresql+asyncpg:")
+
+    def cli(*a: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "api", *a], env=env, capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip().splitlines()[-1].split()[-1]
+
+    cli("users", "create", "bench")
+    wk = cli("keys", "create", "--user", "bench", "--scope", "worker")
+    ck = cli("keys", "create", "--user", "bench", "--scope", "client")
+    return env, db, wk, ck
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=400)
@@ -52,27 +82,7 @@ def main() -> None:
     args = ap.parse_args()
     n = args.jobs
     work = Path(tempfile.mkdtemp(prefix="morag-http-costs-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MORAG_")}
-    env.update(MORAG_DATA_DIR=str(work), MORAG_SECRET_KEY="bench", MORAG_LOG_LEVEL="warning")
-    env.update(
-        {f"MORAG_RATE_{k}": "1000000" for k in ("SUBMIT_PER_S", "SUBMIT_BURST", "CLAIM_PER_S", "CLAIM_BURST")}
-    )
-    env.update(kv.split("=", 1) for kv in args.set)
-    db = None
-    if not args.sqlite:
-        db = f"morag_costs_{uuid.uuid4().hex[:8]}"
-        pg(f'CREATE DATABASE "{db}"')
-        env["MORAG_DATABASE_URL"] = PG_URL.format(db=db).replace("postgresql:", "postgresql+asyncpg:")
-
-    def cli(*a: str) -> str:
-        out = subprocess.run(
-            [sys.executable, "-m", "api", *a], env=env, capture_output=True, text=True, check=True
-        )
-        return out.stdout.strip().splitlines()[-1].split()[-1]
-
-    cli("users", "create", "bench")
-    wk = cli("keys", "create", "--user", "bench", "--scope", "worker")
-    ck = cli("keys", "create", "--user", "bench", "--scope", "client")
+    env, db, wk, ck = bench_server_env(work, args.sqlite, args.set, "morag_costs")
     port = free_port()
     prof = ["-m", "cProfile", "-o", str(args.cprofile)] if args.cprofile else []
     server = subprocess.Popen(
