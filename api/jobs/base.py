@@ -56,15 +56,24 @@ def fence_params(lease: Lease) -> dict[str, Any]:
     return {"fence_job": lease.job_id, "fence_token": lease.token, "fence_key": lease.key_id}
 
 
+_NEEDED = object()  # a parameter the caller must give
+
+
 @functools.lru_cache(maxsize=64)
-def _driver_sql(stmt: ClauseElement, dialect: Dialect) -> tuple[str, tuple[str, ...]]:
-    """``stmt`` as asyncpg's SQL text ($1, $2, ...) and the parameter name of each position.
+def _driver_sql(stmt: ClauseElement, dialect: Dialect) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """``stmt`` as asyncpg's SQL text ($1, $2, ...) and, per position, the parameter's name and
+    the value the statement itself gives it (a literal such as ``attempt + 1``), else ``_NEEDED``.
     Compiled once per statement object (the hot statements are built once and kept)."""
     compiled = stmt.compile(dialect=dialect)
     names = getattr(compiled, "positiontup", None)  # SQLCompiler: the bind names in $n order
     if names is None:
         raise TypeError(f"{dialect.name} does not compile to positional parameters")
-    return compiled.string, tuple(names)
+    if "POSTCOMPILE" in compiled.string:  # an expanding IN list: its text depends on the values
+        raise TypeError("a statement sent by the driver takes arrays (= ANY), not expanding IN lists")
+    binds = compiled.binds  # type: ignore[attr-defined]  # SQLCompiler (positiontup above)
+    return compiled.string, tuple(
+        (n, _NEEDED if binds[n].required or binds[n].callable is not None else binds[n].value) for n in names
+    )
 
 
 async def execute_direct(conn: AsyncConnection, stmt: ClauseElement, params: dict[str, Any]) -> None:
@@ -82,8 +91,8 @@ async def execute_direct(conn: AsyncConnection, stmt: ClauseElement, params: dic
 
 async def fetch_direct(conn: AsyncConnection, stmt: ClauseElement, params: dict[str, Any]) -> list[Any]:
     """Like :func:`execute_direct` for a statement that returns rows: each row with its columns
-    as attributes, as SQLAlchemy's rows have them (values as asyncpg decodes them: plain types
-    only, no JSON columns)."""
+    as attributes, as SQLAlchemy's rows have them (values as asyncpg decodes them; JSON columns
+    through the codec SQLAlchemy's dialect installs on each connection, so as Python objects)."""
     records = await _direct(conn, stmt, params, fetch=True)
     return [SimpleNamespace(**dict(r)) for r in records]
 
@@ -94,7 +103,7 @@ async def _direct(conn: AsyncConnection, stmt: ClauseElement, params: dict[str, 
     sql, names = _driver_sql(stmt, conn.dialect)
     driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None  # a checked-out connection has one
-    args = [params[n] for n in names]
+    args = [params[n] if n in params or fixed is _NEEDED else fixed for n, fixed in names]
     try:
         return await (driver.fetch(sql, *args) if fetch else driver.execute(sql, *args))
     except (

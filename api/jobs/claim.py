@@ -13,13 +13,13 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.ids import new_token, utcnow
 from api.jobs import claim_pg
-from api.jobs.base import QUEUED, RUNNING, StoreBase
+from api.jobs.base import QUEUED, RUNNING, StoreBase, fetch_direct
 from api.jobs.records import LeasedJob, TaskStage
 from api.jobs.tables import JOBS as J
 from api.jobs.tables import USERS as U
@@ -172,7 +172,7 @@ def claim_statement(
     return stmt, params
 
 
-def _leased(rows: list[Row[Any]]) -> list[LeasedJob]:
+def _leased(rows: list[Any]) -> list[LeasedJob]:
     jobs = [
         LeasedJob(
             id=r.id,
@@ -318,10 +318,9 @@ class ClaimStore(StoreBase):
             key_id=who.key_id,
         )
         write_presence = self._presence_due(who, worker_id, shape, now)
-        if not write_presence and dialect == "postgresql":
+        if not write_presence and dialect == "postgresql":  # one statement, sent by the driver itself
             async with self.autocommit.connect() as conn:
-                rows = (await conn.execute(stmt, params)).all()
-            return _leased(list(rows))
+                return _leased(await fetch_direct(conn, stmt, params))
         async with self.engine.begin() as conn:
             if write_presence:
                 await self._upsert_worker(

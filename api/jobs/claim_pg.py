@@ -23,7 +23,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, and_, bindparam, func, select, true, union_all, update
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Integer,
+    String,
+    and_,
+    any_,
+    bindparam,
+    func,
+    select,
+    true,
+    union_all,
+    update,
+)
 
 from api.jobs.base import QUEUED, RUNNING
 from api.jobs.tables import JOBS as J
@@ -35,7 +48,9 @@ def _base(now: Any) -> ColumnElement[bool]:
     return and_(
         J.c.state == QUEUED,
         J.c.run_after <= now,
-        J.c.content_type.in_(bindparam("ctypes", expanding=True)),
+        # One array parameter, not an expanding IN list: the statement's text stays the same
+        # for any number of types, so the driver can send it prepared (api.jobs.base._direct).
+        J.c.content_type == any_(bindparam("ctypes", type_=ARRAY(String()))),
     )
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from unittest import mock
 
+import asyncpg
 import pytest
 from sqlalchemy import event, text
 
@@ -51,15 +53,27 @@ async def _plan(
     sent: list[tuple[str, Any]] = []
 
     def grab(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-        if "SKIP LOCKED" in statement:
-            sent.append((statement, parameters))
+        if "SKIP LOCKED" in statement:  # through SQLAlchemy (a worker's first claim, with its row)
+            sent.append(("sqlalchemy", statement, parameters))
 
+    real_fetch = asyncpg.connection.Connection.fetch
+
+    async def fetch(self: Any, query: str, *args: Any, **kw: Any) -> Any:
+        if "SKIP LOCKED" in query:  # sent by the driver itself (api.jobs.base.fetch_direct)
+            sent.append(("driver", query, tuple(args)))
+        return await real_fetch(self, query, *args, **kw)
+
+    # A worker's first claim here goes with its presence row through SQLAlchemy; every later one
+    # (the hot path) is one statement sent by the driver: take that one (a claim of none first).
+    assert await store.jobs.claim(who, "w", lanes, ["echo"], 0, None) == []
     event.listen(store.engine.sync_engine, "before_cursor_execute", grab)
     try:
-        got = await store.jobs.claim(who, "w", lanes, ["echo"], n, None)
+        with mock.patch.object(asyncpg.connection.Connection, "fetch", fetch):
+            got = await store.jobs.claim(who, "w", lanes, ["echo"], n, None)
     finally:
         event.remove(store.engine.sync_engine, "before_cursor_execute", grab)
-    statement, parameters = sent[0]
+    [(path, statement, parameters)] = sent
+    assert path == "driver"
     async with store.engine.connect() as conn:
         trans = await conn.begin()
         raw = (await conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters)).scalar()

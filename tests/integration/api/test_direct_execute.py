@@ -79,3 +79,37 @@ async def test_another_database_error_is_500_not_a_crash(
     resp = await _submit(pg_env)
     assert resp.status_code == 500 and resp.json()["code"] == "internal_error", resp.text
     assert (await _submit(pg_env)).status_code == 202 and await _jobs(pg_env) == 1
+
+
+async def test_a_claim_sent_by_the_driver_hands_out_the_jobs_as_sqlalchemy_did(
+    pg_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A known worker's claim is one statement sent by asyncpg (its first claim here goes through
+    SQLAlchemy with its presence row): the same job fields either way, JSON options decoded."""
+    from api.keystore import Scope
+    from tests.factories import claim, make_user, submit
+
+    state = pg_env.state
+    alice, _ = await make_user(state.engine, "alice2", Scope.client)
+    worker, _ = await make_user(state.engine, "alice2", Scope.worker)  # her own worker
+    options = {"nested": [1, {"b": "ü"}], "fast": True}
+    first = await submit(state, alice, options=options, priority=5)
+    second = await submit(state, alice, options=options, priority=5)
+    sent: list[str] = []
+    real = asyncpg.connection.Connection.fetch
+
+    async def fetch(self: Any, query: str, *args: Any, **kw: Any) -> Any:
+        sent.append(query)
+        return await real(self, query, *args, **kw)
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetch", fetch)
+    [by_sqlalchemy] = await claim(state, worker, "w1")  # its first claim: presence, SQLAlchemy
+    assert not [q for q in sent if "SKIP LOCKED" in q]
+    [by_driver] = await claim(state, worker, "w1")
+    assert len([q for q in sent if "SKIP LOCKED" in q]) == 1
+    assert {by_sqlalchemy.id, by_driver.id} == {first, second}
+    for job in (by_sqlalchemy, by_driver):
+        assert job.options == options and job.priority == 5 and job.attempt == 1
+        assert job.content_type == "echo" and job.user_id == alice.user_id and job.lease_token
+    assert type(by_driver.lease_expires_at) is type(by_sqlalchemy.lease_expires_at)
+    assert (by_driver.lease_expires_at.tzinfo is None) == (by_sqlalchemy.lease_expires_at.tzinfo is None)
