@@ -89,9 +89,8 @@ class Waiters:
         # Bumped whenever jobs are announced: an empty look older than the last announcement
         # proves nothing about what is queued now.
         self._announced = 0
-        self._empty: dict[
-            ClaimKey, tuple[float, int]
-        ] = {}  # group -> (its empty look began, _announced then)
+        # Per group: when its last empty look began, and _announced then.
+        self._empty: dict[ClaimKey, tuple[float, int]] = {}
 
     def __len__(self) -> int:
         return len(self._waiters)
@@ -193,41 +192,36 @@ class Waiters:
             self.claims_skipped += 1
         try:
             while True:
-                if skip:  # as a waiter that was here already: wait for a ticket
-                    skip = False
+                if not skip:
+                    w.busy = True
+                    w.event.clear()
+                    held, w.tickets = w.tickets, []
+                    self.claims_run += 1
+                    began, announced = time.monotonic(), self._announced
+                    leased = await claim()
+                    if leased:
+                        # Tickets beyond the jobs taken go on; a full claim may have left more work.
+                        spare = [t for t in held + w.tickets if not t.recheck][len(leased) :]
+                        w.tickets = []
+                        self._pass_on(spare)
+                        if len(leased) >= max_jobs and any(t.recheck for t in held):
+                            self._look_again(key)  # a re-check (lanes unknown) may have found more than one
+                        return leased
+                    # Nothing for them here, nor for any waiter of this group (same query, and the
+                    # jobs were committed before it ran): a waiter of another group looks.
+                    self._found_nothing(key, began, announced)
+                    for t in held:
+                        t.tried.add(key)
+                    self._pass_on(held)
                     w.busy = False
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(w.event.wait(), deadline - time.monotonic())
-                    if not w.tickets or await disconnected():
+                    if w.tickets:  # arrived during the query: look again at once
+                        continue
+                    if deadline - time.monotonic() <= 0 or await disconnected():
                         return []
-                w.busy = True
-                w.event.clear()
-                held, w.tickets = w.tickets, []
-                self.claims_run += 1
-                began, announced = time.monotonic(), self._announced
-                leased = await claim()
-                if leased:
-                    # Tickets beyond the jobs taken go on; a full claim may have left more work.
-                    spare = [t for t in held + w.tickets if not t.recheck][len(leased) :]
-                    w.tickets = []
-                    self._pass_on(spare)
-                    if len(leased) >= max_jobs and any(t.recheck for t in held):
-                        self._look_again(key)  # a re-check (lanes unknown) may have found more than one
-                    return leased
-                # Nothing for them here, nor for any waiter of this group (same query, and the
-                # jobs were committed before it ran): a waiter of another group looks.
-                self._found_nothing(key, began, announced)
-                for t in held:
-                    t.tried.add(key)
-                self._pass_on(held)
+                skip = False  # a claim that skipped its query waits as one that was here already
                 w.busy = False
-                if w.tickets:  # arrived during the query: look again at once
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or await disconnected():
-                    return []
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(w.event.wait(), remaining)
+                    await asyncio.wait_for(w.event.wait(), deadline - time.monotonic())
                 if not w.tickets:
                     return []  # the deadline passed
                 if await disconnected():

@@ -191,6 +191,13 @@ def _leased(rows: list[Any]) -> list[LeasedJob]:
     return sorted(jobs, key=lambda j: (-j.priority, j.id))
 
 
+def _presence_shape(
+    lanes: list[LaneKind], content_types: list[str], name: str | None, version: str | None, device: str | None
+) -> tuple[Any, ...]:
+    """What a worker's presence row says of it: a claim with another shape writes the row again."""
+    return (tuple(lanes), tuple(content_types), name, version, device)
+
+
 _WORKER_COLUMNS = (
     "key_id",
     "worker_id",
@@ -266,7 +273,7 @@ class ClaimStore(StoreBase):
         """For a long-poll that waits without running its claim (``api.waiters``): True when this
         worker's row needs no write with a claim (this process knows it, with these lanes and
         types), its refresh queued when due as a claim would queue it; False: the claim must run."""
-        shape = (tuple(lanes), tuple(content_types), name, version, device)
+        shape = _presence_shape(lanes, content_types, name, version, device)
         if (who.key_id, worker_id, shape) not in self._presence:
             return False
         self._presence_due(who, worker_id, shape, utcnow())
@@ -306,7 +313,7 @@ class ClaimStore(StoreBase):
         (:meth:`flush_presence`): 1,000 workers re-polling in the same second were 1,000 write
         transactions, and a submission (timed by curl) waited up to 1.2 s behind them."""
         now = utcnow()
-        shape = (tuple(lanes), tuple(content_types), name, version, device)
+        shape = _presence_shape(lanes, content_types, name, version, device)
         dialect = self.engine.dialect.name
         stmt, params = claim_statement(dialect, who, lanes, content_types, max_jobs)
         params.update(
