@@ -113,3 +113,55 @@ async def test_a_claim_sent_by_the_driver_hands_out_the_jobs_as_sqlalchemy_did(
         assert job.content_type == "echo" and job.user_id == alice.user_id and job.lease_token
     assert type(by_driver.lease_expires_at) is type(by_sqlalchemy.lease_expires_at)
     assert (by_driver.lease_expires_at.tzinfo is None) == (by_sqlalchemy.lease_expires_at.tzinfo is None)
+
+
+async def test_one_job_and_a_batch_store_the_same_row(pg_env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One job goes in by a one-row VALUES statement, a batch by arrays (``unnest``): every column
+    the same either way, JSON included, NULLs where the job has no value, and both NOTIFY."""
+    from api.jobs.records import JobKind, NewJob
+    from api.keystore import Scope
+    from protocol.states import LaneKind
+    from tests.factories import make_user
+
+    state = pg_env.state
+    alice, _ = await make_user(state.engine, "alice3", Scope.client)
+    sent: list[str] = []
+    real = asyncpg.connection.Connection.execute
+
+    async def execute(self: Any, query: str, *args: Any, **kw: Any) -> Any:
+        sent.append(query)
+        return await real(self, query, *args, **kw)
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "execute", execute)
+    woken: list[Any] = []
+    monkeypatch.setattr(state.notifier, "wake", woken.append)
+    job = NewJob(
+        content_type="document",
+        lane_kind=LaneKind.gpu,
+        kind=JobKind.ingest,
+        source_url="https://example.org/ü.pdf",
+        options={"nested": [1, {"b": "ü"}], "fast": True, "none": None},
+        priority=3,
+        document_id="doc-1",
+        webhook_url="https://hooks.example.org/x",
+        index_options={"chunk_size": 500},
+    )
+    bare = NewJob(content_type="echo", lane_kind=LaneKind.cpu, source_url="https://example.org/a")
+    [one] = await state.jobs.enqueue_many(alice, [job])
+    [bare_one] = await state.jobs.enqueue_many(alice, [bare])
+    batch = await state.jobs.enqueue_many(alice, [job, bare])
+    assert [q for q in sent if "VALUES" in q and "unnest" not in q] and [q for q in sent if "unnest" in q]
+    assert len(woken) == 3  # each insert announced its jobs
+    async with state.engine.connect() as conn:
+        rows = {r.id: r._asdict() for r in await conn.execute(text("SELECT * FROM jobs"))}
+    skip = {"id", "created_at", "updated_at", "run_after", "fallback_at", "shared_at"}
+    for single, batched in ((one, batch[0]), (bare_one, batch[1])):
+        a, b = rows[single], rows[batched]
+        assert {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
+        for k in ("run_after", "fallback_at", "shared_at"):  # same offsets from the creation time
+            da = None if a[k] is None else a[k] - a["created_at"]
+            db = None if b[k] is None else b[k] - b["created_at"]
+            assert da == db, k
+    assert rows[one]["options"] == job.options and rows[one]["index_options"] == {"chunk_size": 500}
+    assert rows[bare_one]["index_options"] is None and rows[bare_one]["webhook_url"] is None
+    assert rows[one]["state"] == "queued" and rows[one]["attempt"] == 0 and rows[one]["progress"] == 0.0
