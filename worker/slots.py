@@ -17,6 +17,8 @@ import asyncio
 import logging
 import multiprocessing
 import signal
+import socket
+import struct
 import sys
 import threading
 import types
@@ -25,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Protocol
 
 from protocol.errors import ErrorClass
@@ -95,6 +98,76 @@ def _main_not_rerun() -> Iterator[None]:
         sys.modules["__main__"] = saved
 
 
+_SIZE = struct.Struct("!i")  # multiprocessing.connection's frame header: the payload's length...
+_BIG_SIZE = struct.Struct("!Q")  # ...or -1 and then this, past 2 GiB
+_READ_BYTES = 1 << 18
+
+
+class ChildPipe:
+    """The parent's end of a slot's pipe, read by the event loop itself.
+
+    The child keeps its ``multiprocessing`` Connection (``worker.child``); this end speaks the
+    same framing (a 4-byte big-endian length, or -1 and an 8-byte one, then the pickled message)
+    on a non-blocking socket watched by the loop. A reader thread per child blocked in ``recv``
+    and handed each message over with ``call_soon_threadsafe``: a thread switch, a contended GIL
+    and a write to the loop's wake-up pipe per message, three messages per job
+    (docs/benchmarks.md, stop 23). Messages arrive in ``inbox``; ``("eof",)`` once the child's
+    end is closed (the child exited or died)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._buf = bytearray()
+        self._reading = True
+        self.loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(_READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the child's end is closed
+            self._stop_reading()
+            self.inbox.put_nowait(("eof",))
+            return
+        buf = self._buf
+        buf += data
+        while len(buf) >= _SIZE.size:
+            (size,) = _SIZE.unpack_from(buf)
+            head = _SIZE.size
+            if size == -1:
+                if len(buf) < head + _BIG_SIZE.size:
+                    return
+                (size,) = _BIG_SIZE.unpack_from(buf, head)
+                head += _BIG_SIZE.size
+            end = head + size
+            if len(buf) < end:
+                return
+            msg = ForkingPickler.loads(buf[head:end])
+            del buf[:end]
+            self.inbox.put_nowait(msg)
+
+    async def send(self, msg: tuple[Any, ...]) -> None:
+        """One message to the child (raises OSError once its end is gone)."""
+        payload = bytes(ForkingPickler.dumps(msg))
+        size = len(payload)
+        head = _SIZE.pack(size) if size <= 0x7FFFFFFF else _SIZE.pack(-1) + _BIG_SIZE.pack(size)
+        await self.loop.sock_sendall(self.sock, head + payload)
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self.loop.remove_reader(self.sock.fileno())
+
+    def close(self) -> None:
+        self._stop_reading()
+        self.sock.close()
+
+
 class ProcessSlot:
     """One child process, started on first use and after each death, running one job at a time."""
 
@@ -106,8 +179,7 @@ class ProcessSlot:
         self.kill_after_s = kill_after_s
         self._ctx = multiprocessing.get_context("spawn")
         self._proc: BaseProcess | None = None
-        self._conn: Connection | None = None
-        self._inbox: asyncio.Queue[tuple[Any, ...]] | None = None
+        self._pipe: ChildPipe | None = None
         self._stopped = False
         self.started = 0  # children started so far (1 + restarts)
 
@@ -119,31 +191,20 @@ class ProcessSlot:
         return self._proc is not None and self._proc.is_alive()
 
     def _start(self) -> None:
-        loop = asyncio.get_running_loop()
-        parent, child = self._ctx.Pipe()
+        ours, theirs = socket.socketpair()  # what multiprocessing's Pipe() is made of
+        child = Connection(theirs.detach())
         proc = self._ctx.Process(
             target=child_main, args=(child, self.config, self.log_format), name="morag-slot", daemon=True
         )
-        with _main_not_rerun():
-            proc.start()
-        child.close()
-        inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-
-        def read() -> None:  # one reader thread per child: recv blocks, the event loop must not
-            while True:
-                try:
-                    msg = parent.recv()
-                except (EOFError, OSError):
-                    msg = ("eof",)
-                try:
-                    loop.call_soon_threadsafe(inbox.put_nowait, msg)
-                except RuntimeError:  # the loop is closed: the worker is exiting
-                    return
-                if msg[0] == "eof":
-                    return
-
-        threading.Thread(target=read, name=f"slot-reader-{proc.pid}", daemon=True).start()
-        self._proc, self._conn, self._inbox = proc, parent, inbox
+        try:
+            with _main_not_rerun():
+                proc.start()
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            child.close()
+        self._proc, self._pipe = proc, ChildPipe(ours)
         self.started += 1
 
     def warm(self) -> None:
@@ -155,12 +216,13 @@ class ProcessSlot:
         if self._stopped or not self.alive():
             await self._reap()
             self._start()
-        assert self._conn is not None and self._inbox is not None
+        pipe = self._pipe
+        assert pipe is not None
         fields = asdict(inp)
         fields.pop("progress")
-        inbox = self._inbox
+        inbox = pipe.inbox
         try:
-            self._conn.send(("job", fields))
+            await pipe.send(("job", fields))
             while True:
                 msg = await inbox.get()
                 kind = msg[0]
@@ -211,9 +273,9 @@ class ProcessSlot:
     async def _reap(self) -> int | None:
         """Wait for the dead (or dying) child; its exit code."""
         proc, self._proc = self._proc, None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
         if proc is None:
             return None
         self._stopped = False
@@ -224,10 +286,10 @@ class ProcessSlot:
         return proc.exitcode
 
     async def close(self) -> None:
-        if self._conn is not None and self.alive():
+        if self._pipe is not None and self.alive():
             try:
-                self._conn.send(("quit",))
-            except OSError:
+                await asyncio.wait_for(self._pipe.send(("quit",)), 2.0)
+            except (OSError, TimeoutError):
                 pass
         proc = self._proc
         if proc is not None:
