@@ -14,6 +14,7 @@ boundary, but a stopped job only ends at its next progress report.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import multiprocessing
 import signal
@@ -24,7 +25,6 @@ import threading
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.reduction import ForkingPickler
@@ -218,8 +218,8 @@ class ProcessSlot:
             self._start()
         pipe = self._pipe
         assert pipe is not None
-        fields = asdict(inp)
-        fields.pop("progress")
+        # Shallow: pickling copies the values anyway (asdict deep-copied each job's options first).
+        fields = {f.name: getattr(inp, f.name) for f in dataclasses.fields(inp) if f.name != "progress"}
         inbox = pipe.inbox
         try:
             await pipe.send(("job", fields))
