@@ -87,7 +87,8 @@ class WorkerConfig:
     isolation: str = "process"  # process: each slot's jobs run in a child process the worker can kill
     kill_after_s: float = 1.0  # a stopped child gets this long after SIGTERM before SIGKILL
     spool_after_s: float = 1.0  # results of jobs that ran this long go to disk before they are sent
-    prefetch: int = -1  # jobs leased ahead of free slots while jobs are short; -1: as many as slots
+    prefetch: int = -1  # jobs leased ahead of free slots while jobs are short; -1: as the slots start them
+    #                    within prefetch_below_s, 1-3 per slot (Runner.prefetch)
     prefetch_below_s: float = 0.1  # prefetch only while the recent jobs ran shorter than this
     once: bool = False
     log_format: str = "text"

@@ -34,6 +34,9 @@ log = logging.getLogger("morag.worker")
 # The longest a finished job's result waits for a claim to ride on before a claim (or, with no
 # room for a job, a completion of its own) goes anyway.
 RIDE_WAIT_S = 0.05
+# --prefetch -1 leases at most this many jobs ahead per slot (Celery reserves 4 messages per slot by
+# default: the running one and 3 ahead).
+AUTO_AHEAD_PER_SLOT = 3
 
 
 class FatalSetupError(Exception):
@@ -300,13 +303,25 @@ class Runner:
         return 0
 
     def prefetch(self) -> int:
-        """How many jobs to lease beyond the slots now: ``--prefetch`` while every recent job ran
-        shorter than ``--prefetch-below`` (a claim then carries more results and leases more jobs;
-        long jobs are never held back from other workers), else none."""
+        """How many jobs to lease beyond the slots now, while every recent job ran shorter than
+        ``--prefetch-below`` (a claim then carries more results and leases more jobs; long jobs
+        are never held back from other workers), else none.
+
+        ``--prefetch N`` leases N ahead. ``-1`` (the default) leases as many as the slots start
+        within ``--prefetch-below`` at the longest recent job's length (so a leased job waits
+        about that long at most), at least one per slot and at most ``AUTO_AHEAD_PER_SLOT``:
+        jobs of a few ms go 3 per slot ahead, one claim per 3-4 rounds of the slots instead of
+        one per round (docs/benchmarks.md, stop 23)."""
         cfg = self.config
-        if cfg.once or cfg.prefetch == 0 or not self._recent or max(self._recent) >= cfg.prefetch_below_s:
+        if cfg.once or cfg.prefetch == 0 or not self._recent:
             return 0
-        return cfg.concurrency if cfg.prefetch < 0 else cfg.prefetch
+        longest = max(self._recent)
+        if longest >= cfg.prefetch_below_s:
+            return 0
+        if cfg.prefetch > 0:
+            return cfg.prefetch
+        within = int(cfg.concurrency * cfg.prefetch_below_s / max(longest, 1e-6))
+        return max(cfg.concurrency, min(within, AUTO_AHEAD_PER_SLOT * cfg.concurrency))
 
     def _redeliver_spooled(self) -> None:
         """Send spooled results in the background (one pass at a time) while the worker runs, so a

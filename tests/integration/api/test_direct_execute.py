@@ -43,6 +43,19 @@ def _fail_inserts_with(monkeypatch: pytest.MonkeyPatch, exc: Exception) -> list[
     return seen
 
 
+def _record_sent(monkeypatch: pytest.MonkeyPatch, method: str) -> list[str]:
+    """The SQL texts asyncpg is asked to run through ``Connection.<method>`` from now on."""
+    sent: list[str] = []
+    real = getattr(asyncpg.connection.Connection, method)
+
+    async def recording(self: Any, query: str, *args: Any, **kw: Any) -> Any:
+        sent.append(query)
+        return await real(self, query, *args, **kw)
+
+    monkeypatch.setattr(asyncpg.connection.Connection, method, recording)
+    return sent
+
+
 async def _submit(env: Env) -> Any:
     return await env.client.post("/process/url", params={"wait_s": 0}, headers=env.alice, json=ECHO)
 
@@ -95,14 +108,7 @@ async def test_a_claim_sent_by_the_driver_hands_out_the_jobs_as_sqlalchemy_did(
     options = {"nested": [1, {"b": "ü"}], "fast": True}
     first = await submit(state, alice, options=options, priority=5)
     second = await submit(state, alice, options=options, priority=5)
-    sent: list[str] = []
-    real = asyncpg.connection.Connection.fetch
-
-    async def fetch(self: Any, query: str, *args: Any, **kw: Any) -> Any:
-        sent.append(query)
-        return await real(self, query, *args, **kw)
-
-    monkeypatch.setattr(asyncpg.connection.Connection, "fetch", fetch)
+    sent = _record_sent(monkeypatch, "fetch")
     [by_sqlalchemy] = await claim(state, worker, "w1")  # its first claim: presence, SQLAlchemy
     assert not [q for q in sent if "SKIP LOCKED" in q]
     [by_driver] = await claim(state, worker, "w1")
@@ -125,14 +131,7 @@ async def test_one_job_and_a_batch_store_the_same_row(pg_env: Env, monkeypatch: 
 
     state = pg_env.state
     alice, _ = await make_user(state.engine, "alice3", Scope.client)
-    sent: list[str] = []
-    real = asyncpg.connection.Connection.execute
-
-    async def execute(self: Any, query: str, *args: Any, **kw: Any) -> Any:
-        sent.append(query)
-        return await real(self, query, *args, **kw)
-
-    monkeypatch.setattr(asyncpg.connection.Connection, "execute", execute)
+    sent = _record_sent(monkeypatch, "execute")
     woken: list[Any] = []
     monkeypatch.setattr(state.notifier, "wake", woken.append)
     job = NewJob(

@@ -649,7 +649,8 @@ async def test_short_jobs_are_prefetched_without_running_more_than_the_slots(
 ) -> None:
     for i in range(16):
         server.add(f"J{i:02d}", sleep_s=0.05)
-    # --prefetch -1: as many as the slots; these jobs count as short even on a loaded machine
+    # --prefetch -1: these jobs count as short even on a loaded machine, and the slots start
+    # far more than 3 each within 5 s: 3 per slot ahead
     runner = make_runner(tmp_path, concurrency=2, prefetch_below_s=5.0)
     most: list[int] = []
 
@@ -660,11 +661,31 @@ async def test_short_jobs_are_prefetched_without_running_more_than_the_slots(
     await run_until(runner, done)
     asked = [c["max_jobs"] for c in server.claims]
     assert asked[0] == 2  # nothing known about the jobs yet: the free slots only
-    # Short jobs seen: up to 2 slots + 2 leased ahead (3 when a claim goes while a job still runs).
-    assert max(asked) >= 3 and all(a <= 4 for a in asked)
+    # Short jobs seen: up to 2 slots + 6 leased ahead (fewer when a claim goes while jobs still run).
+    assert max(asked) >= 5 and all(a <= 8 for a in asked)
     assert max(most) <= 2  # never more jobs processing than --concurrency
     assert sorted(c["job_id"] for c in server.completed) == [f"J{i:02d}" for i in range(16)]
     assert not server.failed
+
+
+@pytest.mark.parametrize(
+    ("recent", "prefetch", "expected"),
+    [
+        ([0.001, 0.002], -1, 12),  # a few ms: 3 per slot ahead (the cap)
+        ([0.04, 0.05], -1, 8),  # 4 slots start 8 such jobs within 0.1 s
+        ([0.02, 0.09], -1, 4),  # the longest decides; never fewer than one per slot
+        ([0.01, 0.1], -1, 0),  # one job at --prefetch-below: no prefetch at all
+        ([0.01], 2, 2),  # --prefetch N: N ahead
+        ([0.01], 0, 0),  # --prefetch 0: off
+        ([], -1, 0),  # nothing known yet
+    ],
+)
+def test_how_many_jobs_are_leased_ahead(
+    tmp_path: Path, recent: list[float], prefetch: int, expected: int
+) -> None:
+    runner = make_runner(tmp_path, concurrency=4, prefetch=prefetch, prefetch_below_s=0.1)
+    runner._recent.extend(recent)
+    assert runner.prefetch() == expected
 
 
 async def test_long_jobs_are_not_prefetched(server: FakeServer, tmp_path: Path) -> None:
@@ -691,7 +712,7 @@ async def test_a_prefetched_job_keeps_its_lease_while_it_waits_for_a_slot(
     server.add("J3")  # leased with J2, waits for the slot
     runner = make_runner(tmp_path, concurrency=1, prefetch_below_s=5.0)
     await run_until(runner, lambda: len(server.completed) == 3)
-    assert [c["max_jobs"] for c in server.claims[:2]] == [1, 2]
+    assert [c["max_jobs"] for c in server.claims[:2]] == [1, 4]  # J1; then its slot + 3 ahead
     j3_beats = [hb for hb in server.heartbeats if hb["job_id"] == "J3"]
     assert j3_beats, "the waiting job's lease was not extended"
     assert [c["job_id"] for c in server.completed] == ["J1", "J2", "J3"]
