@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import os
+import sqlite3
 import sys
 import threading
 import weakref
@@ -30,9 +33,7 @@ def make_engine(url: str) -> AsyncEngine:
         threads = _SQLITE_THREADS.setdefault(engine.sync_engine, [])
 
         def _open(*args: Any, **kw: Any) -> Any:
-            import aiosqlite
-
-            conn = aiosqlite.connect(*args, **kw)
+            conn = _one_hop_connection(*args, **kw)
             thread = getattr(conn, "_thread", None)
             if isinstance(thread, threading.Thread):
                 thread.daemon = True
@@ -67,6 +68,129 @@ def make_engine(url: str) -> AsyncEngine:
         pool_recycle=1800,  # no pre-ping: it costs a round trip on every checkout of the queue's hot path
         connect_args={"server_settings": {"idle_in_transaction_session_timeout": "30000"}},
     )
+
+
+_BEGIN = "BEGIN IMMEDIATE"  # every SQLite transaction's start (``make_engine``)
+
+
+class _Cursor:
+    """A cursor SQLAlchemy's aiosqlite adapter can drive, with ONE trip to the connection's thread
+    per statement: the sqlite3 cursor is opened, run, read to the end and closed in that one call.
+
+    aiosqlite's own cursor makes a trip to its thread for each step (open, execute, fetchall,
+    close: four per statement that returns rows), each a queue hand-off, a thread wake-up and a
+    ``call_soon_threadsafe`` back; a claim on SQLite was eight such trips (docs/benchmarks.md,
+    stop 24). The adapter reads every row of a statement at once anyway (no server-side cursors
+    here), so nothing is held longer than before; a statement's rows are read before its
+    ``rowcount`` is taken, which is then final (an ``UPDATE ... RETURNING`` counts its rows as
+    they are read).
+
+    ``BEGIN IMMEDIATE`` makes no trip of its own: it runs in the trip of the transaction's first
+    statement, just before it, so the write lock is still taken before anything is read or
+    written (and a busy database still fails the transaction before its first statement runs).
+    A transaction that ran no statement commits or rolls back without a trip."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._rows: collections.deque[Any] = collections.deque()
+        self.description: Any = None
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self.arraysize = 1
+
+    def __await__(self) -> Any:  # ``await conn.cursor()`` as with aiosqlite
+        return self.__aenter__().__await__()
+
+    async def __aenter__(self) -> _Cursor:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def _run(self, sql: str, parameters: Any, many: bool) -> tuple[Any, Any, int, int | None]:
+        """In the connection's thread: the statement run and read; (rows, description, rowcount,
+        lastrowid)."""
+        conn = self._conn
+        if conn._begin_pending:  # the write lock first, as BEGIN IMMEDIATE on its own would take it
+            conn._begin_pending = False
+            conn._conn.execute(_BEGIN)
+        cur = conn._conn.cursor()
+        try:
+            if many:
+                cur.executemany(sql, parameters)
+            else:
+                cur.execute(sql, parameters)
+            rows = cur.fetchall() if cur.description else ()
+            return rows, cur.description, cur.rowcount, cur.lastrowid
+        finally:
+            cur.close()
+
+    async def _go(self, sql: str, parameters: Any, many: bool) -> _Cursor:
+        rows, self.description, self.rowcount, self.lastrowid = await self._conn._execute(
+            self._run, sql, parameters, many
+        )
+        self._rows = collections.deque(rows)
+        return self
+
+    async def execute(self, sql: str, parameters: Any = ()) -> _Cursor:
+        if sql == _BEGIN and not parameters:  # taken with the transaction's first statement
+            self._conn._begin_pending = True
+            self._rows.clear()
+            self.description, self.rowcount, self.lastrowid = None, -1, None
+            return self
+        return await self._go(sql, () if parameters is None else parameters, False)
+
+    async def executemany(self, sql: str, parameters: Any) -> _Cursor:
+        return await self._go(sql, parameters, True)
+
+    async def fetchone(self) -> Any:
+        return self._rows.popleft() if self._rows else None
+
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        rows = self._rows
+        return [rows.popleft() for _ in range(min(size or self.arraysize, len(rows)))]
+
+    async def fetchall(self) -> list[Any]:
+        rows, self._rows = list(self._rows), collections.deque()
+        return rows
+
+    async def close(self) -> None:
+        self._rows.clear()
+
+
+def _one_hop_connection(*args: Any, **kw: Any) -> Any:
+    """An aiosqlite connection (its thread, commit, rollback and close as they are) whose cursors
+    make one trip to that thread per statement (:class:`_Cursor`). ``args``/``kw``: sqlite3.connect's,
+    as SQLAlchemy's dialect passes them to ``aiosqlite.connect``."""
+    return _one_hop_class()(functools.partial(sqlite3.connect, *args, **kw), 64)
+
+
+@functools.cache
+def _one_hop_class() -> type:
+    import aiosqlite
+
+    class OneHopConnection(aiosqlite.Connection):
+        _begin_pending = False  # BEGIN IMMEDIATE asked for, to be run with the next statement
+
+        def cursor(self) -> Any:
+            return _Cursor(self)
+
+        async def commit(self) -> None:
+            if self._begin_pending:  # no statement since BEGIN: nothing to commit
+                self._begin_pending = False
+                return
+            await super().commit()
+
+        async def rollback(self) -> None:
+            # The pool rolls back every connection it gets back, most of them committed already:
+            # with no transaction open there is nothing to undo and no trip to make.
+            self._begin_pending = False
+            conn = self._connection
+            if conn is not None and not conn.in_transaction:
+                return
+            await super().rollback()
+
+    return OneHopConnection
 
 
 async def dispose(engine: AsyncEngine, timeout: float = 5.0) -> None:

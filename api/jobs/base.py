@@ -21,6 +21,7 @@ from sqlalchemy import ColumnElement, Row, and_, bindparam, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ClauseElement
 
 from api.errors import JobCanceledError, MoragError, StaleLease
@@ -50,6 +51,12 @@ _FENCE: ColumnElement[bool] = and_(
     J.c.state == RUNNING,
     J.c.stage == TaskStage.process.value,
 )
+
+
+def guarded_update(values: dict[str, Any], returning: Sequence[Any] = (J.c.id,)) -> Update:
+    """The lease-fenced ``UPDATE`` setting ``values``, returning ``returning``. A statement run per
+    job is built once and kept: building it and its cache key costs more than SQLite needs to run it."""
+    return update(J).where(_FENCE).values(**values).returning(*returning)
 
 
 def fence_params(lease: Lease) -> dict[str, Any]:
@@ -197,12 +204,13 @@ class StoreBase:
         self,
         conn: AsyncConnection,
         lease: Lease,
-        values: dict[str, Any],
+        values: dict[str, Any] | Update,
         returning: Sequence[Any] = (J.c.id,),
         params: dict[str, Any] | None = None,
     ) -> Row[Any] | None:
-        """The one lease-fenced ``UPDATE``: the changed row, or None when the fence refused it."""
-        stmt = update(J).where(_FENCE).values(**values).returning(*returning)
+        """The one lease-fenced ``UPDATE``: the changed row, or None when the fence refused it.
+        ``values``: the columns to set, or a statement :func:`guarded_update` built once."""
+        stmt = values if isinstance(values, Update) else guarded_update(values, returning)
         result = await conn.execute(stmt, {**fence_params(lease), **(params or {})})
         return result.first()
 

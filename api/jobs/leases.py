@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from api.background import backoff_s
 from api.errors import JobCanceledError, MoragError, StaleLease
 from api.ids import utcnow
-from api.jobs.base import QUEUED, RUNNING, StoreBase, fetch_direct
+from api.jobs.base import QUEUED, RUNNING, StoreBase, fetch_direct, guarded_update
 from api.jobs.records import (
     FailOutcome,
     HeartbeatOutcome,
@@ -69,6 +69,7 @@ _COMPLETE_VALUES: dict[str, Any] = dict(
     error_class=None,
 )
 
+_COMPLETE = guarded_update(_COMPLETE_VALUES, _EVENT_COLS)  # one job's completion (SQLite)
 
 # The PostgreSQL form of a batch of completions: the same fence and values as _COMPLETE_VALUES.
 _COMPLETE_PG = text(
@@ -162,7 +163,7 @@ class LeaseStore(StoreBase):
         async with self.engine.begin() as conn:
             for lease, markdown, metadata in results:
                 params = {"result": {"markdown": markdown, "metadata": metadata}, "now": now}
-                row = await self._guarded_update(conn, lease, _COMPLETE_VALUES, _EVENT_COLS, params)
+                row = await self._guarded_update(conn, lease, _COMPLETE, params=params)
                 if row is not None:
                     stored = True
                     out.append(_event(lease.job_id, row))
