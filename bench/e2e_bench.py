@@ -891,6 +891,13 @@ def run_one(
             "worker requests/job: " + ", ".join(f"{r} {v:.2f}" for r, v in sorted(per_job.items()) if v > 0)
         )
     drain_s = max(last_start, t_empty) - t_resume
+    system.notes.append(  # which process the drain was bound by: CPU per job and share of a core
+        "drain CPU: "
+        + ", ".join(
+            f"{g} {drain_cpu[g] / jobs * 1000:.2f} ms/job ({drain_cpu[g] / drain_s:.0%} of a core)"
+            for g in ("server", "db", "worker")
+        )
+    )
     time.sleep(STATS_FLUSH_S)
     x1 = system.xacts()
     # The same length of idle time again: what the idle system does on its own (long-polls, polling)
