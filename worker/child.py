@@ -6,7 +6,7 @@ The parent (``worker.slots.ProcessSlot``) starts it with the ``spawn`` method an
     parent -> child   ("job", {JobInput fields})       run one job
                       ("quit",)                         exit after the current job
     child -> parent   ("ready", pid)                    started, imports done
-                      ("progress", fraction, message)   at most every PROGRESS_EVERY_S, and the last
+                      ("progress", fraction, message)   at most every PROGRESS_EVERY_S (``run_one``)
                       ("result", ProcessResult)
                       ("error", class name, message, error class, retryable)
                       ("canceled",)
@@ -37,12 +37,18 @@ def error_message(exc: ProcessingError) -> tuple[str, str, str, str, bool]:
 
 
 def run_one(conn: Connection, fields: dict[str, Any], config: ProcessorConfig) -> None:
-    """Run one job and send its outcome (never raises, except when the pipe is gone)."""
-    last = [0.0]
+    """Run one job and send its outcome (never raises, except when the pipe is gone).
+
+    Progress goes to the parent at most every PROGRESS_EVERY_S (the first report at once, so the
+    user sees what the job is doing), and the final one (fraction 1) only from a job that has run
+    that long: a quicker job's result says it is done (an echo job sent the parent a progress
+    message to read, and had a "100%" line printed, for each result)."""
+    start = time.monotonic()
+    last = [-PROGRESS_EVERY_S]
 
     def progress(fraction: float, message: str) -> None:
         now = time.monotonic()
-        if fraction >= 1.0 or now - last[0] >= PROGRESS_EVERY_S:
+        if now - last[0] >= PROGRESS_EVERY_S or (fraction >= 1.0 and now - start >= PROGRESS_EVERY_S):
             last[0] = now
             conn.send(("progress", float(fraction), str(message)))
 

@@ -43,10 +43,13 @@ async def test_the_child_lives_on_between_jobs_and_progress_flows(slot: ProcessS
     try:
         first = await slot.run(echo_job(tmp_path, "one", sleep_s=0.5), lambda f, m: seen.append((f, m)))
         pid = slot.pid
-        second = await slot.run(echo_job(tmp_path, "two"), lambda f, m: None)
+        quick: list[tuple[float, str]] = []
+        second = await slot.run(echo_job(tmp_path, "two"), lambda f, m: quick.append((f, m)))
         assert "one" in first.markdown and "two" in second.markdown
         assert slot.pid == pid and slot.started == 1  # one process served both jobs
+        # A job that ran a while reaches 100%; a quicker one's result says it is done.
         assert any(m == "sleeping" for _, m in seen) and seen[-1] == (1.0, "done")
+        assert quick == [(0.1, "reading input")]
     finally:
         await slot.close()
     assert not slot.alive()
