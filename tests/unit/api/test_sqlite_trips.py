@@ -3,8 +3,8 @@ with the rows, counts and errors SQLAlchemy gets from aiosqlite's own cursor."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
