@@ -175,6 +175,25 @@ def _one_hop_class() -> type:
         def cursor(self) -> Any:
             return _Cursor(self)
 
+        async def run_many(self, sql: str, arg_sets: list[tuple[Any, ...]]) -> list[list[Any]]:
+            """``sql`` once per argument set, all in ONE trip to the thread; each run's rows."""
+            return await self._execute(self._run_many, sql, arg_sets)  # type: ignore[no-any-return,no-untyped-call]
+
+        def _run_many(self, sql: str, arg_sets: list[tuple[Any, ...]]) -> list[list[Any]]:
+            conn = self._conn
+            if self._begin_pending:
+                self._begin_pending = False
+                conn.execute(_BEGIN)
+            out = []
+            cur = conn.cursor()
+            try:
+                for args in arg_sets:
+                    cur.execute(sql, args)
+                    out.append(cur.fetchall())
+            finally:
+                cur.close()
+            return out
+
         async def commit(self) -> None:
             if self._begin_pending:  # no statement since BEGIN: nothing to commit
                 self._begin_pending = False

@@ -11,6 +11,7 @@ token gets exactly the stale-lease answer, so a leaked token tells its holder no
 from __future__ import annotations
 
 import functools
+import sqlite3
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -125,6 +126,59 @@ async def _direct(conn: AsyncConnection, stmt: ClauseElement, params: dict[str, 
         raise sa_exc.DataError(sql, None, exc) from exc
     except asyncpg.PostgresError as exc:
         raise sa_exc.DBAPIError(sql, None, exc) from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_sql(
+    stmt: ClauseElement, dialect: Dialect
+) -> tuple[str, tuple[tuple[str, Any, Any], ...], tuple[tuple[str, Any], ...]]:
+    """``stmt`` as sqlite3's SQL text (``?`` placeholders); per placeholder its name, the value the
+    statement gives it (else ``_NEEDED``) and the type's bind processor (JSON to text, datetimes to
+    SQLite's format, as SQLAlchemy would send them); per returned column its name and result
+    processor. Compiled once per statement object."""
+    compiled: Any = stmt.compile(dialect=dialect)
+    names = getattr(compiled, "positiontup", None)
+    if names is None or "POSTCOMPILE" in compiled.string:
+        raise TypeError("a statement run directly on SQLite takes no expanding IN lists")
+    binds, procs = compiled.binds, compiled._bind_processors
+    params = tuple(
+        (n, _NEEDED if binds[n].required or binds[n].callable is not None else binds[n].value, procs.get(n))
+        for n in names
+    )
+    columns = tuple(
+        (c.keyname, c.type._cached_result_processor(dialect, None)) for c in compiled._result_columns
+    )
+    return compiled.string, params, columns
+
+
+async def run_many_direct(
+    conn: AsyncConnection, stmt: ClauseElement, param_sets: list[dict[str, Any]]
+) -> list[list[Any]]:
+    """SQLite: ``stmt`` once per parameter set in the caller's transaction, all in one trip to the
+    connection's thread (api/db.py); per set its rows, each with its columns as attributes and
+    values as SQLAlchemy would return them. Through SQLAlchemy each run was a trip of its own and
+    ~0.2 ms of Python (a completion batch of 12 jobs: 12 trips, then the commit's).
+    sqlite3's errors become SQLAlchemy's, as its dialect would raise them (api/errors.py)."""
+    sql, binds, columns = _sqlite_sql(stmt, conn.dialect)
+    arg_sets = []
+    for params in param_sets:
+        args = []
+        for name, fixed, proc in binds:
+            value = params[name] if name in params or fixed is _NEEDED else fixed
+            args.append(proc(value) if proc is not None else value)
+        arg_sets.append(tuple(args))
+    driver: Any = (await conn.get_raw_connection()).driver_connection
+    try:
+        found = await driver.run_many(sql, arg_sets)
+    except sqlite3.Error as exc:
+        raise sa_exc.DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
+
+    def record(row: Any) -> SimpleNamespace:
+        return SimpleNamespace(
+            **{name: proc(v) if proc is not None else v for (name, proc), v in zip(columns, row, strict=True)}
+        )
+
+    return [[record(row) for row in rows] for rows in found]
 
 
 def owner_is(user_id: int | None) -> ColumnElement[bool]:

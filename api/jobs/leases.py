@@ -17,7 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from api.background import backoff_s
 from api.errors import JobCanceledError, MoragError, StaleLease
 from api.ids import utcnow
-from api.jobs.base import QUEUED, RUNNING, StoreBase, fetch_direct, guarded_update
+from api.jobs.base import (
+    QUEUED,
+    RUNNING,
+    StoreBase,
+    fence_params,
+    fetch_direct,
+    guarded_update,
+    run_many_direct,
+)
 from api.jobs.records import (
     FailOutcome,
     HeartbeatOutcome,
@@ -161,12 +169,16 @@ class LeaseStore(StoreBase):
         out: list[JobEvent | MoragError] = []
         stored = False
         async with self.engine.begin() as conn:
-            for lease, markdown, metadata in results:
-                params = {"result": {"markdown": markdown, "metadata": metadata}, "now": now}
-                row = await self._guarded_update(conn, lease, _COMPLETE, params=params)
-                if row is not None:
+            # SQLite: the fenced UPDATE of every result in one trip to the database's thread.
+            params = [
+                {**fence_params(lease), "result": {"markdown": markdown, "metadata": metadata}, "now": now}
+                for lease, markdown, metadata in results
+            ]
+            found = await run_many_direct(conn, _COMPLETE, params)
+            for (lease, _, _), rows in zip(results, found, strict=True):
+                if rows:
                     stored = True
-                    out.append(_event(lease.job_id, row))
+                    out.append(_event(lease.job_id, rows[0]))
                 else:
                     out.append(await self._completed_or_refused(conn, lease))
             if stored:
