@@ -8,12 +8,20 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import TextClause, delete, or_, select, text, update
+from sqlalchemy import Insert, TextClause, bindparam, delete, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.errors import Conflict, NotFound
 from api.ids import new_id, utcnow
-from api.jobs.base import ONLINE_CACHE_S, QUEUED, RUNNING, StoreBase, execute_direct, owner_is
+from api.jobs.base import (
+    ONLINE_CACHE_S,
+    QUEUED,
+    RUNNING,
+    StoreBase,
+    execute_direct,
+    owner_is,
+    run_many_direct,
+)
 from api.jobs.records import JobEvent, JobKind, JobState, NewJob, TaskStage
 from api.jobs.tables import DELIVERIES as D
 from api.jobs.tables import FILES as F
@@ -122,8 +130,9 @@ class SubmitStore(StoreBase):
                 stmt, params = _insert_pg(rows)
                 params.update(channel=CHANNEL, payload=encode_notice(self.notifier.origin, queued))
                 await execute_direct(conn, stmt, params)
-            else:
-                await conn.execute(J.insert(), rows)  # one executemany for the whole batch
+            else:  # every row in one trip to the database's thread
+                columns = tuple(rows[0])
+                await run_many_direct(conn, _insert_sqlite(columns), [_v(row) for row in rows])
                 await self.notifier.publish(conn, queued)
         self.notifier.wake(queued)  # each job to one waiting claim of its lane
         return [str(row["id"]) for row in rows]
@@ -226,6 +235,18 @@ class SubmitStore(StoreBase):
             await self.notifier.publish(conn, queued)
         self.notifier.wake(queued)  # one waiting claim that can take it looks now
         return QUEUED
+
+
+@functools.cache
+def _insert_sqlite(columns: tuple[str, ...]) -> Insert:
+    """SQLite: ``INSERT INTO jobs`` of one row (``run_many_direct`` runs it per row), built once
+    per column set (a job row always has the same): SQLAlchemy's insert of a dict compiled and
+    processed it per submit."""
+    return J.insert().values({c: bindparam(f"v_{c}", type_=J.c[c].type) for c in columns})
+
+
+def _v(row: dict[str, Any]) -> dict[str, Any]:
+    return {f"v_{c}": v for c, v in row.items()}
 
 
 @functools.cache

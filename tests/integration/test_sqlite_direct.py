@@ -80,3 +80,55 @@ async def test_sqlite_errors_become_sqlalchemy_errors(store: Any) -> None:
             await run_many_direct(conn, table.insert(), [{"id": 1, "v": "a"}, {"id": 1, "v": "b"}])
     async with store.engine.connect() as conn:  # the batch's transaction was rolled back whole
         assert (await conn.execute(select(table))).all() == []
+
+
+async def test_a_submit_stores_the_row_sqlalchemy_would(store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The insert of a job (one row, or a batch in one trip) writes every column as SQLAlchemy's own
+    ``INSERT`` of the same dict does: JSON, NULLs, datetimes."""
+    from api.jobs import submit as submit_module
+    from api.jobs.records import JobKind, NewJob
+    from protocol.states import LaneKind
+
+    who, _ = await make_user(store.engine, "alice")
+    job = NewJob(
+        content_type="document",
+        lane_kind=LaneKind.gpu,
+        kind=JobKind.ingest,
+        source_url="https://example.org/ü.pdf",
+        options={"nested": [1, {"b": "ü"}], "fast": True, "none": None},
+        priority=3,
+        document_id="doc-1",
+        webhook_url="https://hooks.example.org/x",
+        index_options={"chunk_size": 500},
+    )
+    bare = NewJob(content_type="echo", lane_kind=LaneKind.cpu, source_url="https://example.org/a")
+    direct = await store.jobs.enqueue_many(who, [job, bare])
+    trips: list[str] = []
+    real = aiosqlite.Connection._execute
+
+    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(fn, "__name__", repr(fn)))
+        return await real(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    await store.jobs.enqueue_many(who, [bare, bare, bare])
+    assert trips == ["_run_many", "commit"]  # BEGIN and three inserts in one trip
+    rows: list[dict[str, Any]] = []
+
+    async def through_sqlalchemy(conn: Any, stmt: Any, param_sets: list[dict[str, Any]]) -> list[list[Any]]:
+        rows.extend({k.removeprefix("v_"): v for k, v in p.items()} for p in param_sets)
+        await conn.execute(J.insert(), rows)
+        return [[] for _ in param_sets]
+
+    monkeypatch.setattr(submit_module, "run_many_direct", through_sqlalchemy)
+    via_sa = await store.jobs.enqueue_many(who, [job, bare])
+    for mine, theirs in zip(direct, via_sa, strict=True):
+        a, b = await _row(store, mine), await _row(store, theirs)
+        assert a.keys() == b.keys()
+        assert {k: v for k, v in a.items() if k != "updated_at"} == {
+            k: v for k, v in b.items() if k != "updated_at"
+        }
+        assert type(a["updated_at"]) is type(b["updated_at"])
+    stored = await _row(store, direct[0])
+    assert stored["options"] == job.options and stored["index_options"] == {"chunk_size": 500}
+    assert stored["webhook_url"] == "https://hooks.example.org/x" and stored["error"] is None
