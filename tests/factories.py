@@ -43,3 +43,39 @@ async def claim(
     claim_id: str | None = None,
 ) -> list[Any]:
     return await store.jobs.claim(who, worker_id, list(lanes), list(content_types), n, claim_id)
+
+
+def rich_and_bare_jobs() -> tuple[NewJob, NewJob]:
+    """A job with every optional field set (JSON with nesting, non-ASCII, a JSON null inside) and
+    one with none: what a store must write alike whichever statement inserts them."""
+    from api.jobs.records import JobKind
+
+    rich = NewJob(
+        content_type="document",
+        lane_kind=LaneKind.gpu,
+        kind=JobKind.ingest,
+        source_url="https://example.org/ü.pdf",
+        options={"nested": [1, {"b": "ü"}], "fast": True, "none": None},
+        priority=3,
+        document_id="doc-1",
+        webhook_url="https://hooks.example.org/x",
+        index_options={"chunk_size": 500},
+    )
+    bare = NewJob(content_type="echo", lane_kind=LaneKind.cpu, source_url="https://example.org/a")
+    return rich, bare
+
+
+def sqlite_trips(monkeypatch: Any) -> list[str]:
+    """From now on, the name of every function an aiosqlite connection hands to its thread (one
+    trip each, api/db.py)."""
+    import aiosqlite
+
+    seen: list[str] = []
+    real = aiosqlite.Connection._execute
+
+    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(getattr(fn, "__name__", repr(fn)))
+        return await real(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    return seen

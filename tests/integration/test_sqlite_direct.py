@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiosqlite
 import pytest
 import sqlalchemy.exc
 from sqlalchemy import Column, Integer, MetaData, String, Table, select
@@ -16,7 +15,7 @@ from api.jobs import Lease
 from api.jobs.base import fence_params, run_many_direct
 from api.jobs.leases import _COMPLETE
 from api.jobs.tables import JOBS as J
-from tests.factories import claim, make_user, submit
+from tests.factories import claim, make_user, rich_and_bare_jobs, sqlite_trips, submit
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -52,14 +51,7 @@ async def test_a_batch_is_one_trip_and_each_result_gets_its_own_answer(
 ) -> None:
     leases = await _leases(store, 6)
     stale = Lease(leases[5].job_id, "not-the-token", leases[5].key_id)
-    trips: list[str] = []
-    real = aiosqlite.Connection._execute
-
-    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        trips.append(getattr(fn, "__name__", repr(fn)))
-        return await real(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    trips = sqlite_trips(monkeypatch)
     out = await store.jobs.complete_many([(lease, f"# {i}", {}) for i, lease in enumerate(leases[:5])])
     assert [e.job_id for e in out] == [lease.job_id for lease in leases[:5]]
     assert trips == ["_run_many", "commit"]  # five fenced UPDATEs (and BEGIN) in one trip
@@ -86,31 +78,11 @@ async def test_a_submit_stores_the_row_sqlalchemy_would(store: Any, monkeypatch:
     """The insert of a job (one row, or a batch in one trip) writes every column as SQLAlchemy's own
     ``INSERT`` of the same dict does: JSON, NULLs, datetimes."""
     from api.jobs import submit as submit_module
-    from api.jobs.records import JobKind, NewJob
-    from protocol.states import LaneKind
 
     who, _ = await make_user(store.engine, "alice")
-    job = NewJob(
-        content_type="document",
-        lane_kind=LaneKind.gpu,
-        kind=JobKind.ingest,
-        source_url="https://example.org/ü.pdf",
-        options={"nested": [1, {"b": "ü"}], "fast": True, "none": None},
-        priority=3,
-        document_id="doc-1",
-        webhook_url="https://hooks.example.org/x",
-        index_options={"chunk_size": 500},
-    )
-    bare = NewJob(content_type="echo", lane_kind=LaneKind.cpu, source_url="https://example.org/a")
+    job, bare = rich_and_bare_jobs()
     direct = await store.jobs.enqueue_many(who, [job, bare])
-    trips: list[str] = []
-    real = aiosqlite.Connection._execute
-
-    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        trips.append(getattr(fn, "__name__", repr(fn)))
-        return await real(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    trips = sqlite_trips(monkeypatch)
     await store.jobs.enqueue_many(who, [bare, bare, bare])
     assert trips == ["_run_many", "commit"]  # BEGIN and three inserts in one trip
     rows: list[dict[str, Any]] = []

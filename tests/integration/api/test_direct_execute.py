@@ -124,28 +124,15 @@ async def test_a_claim_sent_by_the_driver_hands_out_the_jobs_as_sqlalchemy_did(
 async def test_one_job_and_a_batch_store_the_same_row(pg_env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """One job goes in by a one-row VALUES statement, a batch by arrays (``unnest``): every column
     the same either way, JSON included, NULLs where the job has no value, and both NOTIFY."""
-    from api.jobs.records import JobKind, NewJob
     from api.keystore import Scope
-    from protocol.states import LaneKind
-    from tests.factories import make_user
+    from tests.factories import make_user, rich_and_bare_jobs
 
     state = pg_env.state
     alice, _ = await make_user(state.engine, "alice3", Scope.client)
     sent = _record_sent(monkeypatch, "execute")
     woken: list[Any] = []
     monkeypatch.setattr(state.notifier, "wake", woken.append)
-    job = NewJob(
-        content_type="document",
-        lane_kind=LaneKind.gpu,
-        kind=JobKind.ingest,
-        source_url="https://example.org/ü.pdf",
-        options={"nested": [1, {"b": "ü"}], "fast": True, "none": None},
-        priority=3,
-        document_id="doc-1",
-        webhook_url="https://hooks.example.org/x",
-        index_options={"chunk_size": 500},
-    )
-    bare = NewJob(content_type="echo", lane_kind=LaneKind.cpu, source_url="https://example.org/a")
+    job, bare = rich_and_bare_jobs()
     [one] = await state.jobs.enqueue_many(alice, [job])
     [bare_one] = await state.jobs.enqueue_many(alice, [bare])
     batch = await state.jobs.enqueue_many(alice, [job, bare])
