@@ -79,7 +79,7 @@ class _Cursor:
 
     aiosqlite's own cursor makes a trip to its thread for each step (open, execute, fetchall,
     close: four per statement that returns rows), each a queue hand-off, a thread wake-up and a
-    ``call_soon_threadsafe`` back; a claim on SQLite was eight such trips (docs/benchmarks.md,
+    ``call_soon_threadsafe`` back; a claim on SQLite was nine such trips (docs/benchmarks.md,
     stop 24). The adapter reads every row of a statement at once anyway (no server-side cursors
     here), so nothing is held longer than before; a statement's rows are read before its
     ``rowcount`` is taken, which is then final (an ``UPDATE ... RETURNING`` counts its rows as
@@ -110,11 +110,7 @@ class _Cursor:
     def _run(self, sql: str, parameters: Any, many: bool) -> tuple[Any, Any, int, int | None]:
         """In the connection's thread: the statement run and read; (rows, description, rowcount,
         lastrowid)."""
-        conn = self._conn
-        if conn._begin_pending:  # the write lock first, as BEGIN IMMEDIATE on its own would take it
-            conn._begin_pending = False
-            conn._conn.execute(_BEGIN)
-        cur = conn._conn.cursor()
+        cur = self._conn._begun().cursor()
         try:
             if many:
                 cur.executemany(sql, parameters)
@@ -179,13 +175,18 @@ def _one_hop_class() -> type:
             """``sql`` once per argument set, all in ONE trip to the thread; each run's rows."""
             return await self._execute(self._run_many, sql, arg_sets)  # type: ignore[no-any-return,no-untyped-call]
 
-        def _run_many(self, sql: str, arg_sets: list[tuple[Any, ...]]) -> list[list[Any]]:
+        def _begun(self) -> sqlite3.Connection:
+            """In the thread, before a statement: the pending BEGIN IMMEDIATE run first (the write
+            lock taken, as it would have been on its own); the sqlite3 connection."""
             conn = self._conn
             if self._begin_pending:
                 self._begin_pending = False
                 conn.execute(_BEGIN)
+            return conn
+
+        def _run_many(self, sql: str, arg_sets: list[tuple[Any, ...]]) -> list[list[Any]]:
             out = []
-            cur = conn.cursor()
+            cur = self._begun().cursor()
             try:
                 for args in arg_sets:
                     cur.execute(sql, args)
