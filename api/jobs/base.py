@@ -67,21 +67,27 @@ def fence_params(lease: Lease) -> dict[str, Any]:
 _NEEDED = object()  # a parameter the caller must give
 
 
-@functools.lru_cache(maxsize=64)
-def _driver_sql(stmt: ClauseElement, dialect: Dialect) -> tuple[str, tuple[tuple[str, Any], ...]]:
-    """``stmt`` as asyncpg's SQL text ($1, $2, ...) and, per position, the parameter's name and
-    the value the statement itself gives it (a literal such as ``attempt + 1``), else ``_NEEDED``.
-    Compiled once per statement object (the hot statements are built once and kept)."""
-    compiled = stmt.compile(dialect=dialect)
-    names = getattr(compiled, "positiontup", None)  # SQLCompiler: the bind names in $n order
+def _positional(compiled: Any, dialect: Dialect) -> tuple[tuple[str, Any], ...]:
+    """Per placeholder of ``compiled`` (in order), the parameter's name and the value the statement
+    itself gives it (a literal such as ``attempt + 1``), else ``_NEEDED``."""
+    names = getattr(compiled, "positiontup", None)  # SQLCompiler: the bind names in placeholder order
     if names is None:
         raise TypeError(f"{dialect.name} does not compile to positional parameters")
     if "POSTCOMPILE" in compiled.string:  # an expanding IN list: its text depends on the values
         raise TypeError("a statement sent by the driver takes arrays (= ANY), not expanding IN lists")
-    binds = compiled.binds  # type: ignore[attr-defined]  # SQLCompiler (positiontup above)
-    return compiled.string, tuple(
+    binds = compiled.binds
+    return tuple(
         (n, _NEEDED if binds[n].required or binds[n].callable is not None else binds[n].value) for n in names
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _driver_sql(stmt: ClauseElement, dialect: Dialect) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """``stmt`` as asyncpg's SQL text ($1, $2, ...) and, per position, the parameter's name and
+    its value from the statement or ``_NEEDED`` (:func:`_positional`). Compiled once per statement
+    object (the hot statements are built once and kept)."""
+    compiled = stmt.compile(dialect=dialect)
+    return compiled.string, _positional(compiled, dialect)
 
 
 async def execute_direct(conn: AsyncConnection, stmt: ClauseElement, params: dict[str, Any]) -> None:
@@ -137,14 +143,8 @@ def _sqlite_sql(
     SQLite's format, as SQLAlchemy would send them); per returned column its name and result
     processor. Compiled once per statement object."""
     compiled: Any = stmt.compile(dialect=dialect)
-    names = getattr(compiled, "positiontup", None)
-    if names is None or "POSTCOMPILE" in compiled.string:
-        raise TypeError("a statement run directly on SQLite takes no expanding IN lists")
-    binds, procs = compiled.binds, compiled._bind_processors
-    params = tuple(
-        (n, _NEEDED if binds[n].required or binds[n].callable is not None else binds[n].value, procs.get(n))
-        for n in names
-    )
+    procs = compiled._bind_processors
+    params = tuple((n, fixed, procs.get(n)) for n, fixed in _positional(compiled, dialect))
     columns = tuple(
         (c.keyname, c.type._cached_result_processor(dialect, None)) for c in compiled._result_columns
     )
@@ -258,13 +258,12 @@ class StoreBase:
         self,
         conn: AsyncConnection,
         lease: Lease,
-        values: dict[str, Any] | Update,
+        values: dict[str, Any],
         returning: Sequence[Any] = (J.c.id,),
         params: dict[str, Any] | None = None,
     ) -> Row[Any] | None:
-        """The one lease-fenced ``UPDATE``: the changed row, or None when the fence refused it.
-        ``values``: the columns to set, or a statement :func:`guarded_update` built once."""
-        stmt = values if isinstance(values, Update) else guarded_update(values, returning)
+        """The one lease-fenced ``UPDATE``: the changed row, or None when the fence refused it."""
+        stmt = guarded_update(values, returning)
         result = await conn.execute(stmt, {**fence_params(lease), **(params or {})})
         return result.first()
 
