@@ -64,6 +64,13 @@ class Settings(BaseSettings):
         "by time (fallback due, retry backoff over). New jobs wake one waiter at once, without it. An "
         "idle worker's re-poll within this time of its group's empty look waits without a query.",
     )
+    claim_handoff: bool = Field(
+        True,
+        description="A job queued while a claim of this server process that takes its lane as its own "
+        "waits idle is leased to that claim by its own insert: the claim answers without a query (one "
+        "statement and one commit fewer between the submit and the worker). Off: it wakes the claim, "
+        "which runs its query.",
+    )
     max_attempts: int = Field(3, ge=1, description="Attempts before a job ends `dead`.")
     retry_base_s: float = Field(
         5.0,

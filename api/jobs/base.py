@@ -26,11 +26,12 @@ from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ClauseElement
 
 from api.errors import JobCanceledError, MoragError, StaleLease
+from api.ids import utcnow
 from api.jobs.records import JobState, Lease, TaskStage
 from api.jobs.tables import JOBS as J
 from api.jobs.tables import WORKERS as W
 from api.keystore import Principal
-from api.notifier import Notifier
+from api.notifier import UNKNOWN, Notifier
 from api.settings import Settings
 
 # Presence is refreshed at most this often per worker and process (a long-polling claim re-runs
@@ -253,6 +254,31 @@ class StoreBase:
 
     def _live_since(self, now: datetime) -> datetime:
         return now - timedelta(seconds=self.settings.presence_ttl_s)
+
+    async def release_leases(self, leases: list[Lease]) -> int:
+        """:meth:`release_claimed` by the leases themselves (a hand-off whose claim had left)."""
+        now = utcnow()
+        values: dict[str, Any] = {
+            "state": QUEUED,
+            "attempt": J.c.attempt - 1,
+            "lease_token": None,
+            "lease_expires_at": None,
+            "worker_id": None,
+            "claim_id": None,
+            "run_after": now,
+            "updated_at": now,
+            "progress_message": "released: the worker left before it got the job",
+        }
+        count = 0
+        async with self.engine.begin() as conn:
+            for lease in leases:
+                if await self._guarded_update(conn, lease, values) is not None:
+                    count += 1
+            if count:
+                await self.notifier.publish(conn, UNKNOWN)
+        if count:
+            self.notifier.wake(UNKNOWN)
+        return count
 
     async def _guarded_update(
         self,

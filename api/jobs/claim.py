@@ -64,6 +64,31 @@ _CLAIM_VALUES: dict[str, Any] = dict(
 _claim_cache: dict[tuple[str, ClaimShape, int], Any] = {}
 
 
+def claim_ref(who: Principal, claim_id: str | None) -> str | None:
+    """A claim's idempotency id as stored on its jobs: per key, so keys cannot collide."""
+    return f"{who.key_id}:{claim_id}" if claim_id else None
+
+
+def handoff_lease(
+    who: Principal, worker_id: str, claim_id: str | None, lease_s: float, now: datetime
+) -> dict[str, Any]:
+    """The columns a claim writes (``_CLAIM_VALUES``) for a new job leased to a waiting claim by
+    its own insert (``api.waiters``): its first attempt, a fresh lease token."""
+    return dict(
+        state=RUNNING,
+        attempt=1,
+        lease_token=new_token(),
+        lease_expires_at=now + timedelta(seconds=lease_s),
+        claim_id=claim_ref(who, claim_id),
+        worker_id=worker_id,
+        worker_key_id=who.key_id,
+        started_at=now,
+        updated_at=now,
+        progress=0.0,
+        progress_message="claimed",
+    )
+
+
 def claim_shape(who: Principal, lanes: list[LaneKind]) -> ClaimShape:
     """Decided per claim from the key's user as it is now: a fallback turned on frees queued jobs."""
     if who.scope is Scope.shared_worker:
@@ -285,7 +310,7 @@ class ClaimStore(StoreBase):
             rows = (
                 await conn.execute(
                     select(*RETURNED).where(
-                        J.c.claim_id == f"{who.key_id}:{claim_id}",
+                        J.c.claim_id == claim_ref(who, claim_id),
                         J.c.state == RUNNING,
                         J.c.stage == TaskStage.process.value,
                     )
@@ -320,7 +345,7 @@ class ClaimStore(StoreBase):
             now=now,
             token=new_token(),
             expires=now + timedelta(seconds=self.settings.lease_s),
-            claim_id=f"{who.key_id}:{claim_id}" if claim_id else None,
+            claim_id=claim_ref(who, claim_id),
             worker_id=worker_id,
             key_id=who.key_id,
         )

@@ -287,26 +287,4 @@ class LeaseStore(StoreBase):
     async def release_claimed(self, who: Principal, leased: list[LeasedJob]) -> int:
         """Give back jobs just leased to ``who`` for a worker that left before it got the answer
         (its long-poll connection closed): queued again at once, not counted as an attempt."""
-        now = utcnow()
-        values: dict[str, Any] = {
-            "state": QUEUED,
-            "attempt": J.c.attempt - 1,
-            "lease_token": None,
-            "lease_expires_at": None,
-            "worker_id": None,
-            "claim_id": None,
-            "run_after": now,
-            "updated_at": now,
-            "progress_message": "released: the worker left before it got the job",
-        }
-        count = 0
-        async with self.engine.begin() as conn:
-            for job in leased:
-                lease = Lease(job.id, job.lease_token, who.key_id)
-                if await self._guarded_update(conn, lease, values) is not None:
-                    count += 1
-            if count:
-                await self.notifier.publish(conn, UNKNOWN)
-        if count:
-            self.notifier.wake(UNKNOWN)
-        return count
+        return await self.release_leases([Lease(job.id, job.lease_token, who.key_id) for job in leased])

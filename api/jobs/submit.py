@@ -22,7 +22,7 @@ from api.jobs.base import (
     owner_is,
     run_many_direct,
 )
-from api.jobs.records import JobEvent, JobKind, JobState, NewJob, TaskStage
+from api.jobs.records import JobEvent, JobKind, JobState, Lease, LeasedJob, NewJob, TaskStage
 from api.jobs.tables import DELIVERIES as D
 from api.jobs.tables import FILES as F
 from api.jobs.tables import JOBS as J
@@ -31,6 +31,7 @@ from api.jobs.tables import WORKERS as W
 from api.jobs.unserved import wanted_message
 from api.keystore import Principal
 from api.notifier import CHANNEL, encode_notice
+from api.waiters import Waiter
 from protocol.states import LaneKind, lane_name
 
 
@@ -105,6 +106,7 @@ class SubmitStore(StoreBase):
             progress=0.0,
             progress_message=None,
             index_attempts=0,
+            **_NO_LEASE,
         )
 
     async def enqueue(self, owner: Principal, job: NewJob) -> str:
@@ -125,17 +127,65 @@ class SubmitStore(StoreBase):
             choices = {"cpu_fallback": owner.cpu_fallback, "shared_fallback": owner.shared_fallback}
             for row in rows:  # a job no online worker can take says so from its insert on
                 row["progress_message"] = wanted_message({**row, **choices}, online)
-            queued = [(str(row["lane"]), str(row["content_type"])) for row in rows]
-            if pg:
-                stmt, params = _insert_pg(rows)
-                params.update(channel=CHANNEL, payload=encode_notice(self.notifier.origin, queued))
-                await execute_direct(conn, stmt, params)
-            else:  # every row in one trip to the database's thread
-                columns = tuple(rows[0])
-                await run_many_direct(conn, _insert_sqlite(columns), [_v(row) for row in rows])
-                await self.notifier.publish(conn, queued)
+            # A claim of this process waiting idle for a job of this lane gets it by its insert.
+            handed = self._reserve_waiters(rows)
+            queued = [(str(row["lane"]), str(row["content_type"])) for row in rows if row["state"] == QUEUED]
+            try:
+                if pg:
+                    stmt, params = _insert_pg(rows, notify=bool(queued))
+                    if queued:
+                        params.update(channel=CHANNEL, payload=encode_notice(self.notifier.origin, queued))
+                    await execute_direct(conn, stmt, params)
+                else:  # every row in one trip to the database's thread
+                    columns = tuple(rows[0])
+                    await run_many_direct(conn, _insert_sqlite(columns), [_v(row) for row in rows])
+                    if queued:
+                        await self.notifier.publish(conn, queued)
+            except BaseException:
+                for _, waiter in handed:
+                    self.notifier.waiters.release(waiter)
+                raise
+        if handed:
+            await self._hand(handed)
         self.notifier.wake(queued)  # each job to one waiting claim of its lane
         return [str(row["id"]) for row in rows]
+
+    def _reserve_waiters(self, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Waiter]]:
+        """Rows leased, before their insert, to the idle claims of this process that take their
+        lane as their own (``api.waiters``): the insert writes them running, with that lease."""
+        if not self.settings.claim_handoff:
+            return []
+        handed = []
+        for row in rows:
+            found = self.notifier.waiters.reserve(str(row["lane"]), str(row["content_type"]))
+            if found is None:
+                continue
+            waiter, lease = found
+            row.update(lease)  # type: ignore[call-overload]  # handoff_lease's columns
+            handed.append((row, waiter))
+        return handed
+
+    async def _hand(self, handed: list[tuple[dict[str, Any], Waiter]]) -> None:
+        """After the commit: each reserved claim answers with its job; one that left meanwhile
+        gives the lease back at once (queued again, not an attempt)."""
+        gone = []
+        for row, waiter in handed:
+            job = LeasedJob(
+                id=row["id"],
+                lease_token=row["lease_token"],
+                lease_expires_at=row["lease_expires_at"],
+                attempt=row["attempt"],
+                content_type=row["content_type"],
+                options=row["options"] or {},
+                file_id=row["file_id"],
+                source_url=row["source_url"],
+                user_id=row["user_id"],
+                priority=row["priority"],
+            )
+            if not self.notifier.waiters.hand(waiter, job):
+                gone.append(Lease(job.id, job.lease_token, row["worker_key_id"]))
+        if gone:
+            await self.release_leases(gone)
 
     async def cancel(self, user_id: int | None, job_id: str) -> JobEvent:
         """Cancel a queued or running job of this user; a running one learns it at its next heartbeat."""
@@ -249,22 +299,31 @@ def _v(row: dict[str, Any]) -> dict[str, Any]:
     return {f"v_{c}": v for c, v in row.items()}
 
 
+def _with_notify(insert: str, notify: bool) -> TextClause:
+    """``insert`` (``INSERT ... RETURNING 1``) followed, when a row went in, by the NOTIFY of the
+    queued jobs to the other server processes; without it when none is queued (all handed off)."""
+    if not notify:
+        return text(insert)
+    return text(
+        f"WITH ins AS ({insert}) SELECT pg_notify(:channel, :payload) WHERE EXISTS (SELECT 1 FROM ins)"
+    )
+
+
 @functools.cache
-def _insert_pg_text(columns: tuple[str, ...]) -> TextClause:
+def _insert_pg_text(columns: tuple[str, ...], notify: bool = True) -> TextClause:
     """``INSERT INTO jobs`` of any number of rows from one array per column (``unnest``), and the
     NOTIFY when a row went in: the same text for every batch size, so one prepared statement."""
     types = {c: _COLUMN_TYPES[c] for c in columns}
     arrays = ", ".join(f"CAST(:{c} AS {'text' if types[c] == 'json' else types[c]}[])" for c in columns)
     picks = ", ".join(f"CAST({c} AS json)" if types[c] == "json" else c for c in columns)
     names = ", ".join(columns)
-    return text(
-        f"WITH ins AS (INSERT INTO jobs ({names}) SELECT {picks} FROM unnest({arrays}) AS v({names})"
-        " RETURNING 1) SELECT pg_notify(:channel, :payload) WHERE EXISTS (SELECT 1 FROM ins)"
+    return _with_notify(
+        f"INSERT INTO jobs ({names}) SELECT {picks} FROM unnest({arrays}) AS v({names}) RETURNING 1", notify
     )
 
 
 @functools.cache
-def _insert_one_pg_text(columns: tuple[str, ...]) -> TextClause:
+def _insert_one_pg_text(columns: tuple[str, ...], notify: bool = True) -> TextClause:
     """``INSERT INTO jobs`` of one row from one scalar per column, and its NOTIFY.
 
     A submit queues one job: its columns as arrays of one element (``_insert_pg_text``) cost
@@ -274,10 +333,7 @@ def _insert_one_pg_text(columns: tuple[str, ...]) -> TextClause:
     values = ", ".join(
         f"CAST(CAST(:{c} AS text) AS json)" if _COLUMN_TYPES[c] == "json" else f":{c}" for c in columns
     )
-    return text(
-        f"WITH ins AS (INSERT INTO jobs ({', '.join(columns)}) VALUES ({values})"
-        " RETURNING 1) SELECT pg_notify(:channel, :payload) WHERE EXISTS (SELECT 1 FROM ins)"
-    )
+    return _with_notify(f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({values}) RETURNING 1", notify)
 
 
 def _c_type(t: Any) -> str:
@@ -300,16 +356,17 @@ def _c_type(t: Any) -> str:
 _COLUMN_TYPES = {c.name: _c_type(c.type) for c in J.c}
 
 
-def _insert_pg(rows: list[dict[str, Any]]) -> tuple[TextClause, dict[str, Any]]:
+def _insert_pg(rows: list[dict[str, Any]], notify: bool = True) -> tuple[TextClause, dict[str, Any]]:
+    """The insert of ``rows`` and its parameters; ``notify``: with the NOTIFY of queued jobs."""
     if len(rows) == 1:
         row = rows[0]
         one = {c: v for c, v in row.items() if v is not None}
         for c, v in one.items():
             if _COLUMN_TYPES[c] == "json":
                 one[c] = json.dumps(v)
-        return _insert_one_pg_text(tuple(one)), one
+        return _insert_one_pg_text(tuple(one), notify), one
     columns = tuple(rows[0])
-    stmt = _insert_pg_text(columns)
+    stmt = _insert_pg_text(columns, notify)
     params: dict[str, Any] = {}
     for c in columns:
         values = [row[c] for row in rows]
@@ -318,6 +375,11 @@ def _insert_pg(rows: list[dict[str, Any]]) -> tuple[TextClause, dict[str, Any]]:
         params[c] = values
     return stmt, params
 
+
+# A queued job's lease columns (a job handed to a waiting claim by its insert has them set).
+_NO_LEASE: dict[str, Any] = dict.fromkeys(
+    ("lease_token", "lease_expires_at", "claim_id", "worker_id", "worker_key_id", "started_at")
+)
 
 _RETRYABLE = [JobState.failed.value, JobState.dead.value, JobState.canceled.value]
 

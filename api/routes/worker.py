@@ -13,8 +13,9 @@ from api import artifacts
 from api.auth import worker_access
 from api.claims import claim_answer
 from api.errors import BadRequest, MoragError
+from api.ids import utcnow
 from api.jobs import Lease, LeasedJob
-from api.jobs.claim import claim_key
+from api.jobs.claim import claim_key, handoff_lease
 from api.keystore import Principal, Scope
 from api.settings import Settings
 from api.state import AppState, get_state
@@ -122,7 +123,16 @@ async def claim(
             who, body.worker_id, body.lanes, content_types, body.name, body.version, body.device
         )
 
-    # Waiting costs no query: a queued job wakes one suitable waiter (api.waiters).
+    def take() -> dict[str, Any] | None:  # a new job of its own lanes, leased by its insert
+        if not wait_first():  # its presence row needs a write, which goes with a claim query
+            return None
+        return handoff_lease(who, body.worker_id, body.claim_id, settings.lease_s, utcnow())
+
+    async def give_back(jobs: list[LeasedJob]) -> None:
+        await state.jobs.release_claimed(who, jobs)
+
+    # Waiting costs no query: a queued job wakes one suitable waiter (api.waiters), or is leased to
+    # it by the job's own insert.
     leased = await state.notifier.waiters.claim_or_wait(
         claim_key(who, body.lanes, content_types),
         run_claim,
@@ -130,6 +140,8 @@ async def claim(
         deadline,
         request.is_disconnected,
         wait_first,
+        take if settings.claim_handoff else None,
+        give_back,
     )
     if leased and await request.is_disconnected():  # the worker left during its long-poll: give them back
         await state.jobs.release_claimed(who, leased)

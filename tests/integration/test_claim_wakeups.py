@@ -60,10 +60,13 @@ async def _until(cond: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
+@pytest.mark.parametrize("handoff", [True, False], ids=["handoff", "wake"])
 async def test_one_new_job_costs_one_claim_query_not_one_per_waiter(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, handoff: bool
 ) -> None:
-    settings = make_settings(tmp_path, database_url=database_url, claim_recheck_s=30.0)
+    """With the hand-off the job is leased to one waiter by its insert (no claim query at all);
+    without it, it wakes one waiter, whose query takes it."""
+    settings = make_settings(tmp_path, database_url=database_url, claim_recheck_s=30.0, claim_handoff=handoff)
     async with running_env(settings) as env:
         calls = _count_claims(env)
         n = 20
@@ -79,7 +82,8 @@ async def test_one_new_job_costs_one_claim_query_not_one_per_waiter(
         assert [[j["job_id"] for j in t.result()] for t in done] == [[job]]
         assert elapsed < 2.0  # woken, not found by a timer (the re-check runs every 30 s here)
         await asyncio.sleep(0.3)
-        assert len(calls) == n + 1, "a new job must wake one waiting claim, not all of them"
+        assert len(calls) == n + (0 if handoff else 1), "a new job must wake one waiting claim, not all"
+        assert env.state.notifier.waiters.handoffs == (1 if handoff else 0)
         for t in polls:
             t.cancel()
         await asyncio.gather(*polls, return_exceptions=True)
@@ -119,7 +123,8 @@ async def test_a_known_workers_repoll_waits_without_a_query_and_still_gets_the_n
         job = await submit(env.state, alice)
         got = await asyncio.wait_for(repoll, 5)  # the oldest waiter: the one that never queried
         assert [j["job_id"] for j in got] == [job]
-        assert len(calls) == 4
+        assert len(calls) == 3  # leased to it by the job's insert: no query at all
+        assert env.state.notifier.waiters.handoffs == 1
         for t in others:
             t.cancel()
         await asyncio.gather(*others, return_exceptions=True)
