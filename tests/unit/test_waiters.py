@@ -297,3 +297,71 @@ async def test_a_skipped_repoll_ends_empty_at_its_deadline() -> None:
     q.calls.clear()
     assert await asyncio.wait_for(_repoll(w, q, "again", CPU_A, timeout=0.05), 2) == []
     assert q.calls == [] and len(w) == 0
+
+
+async def test_a_hand_off_reserves_the_oldest_open_waiter_of_the_jobs_own_lane() -> None:
+    w, q = Waiters(recheck_s=60), Queue()
+    takes: list[str] = []
+
+    def taker(name: str, ok: bool = True) -> Callable[[], object | None]:
+        def take() -> object | None:
+            takes.append(name)
+            return f"lease-{name}" if ok else None
+
+        return take
+
+    def wait_taking(name: str, key: ClaimKey, ok: bool = True) -> asyncio.Task[list[str]]:
+        deadline = time.monotonic() + 5
+        return asyncio.create_task(
+            w.claim_or_wait(key, q.claimer(name, key), 1, deadline, _never, take=taker(name, ok))
+        )
+
+    other_lane = wait_taking("b", CPU_B)
+    first, second = wait_taking("a1", CPU_A), wait_taking("a2", CPU_A2)
+    declines = wait_taking("no", CPU_A, ok=False)  # must run its query (e.g. its presence row)
+    shared = wait_taking("s", SHARED)  # takes user jobs only by a fallback: never handed one
+    await _settle(w, 5)
+    q.calls.clear()
+    found = w.reserve("cpu-tasks-1", "echo")
+    assert found is not None and found[1] == "lease-a1" and takes == ["a1"]
+    assert w.reserve("cpu-tasks-1", "image") is None  # a type nobody takes
+    # While a1's job is being inserted, a job announced for its lane goes to a2, at once.
+    q.jobs.append(("cpu-tasks-1", "queued"))
+    w.offer([("cpu-tasks-1", "echo")])
+    assert await asyncio.wait_for(second, 2) == ["queued"]
+    assert q.calls == ["a2"] and not first.done()
+    assert w.hand(found[0], "handed")
+    assert await asyncio.wait_for(first, 2) == ["handed"]  # no query of its own
+    assert q.calls == ["a2"] and w.handoffs == 1
+    assert w.reserve("cpu-tasks-1", "echo") is None  # only "no" is left, and it declines
+    assert takes == ["a1", "no"]
+    for t in (other_lane, declines, shared):
+        t.cancel()
+    await asyncio.gather(other_lane, declines, shared, return_exceptions=True)
+    assert len(w) == 0
+
+
+async def test_a_released_reservation_waits_on_until_its_deadline() -> None:
+    w, q = Waiters(recheck_s=60), Queue()
+    deadline = time.monotonic() + 0.3
+    task = asyncio.create_task(
+        w.claim_or_wait(CPU_A, q.claimer("a", CPU_A), 1, deadline, _never, take=lambda: "lease")
+    )
+    await _settle(w, 1)
+    found = w.reserve("cpu-tasks-1", "echo")
+    assert found is not None
+    assert w.reserve("cpu-tasks-1", "echo") is None  # held for one job: never for two
+    await asyncio.sleep(0.4)  # past its deadline while its job is being inserted: it waits for that
+    assert not task.done()
+    assert w.hand(found[0], "job") and await asyncio.wait_for(task, 1) == ["job"]
+    task = asyncio.create_task(
+        w.claim_or_wait(CPU_A, q.claimer("a", CPU_A), 1, time.monotonic() + 0.3, _never, take=lambda: "lease")
+    )
+    await _settle(w, 1)
+    found = w.reserve("cpu-tasks-1", "echo")
+    assert found is not None
+    w.release(found[0])  # the insert failed: it waits on, without a query, to its deadline
+    await asyncio.sleep(0.1)
+    assert not task.done()
+    assert await asyncio.wait_for(task, 1) == []
+    assert q.calls == ["a", "a"]  # each claim's own first look only
