@@ -276,17 +276,7 @@ class Waiters:
                     if deadline - time.monotonic() <= 0 or await disconnected():
                         return []
                 skip = False  # a claim that skipped its query waits as one that was here already
-                w.busy = False
-                if not (w.tickets or w.held or w.handed):
-                    w.event.clear()
-                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
-                    # that arrives with the event, and the claim would answer a request that is gone.
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(deadline - time.monotonic()):
-                            await w.event.wait()
-                while w.held:  # a job leased to this claim is being inserted: wait for its commit
-                    w.event.clear()
-                    await w.event.wait()
+                await self._wait(w, deadline)
                 if w.handed:
                     handed, w.handed = w.handed, []
                     return handed  # type: ignore[return-value]  # what ``take`` leased: T
@@ -298,15 +288,35 @@ class Waiters:
                 if await disconnected():
                     return []
         finally:
-            del self._waiters[w.id]
-            w.busy = True
-            self._pass_on(w.tickets)
-            w.tickets = []
-            if w.handed and give_back is not None:  # cancelled between the hand-off and the answer
-                orphans, w.handed = w.handed, []
-                task = asyncio.get_running_loop().create_task(give_back(orphans))  # type: ignore[arg-type]
-                self._pending.add(task)
-                task.add_done_callback(self._pending.discard)
+            self._leave(w, give_back)
+
+    async def _wait(self, w: Waiter, deadline: float) -> None:
+        """Until a ticket or a hand-off arrives or the deadline passes; a hand-off under way
+        (``held``) is waited for past the deadline: its job is being leased to this claim."""
+        w.busy = False
+        if not (w.tickets or w.held or w.handed):
+            w.event.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+            # arrives with the event, and the claim would answer a request that is gone.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    await w.event.wait()
+        while w.held:
+            w.event.clear()
+            await w.event.wait()
+
+    def _leave(
+        self, w: Waiter, give_back: Callable[[list[T]], Coroutine[object, object, object]] | None
+    ) -> None:
+        del self._waiters[w.id]
+        w.busy = True
+        self._pass_on(w.tickets)
+        w.tickets = []
+        if w.handed and give_back is not None:  # cancelled between the hand-off and the answer
+            orphans, w.handed = w.handed, []
+            task = asyncio.get_running_loop().create_task(give_back(orphans))  # type: ignore[arg-type]
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
 
     def _look_again(self, key: ClaimKey) -> None:
         """Maybe more for this claim: the oldest idle waiter of the same group looks once."""

@@ -200,9 +200,7 @@ async def test_a_batch_hands_one_job_per_waiting_claim_and_queues_the_rest(
     settings = make_settings(tmp_path, database_url=database_url, claim_recheck_s=30.0)
     async with running_env(settings) as env:
         alice, _ = await make_user(env.state.engine, "alice", Scope.client)
-        polls = [
-            asyncio.create_task(_poll(env, {**_body(f"c{i}"), "worker_id": f"w{i}"})) for i in range(2)
-        ]
+        polls = [asyncio.create_task(_poll(env, {**_body(f"c{i}"), "worker_id": f"w{i}"})) for i in range(2)]
         await _waiting(env, 2)
         jobs = [NewJob(content_type="echo", lane_kind=LaneKind.cpu, options={}) for _ in range(3)]
         ids = await env.state.jobs.enqueue_many(alice, jobs)
