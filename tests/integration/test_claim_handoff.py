@@ -112,56 +112,39 @@ async def test_off_the_new_job_is_queued_and_claimed_by_a_query(database_url: st
         assert env.state.notifier.waiters.handoffs == 0
 
 
-async def test_a_claim_that_left_before_the_insert_committed_gets_nothing_and_the_job_is_queued(
-    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "step", ["reserve", "hand"], ids=["left-before-the-commit", "cancelled-after-the-hand-off"]
+)
+async def test_a_claim_that_leaves_around_the_hand_off_leaves_the_job_queued(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
+    """The worker's connection closes while the insert is on its way (``reserve``: the submit gives
+    the lease back), or the claim is cancelled after the hand-off before it could answer (``hand``:
+    the claim gives it back); either way the job is queued again at once, not left running until
+    its lease expires, and the next claim takes it as a first attempt."""
     settings = make_settings(tmp_path, database_url=database_url, claim_recheck_s=30.0)
     async with running_env(settings) as env:
         alice, _ = await make_user(env.state.engine, "alice", Scope.client)
         waiters = env.state.notifier.waiters
         poll = asyncio.create_task(_poll(env, _body("c1")))
         await _waiting(env)
-        reserve = waiters.reserve
+        real = getattr(waiters, step)
 
-        def reserve_then_leave(lane: str, ctype: str) -> Any:
-            found = reserve(lane, ctype)
-            assert found is not None
-            poll.cancel()  # the worker's connection closes while the insert is on its way
-            return found
+        def then_leave(*a: Any) -> Any:
+            out = real(*a)
+            assert out
+            poll.cancel()
+            return out
 
-        monkeypatch.setattr(waiters, "reserve", reserve_then_leave)
+        monkeypatch.setattr(waiters, step, then_leave)
         job = await submit(env.state, alice)
         await asyncio.gather(poll, return_exceptions=True)
         row = await _until_queued(env, job)
         assert (row["attempt"], row["lease_token"], row["claim_id"]) == (0, None, None)
-        assert waiters.handoffs == 0
-        monkeypatch.setattr(waiters, "reserve", reserve)
+        assert waiters.handoffs == (0 if step == "reserve" else 1)
+        monkeypatch.setattr(waiters, step, real)
         got = await _poll(env, _body("c2", wait_s=0))  # queued again: the next claim takes it
         assert [(j["job_id"], j["attempt"]) for j in got] == [(job, 1)]
-
-
-async def test_a_claim_cancelled_after_the_hand_off_gives_the_job_back(
-    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = make_settings(tmp_path, database_url=database_url, claim_recheck_s=30.0)
-    async with running_env(settings) as env:
-        alice, _ = await make_user(env.state.engine, "alice", Scope.client)
-        waiters = env.state.notifier.waiters
-        poll = asyncio.create_task(_poll(env, _body("c1")))
-        await _waiting(env)
-        hand = waiters.hand
-
-        def hand_then_cancel(w: Any, job: Any) -> bool:
-            ok = hand(w, job)
-            assert ok
-            poll.cancel()  # before the claim could answer with it
-            return ok
-
-        monkeypatch.setattr(waiters, "hand", hand_then_cancel)
-        job = await submit(env.state, alice)
-        await asyncio.gather(poll, return_exceptions=True)
-        row = await _until_queued(env, job)  # not left running until its lease expires
-        assert (row["attempt"], row["lease_token"]) == (0, None)
 
 
 async def test_a_failed_insert_leaves_the_claim_waiting_for_the_next_job(
