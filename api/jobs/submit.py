@@ -117,20 +117,21 @@ class SubmitStore(StoreBase):
         """Insert several queued jobs in one transaction (a batch is all or nothing)."""
         now = utcnow()
         pg = self.engine.dialect.name == "postgresql"
-        # PostgreSQL: the rows and their NOTIFY in one statement of fixed text, committed on its own.
-        async with self.autocommit.connect() if pg else self.engine.begin() as conn:
-            online = await self._online_workers(conn, owner.user_id, self._live_since(now), cached=True)
-            live = (False, False)
-            if owner.user_id is not None:
-                live = self._live_lanes(online, owner.user_id)
-            rows = [self._job_row(owner, job, now, live) for job in jobs]
-            choices = {"cpu_fallback": owner.cpu_fallback, "shared_fallback": owner.shared_fallback}
-            for row in rows:  # a job no online worker can take says so from its insert on
-                row["progress_message"] = wanted_message({**row, **choices}, online)
-            # A claim of this process waiting idle for a job of this lane gets it by its insert.
-            handed = self._reserve_waiters(rows)
-            queued = [(str(row["lane"]), str(row["content_type"])) for row in rows if row["state"] == QUEUED]
-            try:
+        handed: list[tuple[dict[str, Any], Waiter]] = []
+        try:
+            # PostgreSQL: the rows and their NOTIFY in one statement of fixed text, committed on its own.
+            async with self.autocommit.connect() if pg else self.engine.begin() as conn:
+                online = await self._online_workers(conn, owner.user_id, self._live_since(now), cached=True)
+                live = (False, False)
+                if owner.user_id is not None:
+                    live = self._live_lanes(online, owner.user_id)
+                rows = [self._job_row(owner, job, now, live) for job in jobs]
+                choices = {"cpu_fallback": owner.cpu_fallback, "shared_fallback": owner.shared_fallback}
+                for row in rows:  # a job no online worker can take says so from its insert on
+                    row["progress_message"] = wanted_message({**row, **choices}, online)
+                # A claim of this process waiting idle for a job of this lane gets it by its insert.
+                handed = self._reserve_waiters(rows)
+                queued = [(str(r["lane"]), str(r["content_type"])) for r in rows if r["state"] == QUEUED]
                 if pg:
                     stmt, params = _insert_pg(rows, notify=bool(queued))
                     if queued:
@@ -141,10 +142,10 @@ class SubmitStore(StoreBase):
                     await run_many_direct(conn, _insert_sqlite(columns), [_v(row) for row in rows])
                     if queued:
                         await self.notifier.publish(conn, queued)
-            except BaseException:
-                for _, waiter in handed:
-                    self.notifier.waiters.release(waiter)
-                raise
+        except BaseException:  # not inserted (or not committed): the reserved claims wait on
+            for _, waiter in handed:
+                self.notifier.waiters.release(waiter)
+            raise
         if handed:
             await self._hand(handed)
         self.notifier.wake(queued)  # each job to one waiting claim of its lane

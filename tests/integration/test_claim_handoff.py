@@ -193,3 +193,30 @@ async def test_a_batch_hands_one_job_per_waiting_claim_and_queues_the_rest(
         assert (await _row(env, ids[2]))["state"] == "queued"
         [last] = await _poll(env, _body("c9", wait_s=0))
         assert last["job_id"] == ids[2]
+
+
+async def test_a_failed_commit_releases_the_reserved_claim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite commits the insert when its transaction ends (PostgreSQL commits it in the statement,
+    covered above): a commit that fails must release the claim too, or it would wait for ever."""
+    from api.db import _one_hop_class
+
+    settings = make_settings(
+        tmp_path, database_url=f"sqlite+aiosqlite:///{tmp_path}/m.db", claim_recheck_s=30.0
+    )
+    async with running_env(settings) as env:
+        alice, _ = await make_user(env.state.engine, "alice", Scope.client)
+        poll = asyncio.create_task(_poll(env, _body("c1", wait_s=1)))
+        await _waiting(env)
+        conn_class = _one_hop_class()
+
+        async def broken(self: Any) -> None:
+            raise RuntimeError("disk I/O error")
+
+        with monkeypatch.context() as m:
+            m.setattr(conn_class, "commit", broken)
+            with pytest.raises(Exception, match="disk I/O error"):
+                await submit(env.state, alice)
+        assert await asyncio.wait_for(poll, 5) == []  # waited on to its deadline, then a 204
+        assert env.state.notifier.waiters.handoffs == 0
