@@ -48,8 +48,10 @@ RETURNED: tuple[Any, ...] = (
     J.c.priority,
 )
 _P_NOW = bindparam("now", type_=J.c.run_after.type)
+# What every lease writes besides its own token, times and holder (a claim's and a hand-off's).
+_LEASED: dict[str, Any] = dict(state=RUNNING, progress=0.0, progress_message="claimed")
 _CLAIM_VALUES: dict[str, Any] = dict(
-    state=RUNNING,
+    _LEASED,
     attempt=J.c.attempt + 1,
     lease_token=bindparam("token", type_=J.c.lease_token.type),
     lease_expires_at=bindparam("expires", type_=J.c.lease_expires_at.type),
@@ -58,8 +60,6 @@ _CLAIM_VALUES: dict[str, Any] = dict(
     worker_key_id=bindparam("key_id", type_=J.c.worker_key_id.type),
     started_at=_P_NOW,
     updated_at=_P_NOW,
-    progress=0.0,
-    progress_message="claimed",
 )
 _claim_cache: dict[tuple[str, ClaimShape, int], Any] = {}
 
@@ -75,7 +75,7 @@ def handoff_lease(
     """The columns a claim writes (``_CLAIM_VALUES``) for a new job leased to a waiting claim by
     its own insert (``api.waiters``): its first attempt, a fresh lease token."""
     return dict(
-        state=RUNNING,
+        _LEASED,
         attempt=1,
         lease_token=new_token(),
         lease_expires_at=now + timedelta(seconds=lease_s),
@@ -84,8 +84,6 @@ def handoff_lease(
         worker_key_id=who.key_id,
         started_at=now,
         updated_at=now,
-        progress=0.0,
-        progress_message="claimed",
     )
 
 
@@ -197,23 +195,24 @@ def claim_statement(
     return stmt, params
 
 
+def leased_job(r: Any) -> LeasedJob:
+    """One leased job from a row with the ``RETURNED`` columns as attributes."""
+    return LeasedJob(
+        id=r.id,
+        lease_token=r.lease_token,
+        lease_expires_at=r.lease_expires_at,
+        attempt=r.attempt,
+        content_type=r.content_type,
+        options=r.options or {},
+        file_id=r.file_id,
+        source_url=r.source_url,
+        user_id=r.user_id,
+        priority=r.priority,
+    )
+
+
 def _leased(rows: list[Any]) -> list[LeasedJob]:
-    jobs = [
-        LeasedJob(
-            id=r.id,
-            lease_token=r.lease_token,
-            lease_expires_at=r.lease_expires_at,
-            attempt=r.attempt,
-            content_type=r.content_type,
-            options=r.options or {},
-            file_id=r.file_id,
-            source_url=r.source_url,
-            user_id=r.user_id,
-            priority=r.priority,
-        )
-        for r in rows
-    ]
-    return sorted(jobs, key=lambda j: (-j.priority, j.id))
+    return sorted(map(leased_job, rows), key=lambda j: (-j.priority, j.id))
 
 
 def _presence_shape(

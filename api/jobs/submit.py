@@ -6,6 +6,7 @@ import functools
 import json
 import time
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Insert, TextClause, bindparam, delete, or_, select, text, update
@@ -22,7 +23,8 @@ from api.jobs.base import (
     owner_is,
     run_many_direct,
 )
-from api.jobs.records import JobEvent, JobKind, JobState, Lease, LeasedJob, NewJob, TaskStage
+from api.jobs.claim import leased_job
+from api.jobs.records import JobEvent, JobKind, JobState, Lease, NewJob, TaskStage
 from api.jobs.tables import DELIVERIES as D
 from api.jobs.tables import FILES as F
 from api.jobs.tables import JOBS as J
@@ -157,9 +159,12 @@ class SubmitStore(StoreBase):
         if not self.settings.claim_handoff:
             return []
         handed = []
+        missed: set[tuple[str, str]] = set()  # no open waiter for these: a batch asks once each
         for row in rows:
-            found = self.notifier.waiters.reserve(str(row["lane"]), str(row["content_type"]))
+            wanted = (str(row["lane"]), str(row["content_type"]))
+            found = None if wanted in missed else self.notifier.waiters.reserve(*wanted)
             if found is None:
+                missed.add(wanted)
                 continue
             waiter, lease = found
             row.update(lease)  # type: ignore[call-overload]  # handoff_lease's columns
@@ -171,18 +176,7 @@ class SubmitStore(StoreBase):
         gives the lease back at once (queued again, not an attempt)."""
         gone = []
         for row, waiter in handed:
-            job = LeasedJob(
-                id=row["id"],
-                lease_token=row["lease_token"],
-                lease_expires_at=row["lease_expires_at"],
-                attempt=row["attempt"],
-                content_type=row["content_type"],
-                options=row["options"] or {},
-                file_id=row["file_id"],
-                source_url=row["source_url"],
-                user_id=row["user_id"],
-                priority=row["priority"],
-            )
+            job = leased_job(SimpleNamespace(**row))
             if not self.notifier.waiters.hand(waiter, job):
                 gone.append(Lease(job.id, job.lease_token, row["worker_key_id"]))
         if gone:
