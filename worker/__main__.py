@@ -59,6 +59,19 @@ OPTIONS: list[tuple[str, Any, str]] = [
         "prefetch only while the recent jobs ran shorter than this, in seconds (also about the "
         "longest a prefetched job can wait for a slot)",
     ),
+    (
+        "--pipeline",
+        int,
+        "jobs handed to a busy slot's child behind the one it runs, while the recent jobs ran "
+        "shorter than --pipeline-below (it then starts the next one without a round trip to the "
+        "worker; 0: off; process isolation only)",
+    ),
+    (
+        "--pipeline-below",
+        float,
+        "pipeline only while the recent jobs ran shorter than this, in seconds (also about the "
+        "longest a job handed to a busy slot waits for it)",
+    ),
     ("--once", "bool", "process one job and exit (exit 0 when it succeeded)"),
     ("--log-format", str, "text | json"),
     ("--grace", float, "seconds running jobs get to finish on SIGINT/SIGTERM before being given back"),
@@ -77,6 +90,7 @@ _DEST = {
     "--kill-after": "kill_after_s",
     "--spool-after": "spool_after_s",
     "--prefetch-below": "prefetch_below_s",
+    "--pipeline-below": "pipeline_below_s",
 }
 _CHOICES = {
     "--log-format": ("text", "json"),

@@ -3,13 +3,16 @@
 The parent (``worker.slots.ProcessSlot``) starts it with the ``spawn`` method and speaks over one
 ``multiprocessing`` pipe. Messages are tuples:
 
-    parent -> child   ("job", {JobInput fields})       run one job
+    parent -> child   ("job", seq, {JobInput fields})  run one job (jobs run in the order sent;
+                                                        more may wait behind the one running)
+                      ("skip", seq)                     drop that job if it has not begun
                       ("quit",)                         exit after the current job
     child -> parent   ("ready", pid)                    started, imports done
-                      ("progress", fraction, message)   at most every PROGRESS_EVERY_S (``run_one``)
-                      ("result", ProcessResult)
-                      ("error", class name, message, error class, retryable)
-                      ("canceled",)
+                      ("progress", seq, fraction, message)  at most every PROGRESS_EVERY_S (``run_one``)
+                      ("result", seq, ProcessResult)
+                      ("error", seq, class name, message, error class, retryable)
+                      ("canceled", seq)
+                      ("skipped", seq)                  dropped as asked, never begun
 
 Models a processor loads stay loaded in this process between jobs (processors cache them), so a
 GPU worker pays the load once per slot, not per job. The parent stops a job by killing the whole
@@ -18,6 +21,7 @@ process (SIGTERM, then SIGKILL): native code in Whisper or docling cannot be int
 
 from __future__ import annotations
 
+import collections
 import logging
 import signal
 import time
@@ -32,11 +36,11 @@ PROGRESS_EVERY_S = 0.1
 log = logging.getLogger("morag.worker.child")
 
 
-def error_message(exc: ProcessingError) -> tuple[str, str, str, str, bool]:
-    return ("error", type(exc).__name__, exc.message, exc.error_class.value, exc.retryable)
+def error_message(seq: int, exc: ProcessingError) -> tuple[str, int, str, str, str, bool]:
+    return ("error", seq, type(exc).__name__, exc.message, exc.error_class.value, exc.retryable)
 
 
-def run_one(conn: Connection, fields: dict[str, Any], config: ProcessorConfig) -> None:
+def run_one(conn: Connection, seq: int, fields: dict[str, Any], config: ProcessorConfig) -> None:
     """Run one job and send its outcome (never raises, except when the pipe is gone).
 
     Progress goes to the parent at most every PROGRESS_EVERY_S (the first report at once, so the
@@ -50,12 +54,12 @@ def run_one(conn: Connection, fields: dict[str, Any], config: ProcessorConfig) -
         now = time.monotonic()
         if now - last[0] >= PROGRESS_EVERY_S or (fraction >= 1.0 and now - start >= PROGRESS_EVERY_S):
             last[0] = now
-            conn.send(("progress", float(fraction), str(message)))
+            conn.send(("progress", seq, float(fraction), str(message)))
 
     try:
         result = execute(JobInput(**fields, progress=progress), config)
     except JobCanceled:
-        conn.send(("canceled",))
+        conn.send(("canceled", seq))
         return
     except (BrokenPipeError, EOFError):
         raise
@@ -63,15 +67,15 @@ def run_one(conn: Connection, fields: dict[str, Any], config: ProcessorConfig) -
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         err = classify(exc)
-        conn.send(("canceled",) if isinstance(err, JobCanceled) else error_message(err))
+        conn.send(("canceled", seq) if isinstance(err, JobCanceled) else error_message(seq, err))
         return
     try:
-        conn.send(("result", result))
+        conn.send(("result", seq, result))
     except (BrokenPipeError, EOFError):
         raise
     except Exception as exc:  # metadata that cannot be pickled: say so instead of hanging
         err = ProcessingError(f"the result could not be handed to the worker: {type(exc).__name__}: {exc}")
-        conn.send(error_message(err))
+        conn.send(error_message(seq, err))
 
 
 def child_main(conn: Connection, config: ProcessorConfig, log_format: str) -> None:
@@ -84,14 +88,25 @@ def child_main(conn: Connection, config: ProcessorConfig, log_format: str) -> No
     import os
 
     conn.send(("ready", os.getpid()))
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):  # the parent is gone
-            return
-        if msg[0] != "job":
-            return
-        try:
-            run_one(conn, msg[1], config)
-        except (BrokenPipeError, EOFError, OSError):
-            return
+    jobs: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
+    skip: set[int] = set()
+    try:
+        while True:
+            # Before each job, every message already here: a skip sent for a job that waits is
+            # seen before that job could begin.
+            while not jobs or conn.poll():
+                msg = conn.recv()
+                if msg[0] == "job":
+                    jobs.append((msg[1], msg[2]))
+                elif msg[0] == "skip":
+                    skip.add(msg[1])
+                else:  # quit
+                    return
+            seq, fields = jobs.popleft()
+            if seq in skip:
+                skip.discard(seq)
+                conn.send(("skipped", seq))
+                continue
+            run_one(conn, seq, fields, config)
+    except (BrokenPipeError, EOFError, OSError):  # the parent is gone
+        return

@@ -90,6 +90,8 @@ class WorkerConfig:
     prefetch: int = -1  # jobs leased ahead of free slots while jobs are short; -1: as the slots start them
     #                    within prefetch_below_s, 1-3 per slot (Runner.prefetch)
     prefetch_below_s: float = 0.1  # prefetch only while the recent jobs ran shorter than this
+    pipeline: int = 2  # jobs written to a busy slot's child behind its current one (process slots)
+    pipeline_below_s: float = 0.02  # ...only while the recent jobs ran shorter than this
     once: bool = False
     log_format: str = "text"
     grace_s: float = 30.0  # on SIGINT/SIGTERM: time to finish current jobs before giving them back

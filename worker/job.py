@@ -50,7 +50,7 @@ class JobRun:
     task: asyncio.Task[Any] | None = None
     on_slot_free: Callable[[], None] | None = None  # the runner's: the slot may take the next job
     slot_freed: bool = False
-    slot: Slot | None = None  # the slot running it, once it has one
+    slot: Slot | None = None  # the slot running it (or holding it next in line), once it has one
     processing_s: float = 0.0  # how long the processing ran (decides whether the result is spooled)
 
     def __post_init__(self) -> None:
@@ -71,7 +71,7 @@ class JobRun:
         if self.stop_reason is None:
             self.stop_reason = reason
         if not self.slot_freed and self.slot is not None:  # a slot given back may run the next job
-            self.slot.stop()
+            self.slot.stop(self.job_id)
         if self.task and not self.task.done() and self.outcome == "running":
             self.task.cancel()
 
@@ -105,7 +105,7 @@ class JobRun:
             hb.cancel()
             if not self.slot_freed:
                 if self.slot is not None:
-                    await self.slot.idle()  # a stopped job's process is gone before its files are
+                    await self.slot.idle(self.job_id)  # a stopped job's process is gone before its files are
                 self._free_slot()
             # One lstat of a local path, against a thread hop per job: most echo/URL jobs make none.
             if os.path.lexists(self.temp_dir):  # noqa: ASYNC240
@@ -151,7 +151,9 @@ class JobRun:
         started = time.monotonic()
         assert self.slot is not None
         try:
-            return await self.slot.run(inp, lambda f, m: self.progress.update("processing", f, m))
+            return await self.slot.run(
+                inp, lambda f, m: self.progress.update("processing", f, m), self.job_id
+            )
         finally:
             self.processing_s = time.monotonic() - started
 

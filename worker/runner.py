@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import uuid
+from collections.abc import Awaitable
 
 from protocol import FEATURE_CLAIM_RESULTS, PROTOCOL_VERSION
 from protocol.errors import ErrorClass
@@ -28,7 +29,7 @@ from worker.client import AuthFailed, ServerRejected, ServerUnreachable, WorkerC
 from worker.config import WorkerConfig, backoff_delay
 from worker.delivery import Delivery
 from worker.job import JobRun
-from worker.slots import SlotPool, make_pool
+from worker.slots import Slot, SlotPool, make_pool
 
 log = logging.getLogger("morag.worker")
 # The longest a finished job's result waits for a claim to ride on before a claim (or, with no
@@ -323,6 +324,19 @@ class Runner:
         within = int(cfg.concurrency * cfg.prefetch_below_s / max(longest, 1e-6))
         return max(cfg.concurrency, min(within, AUTO_AHEAD_PER_SLOT * cfg.concurrency))
 
+    def pipeline_depth(self) -> int:
+        """How many jobs a slot may hold (the one it runs and those written to its child behind
+        it): ``1 + --pipeline`` while every recent job ran shorter than ``--pipeline-below``
+        (the jobs then cost less than a slot's round trip to its child), else 1."""
+        cfg = self.config
+        if cfg.pipeline <= 0 or cfg.once or not self._recent or max(self._recent) >= cfg.pipeline_below_s:
+            return 1
+        return 1 + cfg.pipeline
+
+    def _acquire(self) -> Awaitable[Slot]:
+        assert self.pool is not None
+        return self.pool.acquire(self.pipeline_depth())
+
     def _redeliver_spooled(self) -> None:
         """Send spooled results in the background (one pass at a time) while the worker runs, so a
         result that waited out a long outage reaches the server without a restart."""
@@ -352,7 +366,9 @@ class Runner:
             return
         if self.stopping.is_set():
             for run in list(self.jobs.values()):
-                if run.slot is None and not run.slot_freed:  # prefetched, not started: back at once
+                if run.slot_freed:
+                    continue
+                if run.slot is None or run.slot.waiting(run.job_id):  # not begun: back at once
                     run.stop("shutdown")
         tasks = [run.task for run in self.jobs.values() if run.task]
         grace = self.config.grace_s if self.stopping.is_set() else None
@@ -365,7 +381,7 @@ class Runner:
 
     def _start_job(self, job: ClaimedJob) -> None:
         assert self.pool is not None
-        run = JobRun(job, self.client, self.config, self.delivery, self.pool.acquire, self.lease_s)
+        run = JobRun(job, self.client, self.config, self.delivery, self._acquire, self.lease_s)
         run.on_slot_free = lambda: self._slot_done(run)
         self.jobs[job.job_id] = run
         self.processing.add(job.job_id)

@@ -14,7 +14,9 @@ boundary, but a stopped job only ends at its next progress report.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import itertools
 import logging
 import multiprocessing
 import signal
@@ -42,16 +44,20 @@ Progress = Callable[[float, str], None]
 
 
 class Slot(Protocol):
-    async def run(self, inp: JobInput, progress: Progress) -> ProcessResult:
+    async def run(self, inp: JobInput, progress: Progress, key: object = None) -> ProcessResult:
         """Run one job; raises ProcessingError subclasses, or JobCanceled once ``stop`` was called."""
         ...
 
-    def stop(self) -> None:
-        """Stop the job now running (if any)."""
+    def stop(self, key: object = None) -> None:
+        """Stop the job ``key`` (default: the one now running), if the slot has it."""
         ...
 
-    async def idle(self) -> None:
-        """Return once nothing of the last job runs any more (a stopped job's process is gone)."""
+    def waiting(self, key: object) -> bool:
+        """The job was handed to the slot behind another one and has not begun."""
+        ...
+
+    async def idle(self, key: object = None) -> None:
+        """Return once nothing of a stopped job runs any more (its process is gone)."""
         ...
 
     async def close(self) -> None:
@@ -101,6 +107,7 @@ def _main_not_rerun() -> Iterator[None]:
 _SIZE = struct.Struct("!i")  # multiprocessing.connection's frame header: the payload's length...
 _BIG_SIZE = struct.Struct("!Q")  # ...or -1 and then this, past 2 GiB
 _READ_BYTES = 1 << 18
+SKIP_ANSWER_S = 0.2  # a child between jobs answers a skip at once; past this it runs the job
 
 
 class ChildPipe:
@@ -114,11 +121,14 @@ class ChildPipe:
     (docs/benchmarks.md, stop 23). Messages arrive in ``inbox``; ``("eof",)`` once the child's
     end is closed (the child exited or died)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(
+        self, sock: socket.socket, on_message: Callable[[tuple[Any, ...]], None] | None = None
+    ) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.loop = asyncio.get_running_loop()
         self.inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self.deliver = on_message or self.inbox.put_nowait
         self._buf = bytearray()
         self._reading = True
         self.loop.add_reader(sock.fileno(), self._readable)
@@ -132,7 +142,7 @@ class ChildPipe:
             data = b""
         if not data:  # the child's end is closed
             self._stop_reading()
-            self.inbox.put_nowait(("eof",))
+            self.deliver(("eof",))
             return
         buf = self._buf
         buf += data
@@ -149,14 +159,18 @@ class ChildPipe:
                 return
             msg = ForkingPickler.loads(buf[head:end])
             del buf[:end]
-            self.inbox.put_nowait(msg)
+            self.deliver(msg)
 
-    async def send(self, msg: tuple[Any, ...]) -> None:
-        """One message to the child (raises OSError once its end is gone)."""
+    @staticmethod
+    def frame(msg: tuple[Any, ...]) -> bytes:
         payload = bytes(ForkingPickler.dumps(msg))
         size = len(payload)
         head = _SIZE.pack(size) if size <= 0x7FFFFFFF else _SIZE.pack(-1) + _BIG_SIZE.pack(size)
-        await self.loop.sock_sendall(self.sock, head + payload)
+        return head + payload
+
+    async def send(self, msg: tuple[Any, ...]) -> None:
+        """One message to the child (raises OSError once its end is gone)."""
+        await self.loop.sock_sendall(self.sock, self.frame(msg))
 
     def _stop_reading(self) -> None:
         if self._reading:
@@ -168,8 +182,37 @@ class ChildPipe:
         self.sock.close()
 
 
+@dataclasses.dataclass(eq=False)
+class _Sent:
+    """A job handed to a slot's child: its outcome is settled by the child's messages (``route``)."""
+
+    key: object
+    seq: int
+    fields: dict[str, Any]
+    progress: Progress
+    outcome: asyncio.Future[ProcessResult]
+    stopped: bool = False  # to be skipped (it waits behind another job) or killed (it runs)
+    child: int = 0  # the child it was written to (``ProcessSlot.started`` then); 0: not yet
+
+    def settle(self, result: ProcessResult | None, error: BaseException | None = None) -> None:
+        if not self.outcome.done():
+            if error is not None:
+                self.outcome.set_exception(error)
+            else:
+                self.outcome.set_result(result)  # type: ignore[arg-type]
+
+
 class ProcessSlot:
-    """One child process, started on first use and after each death, running one job at a time."""
+    """One child process, started on first use and after each death, running one job at a time.
+
+    Jobs may be handed to the child while it runs another (``SlotPool.acquire`` with a depth above
+    one, while jobs are a few ms long): the child reads the next one as soon as it sends a result,
+    without sleeping until the parent has read that result and sent more (each such wake-up of a
+    sleeping process was a quarter of the worker's CPU per job; docs/benchmarks.md, stop 26). Jobs
+    run in the order they were sent. ``_sent`` holds them; its head is the one the child runs (or
+    starts next). Stopping the head kills the child and the jobs behind it go to a fresh child;
+    stopping a job behind it sends ``("skip", seq)``: the child drops it unless it already began it,
+    and then (its messages show it) the child is killed as for the head."""
 
     def __init__(
         self, config: ProcessorConfig, *, log_format: str = "text", kill_after_s: float = 1.0
@@ -180,7 +223,13 @@ class ProcessSlot:
         self._ctx = multiprocessing.get_context("spawn")
         self._proc: BaseProcess | None = None
         self._pipe: ChildPipe | None = None
-        self._stopped = False
+        self._stopped = False  # the child was told to die (SIGTERM)
+        self._sent: collections.deque[_Sent] = collections.deque()
+        self._seq = 0
+        self._send_lock = asyncio.Lock()
+        self._recovering: asyncio.Task[None] | None = None  # reaping a dead child, re-sending its queue
+        self._closing = False
+        self._skips: set[asyncio.Task[None]] = set()
         self.started = 0  # children started so far (1 + restarts)
 
     @property
@@ -204,7 +253,8 @@ class ProcessSlot:
             raise
         finally:
             child.close()
-        self._proc, self._pipe = proc, ChildPipe(ours)
+        self._proc, self._pipe = proc, ChildPipe(ours, self._route)
+        self._stopped = False
         self.started += 1
 
     def warm(self) -> None:
@@ -212,45 +262,109 @@ class ProcessSlot:
         if self._proc is None:
             self._start()
 
-    async def run(self, inp: JobInput, progress: Progress) -> ProcessResult:
-        if self._stopped or not self.alive():
-            await self._reap()
-            self._start()
-        pipe = self._pipe
-        assert pipe is not None
+    def waiting(self, key: object) -> bool:
+        """The job was handed to this slot behind another one and has not begun."""
+        return any(e.key == key for e in itertools.islice(self._sent, 1, None))
+
+    async def run(self, inp: JobInput, progress: Progress, key: object = None) -> ProcessResult:
         # Shallow: pickling copies the values anyway (asdict deep-copied each job's options first).
         fields = {f.name: getattr(inp, f.name) for f in dataclasses.fields(inp) if f.name != "progress"}
-        inbox = pipe.inbox
+        self._seq += 1
+        entry = _Sent(key, self._seq, fields, progress, asyncio.get_running_loop().create_future())
         try:
-            await pipe.send(("job", fields))
-            while True:
-                msg = await inbox.get()
-                kind = msg[0]
-                if kind == "progress":
-                    progress(msg[1], msg[2])
-                elif kind == "result":
-                    result: ProcessResult = msg[1]
-                    return result
-                elif kind == "error":
-                    raise rebuild_error(*msg[1:])
-                elif kind == "canceled":
-                    raise JobCanceled()
-                elif kind == "eof":
-                    stopped = self._stopped
-                    code = await self._reap()
-                    raise JobCanceled() if stopped else crash_error(code)
-        except (BrokenPipeError, OSError) as exc:
-            stopped = self._stopped
-            code = await self._reap()
-            raise (JobCanceled() if stopped else crash_error(code)) from exc
+            await self._send(entry)
+            return await entry.outcome
         except asyncio.CancelledError:
-            self.stop()  # the job's task was canceled: its work must not go on in the child
+            self._stop_entry(entry)  # the job's task was canceled: its work must not go on in the child
             raise
 
-    def stop(self) -> None:
-        """Kill the child (SIGTERM, then SIGKILL); the next job starts a fresh one."""
+    async def _send(self, entry: _Sent) -> None:
+        """Queue the job and write it to the child, in the order of ``_sent`` (one writer at a time)."""
+        async with self._send_lock:
+            if self._recovering is None and self._proc is None:
+                self._start()  # the first job, or the first after a stop or a crash while idle
+            self._sent.append(entry)
+            pipe = self._pipe
+            if self._recovering is not None:
+                return  # the recovery under way writes it to the fresh child, in order
+            if pipe is None or self._stopped or not self.alive():  # died while idle
+                self._recover()
+                return
+            try:
+                await pipe.send(("job", entry.seq, entry.fields))
+                entry.child = self.started
+            except OSError:
+                pass  # the child is gone: its end-of-file starts the recovery, which re-sends the job
+            except asyncio.CancelledError:
+                self._kill()  # maybe half a message written: this child cannot read the next one
+                raise
+
+    def _route(self, msg: tuple[Any, ...]) -> None:
+        """A message from the child, for the job at the head of ``_sent``."""
+        kind = msg[0]
+        if kind == "eof":
+            self._recover()
+            return
+        if kind == "ready" or not self._sent:
+            return
+        head = self._sent[0]
+        if msg[1] != head.seq:  # cannot happen while both ends keep the order; never guess
+            log.error("processing process %s answered for job %s, expected %s", self.pid, msg[1], head.seq)
+            self._kill()
+            return
+        if kind == "progress":
+            if head.stopped:  # the skip came too late: the job runs; it must not go on
+                self._kill()
+            else:
+                head.progress(msg[2], msg[3])
+            return
+        self._sent.popleft()
+        if self._sent and self._sent[0].stopped:  # its skip may have come after the child began it
+            asyncio.get_running_loop().call_later(SKIP_ANSWER_S, self._kill_if_head, self._sent[0])
+        if head.stopped or kind in ("canceled", "skipped"):
+            head.settle(None, JobCanceled())
+        elif kind == "result":
+            head.settle(msg[2])
+        elif kind == "error":
+            head.settle(None, rebuild_error(*msg[2:]))
+
+    def stop(self, key: object = None) -> None:
+        """Stop the job ``key`` (default: the one running): kill the child when it runs it (SIGTERM,
+        then SIGKILL; the jobs behind it go to a fresh child), else have the child skip it."""
+        for entry in self._sent:
+            if key is None or entry.key == key:
+                self._stop_entry(entry)
+                return
+
+    def _stop_entry(self, entry: _Sent) -> None:
+        if entry.outcome.done() and entry not in self._sent:
+            return
+        first = bool(self._sent) and self._sent[0] is entry
+        entry.stopped = True
+        if first:
+            self._kill()
+        elif entry in self._sent:
+            task = asyncio.ensure_future(self._skip(entry))
+            self._skips.add(task)
+            task.add_done_callback(self._skips.discard)
+
+    async def _skip(self, entry: _Sent) -> None:
+        async with self._send_lock:  # after any message being written, never inside one
+            pipe = self._pipe
+            if entry in self._sent and entry.child == self.started and pipe and self._recovering is None:
+                try:
+                    await pipe.send(("skip", entry.seq))
+                except OSError:
+                    pass  # the child is gone: the recovery drops the stopped job
+
+    def _kill_if_head(self, entry: _Sent) -> None:
+        """A skipped job still first in line got no answer: the child runs it; stop it for real."""
+        if self._sent and self._sent[0] is entry:
+            self._kill()
+
+    def _kill(self) -> None:
         proc = self._proc
-        if proc is None or not proc.is_alive():
+        if proc is None or not proc.is_alive() or self._stopped:
             return
         self._stopped = True
         proc.terminate()
@@ -265,10 +379,56 @@ class ProcessSlot:
                 pass
 
         threading.Thread(target=kill_later, name=f"slot-kill-{proc.pid}", daemon=True).start()
+        self._recover()
 
-    async def idle(self) -> None:
-        if self._stopped:
-            await self._reap()
+    def _recover(self) -> None:
+        """The child is dying or dead: reap it, settle the job it ran, re-send the jobs behind it."""
+        if self._recovering is None and (self._proc is not None or self._sent):
+            self._recovering = asyncio.ensure_future(self._recovery())
+
+    async def _recovery(self) -> None:
+        try:
+            generation = self.started if self._proc is not None else -1
+            stopped = self._stopped
+            code = await self._reap()
+            if self._sent and self._sent[0].child == generation:  # it ran, or was about to
+                head = self._sent.popleft()
+                head.settle(None, JobCanceled() if stopped or head.stopped else crash_error(code))
+            written: set[int] = set()
+            while not self._closing:
+                # Jobs stopped while waiting never began; the others go to a fresh child, in order
+                # (a job queued meanwhile is appended here and written in its turn).
+                for entry in [e for e in self._sent if e.stopped or e.outcome.done()]:
+                    self._sent.remove(entry)
+                    entry.settle(None, JobCanceled())
+                todo = [e for e in self._sent if e.seq not in written]
+                if not todo:
+                    break
+                if self._proc is None:
+                    self._start()
+                pipe = self._pipe
+                assert pipe is not None
+                for entry in todo:
+                    await pipe.send(("job", entry.seq, entry.fields))
+                    entry.child = self.started
+                    written.add(entry.seq)
+        except OSError as exc:  # the fresh child died at once: its jobs fail as a crash would
+            for entry in self._sent:
+                entry.settle(None, ProcessCrashed(f"the processing process could not be started: {exc}"))
+            self._sent.clear()
+        finally:
+            if self._closing:
+                for entry in self._sent:
+                    entry.settle(None, JobCanceled())
+                self._sent.clear()
+            self._recovering = None
+            if not self._closing and self._proc is not None and (self._stopped or not self.alive()):
+                self._recover()  # the fresh child was stopped (or died) while this ran
+
+    async def idle(self, key: object = None) -> None:
+        """Return once a stopped job's child is gone (its files may then be removed)."""
+        while self._recovering is not None:
+            await asyncio.shield(self._recovering)
 
     async def _reap(self) -> int | None:
         """Wait for the dead (or dying) child; its exit code."""
@@ -286,6 +446,9 @@ class ProcessSlot:
         return proc.exitcode
 
     async def close(self) -> None:
+        self._closing = True
+        while self._recovering is not None:
+            await asyncio.shield(self._recovering)
         if self._pipe is not None and self.alive():
             try:
                 await asyncio.wait_for(self._pipe.send(("quit",)), 2.0)
@@ -295,7 +458,9 @@ class ProcessSlot:
         if proc is not None:
             await asyncio.to_thread(proc.join, 2.0)
             if proc.is_alive():
-                self.stop()
+                self._kill()
+                while self._recovering is not None:
+                    await asyncio.shield(self._recovering)
         await self._reap()
 
 
@@ -307,7 +472,7 @@ class ThreadSlot:
         self._canceled = threading.Event()
         self.thread: threading.Thread | None = None
 
-    async def run(self, inp: JobInput, progress: Progress) -> ProcessResult:
+    async def run(self, inp: JobInput, progress: Progress, key: object = None) -> ProcessResult:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[ProcessResult] = loop.create_future()
         self._canceled = canceled = threading.Event()
@@ -335,10 +500,13 @@ class ThreadSlot:
             canceled.set()
             raise
 
-    def stop(self) -> None:
+    def stop(self, key: object = None) -> None:
         self._canceled.set()
 
-    async def idle(self) -> None:
+    def waiting(self, key: object) -> bool:
+        return False  # one job at a time
+
+    async def idle(self, key: object = None) -> None:
         if self.thread is not None and self.thread.is_alive():
             await asyncio.to_thread(self.thread.join, 10.0)
 
@@ -349,19 +517,56 @@ class ThreadSlot:
 
 class SlotPool:
     """``concurrency`` slots; a job waits for a free one (first come, first served) and gives it
-    back when its processing ends. Jobs leased ahead of the slots (``--prefetch``) wait here."""
+    back when its processing ends. Jobs leased ahead of the slots (``--prefetch``) wait here.
 
-    def __init__(self, make: Callable[[], Slot], size: int) -> None:
+    ``acquire(depth)`` with a depth above one may hand a job to a slot that runs others, up to
+    ``depth`` jobs in all (the least loaded slot first): a ``ProcessSlot`` writes it to its child
+    at once (``--pipeline``). Thread slots run one job at a time whatever the depth."""
+
+    def __init__(self, make: Callable[[], Slot], size: int, *, pipelines: bool = False) -> None:
         self.slots: list[Slot] = [make() for _ in range(size)]
-        self._free: asyncio.Queue[Slot] = asyncio.Queue()
-        for slot in self.slots:
-            self._free.put_nowait(slot)
+        self.pipelines = pipelines
+        self.load: dict[Slot, int] = dict.fromkeys(self.slots, 0)  # jobs handed out, not given back
+        self._waiters: collections.deque[tuple[int, asyncio.Future[Slot]]] = collections.deque()
 
-    async def acquire(self) -> Slot:
-        return await self._free.get()
+    def _pick(self, depth: int) -> Slot | None:
+        slot = min(self.slots, key=self.load.__getitem__)
+        limit = max(depth, 1) if self.pipelines else 1
+        return slot if self.load[slot] < limit else None
+
+    async def acquire(self, depth: int = 1) -> Slot:
+        if not self._waiters and (slot := self._pick(depth)) is not None:
+            self.load[slot] += 1
+            return slot
+        fut: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+        self._waiters.append((depth, fut))
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.give_back(fut.result())  # handed over as the wait was canceled
+            else:
+                self._waiters = collections.deque(w for w in self._waiters if w[1] is not fut)
+                self._hand_out()
+            raise
 
     def give_back(self, slot: Slot) -> None:
-        self._free.put_nowait(slot)
+        self.load[slot] -= 1
+        self._hand_out()
+
+    def _hand_out(self) -> None:
+        """Slots to the waiting jobs, first come first served."""
+        while self._waiters:
+            depth, fut = self._waiters[0]
+            if fut.done():
+                self._waiters.popleft()
+                continue
+            slot = self._pick(depth)
+            if slot is None:
+                return
+            self._waiters.popleft()
+            self.load[slot] += 1
+            fut.set_result(slot)
 
     def warm(self) -> None:
         for slot in self.slots:
@@ -376,4 +581,4 @@ def make_pool(processor_config: ProcessorConfig, size: int, isolation: str, **kw
     """The slots of one worker: child processes (``process``) or threads (``thread``)."""
     if isolation == "thread":
         return SlotPool(lambda: ThreadSlot(processor_config), size)
-    return SlotPool(lambda: ProcessSlot(processor_config, **kw), size)
+    return SlotPool(lambda: ProcessSlot(processor_config, **kw), size, pipelines=True)
