@@ -1,7 +1,8 @@
 """The built-in ``echo`` processor: returns its input as markdown (proves the protocol).
 
 With ``MORAG_WORKER_TEST_HOOKS=1`` in the worker's environment (tests only) it also takes the
-options ``spin_s`` (burn CPU that long without reporting progress, as native code does) and
+options ``spin_s`` (burn CPU that long without reporting progress, as native code does),
+``spin_first_s`` (the same before the first progress report: a job that never says it began) and
 ``crash`` (``segfault`` | ``kill`` | ``exit``: die the way a broken library or the OOM killer
 makes a process die). Without the variable those options are refused.
 """
@@ -23,6 +24,8 @@ class EchoProcessor:
         return True, ""
 
     def process(self, job: JobInput, config: ProcessorConfig) -> ProcessResult:
+        if job.options.get("spin_first_s") is not None:
+            test_hooks(job, "spin_first_s")
         job.progress(0.1, "reading input")
         if job.path is not None:
             raw = job.path.read_bytes()
@@ -57,13 +60,17 @@ class EchoProcessor:
 TEST_HOOKS_VAR = "MORAG_WORKER_TEST_HOOKS"
 
 
-def test_hooks(job: JobInput) -> None:
-    """The options ``spin_s`` and ``crash``, honoured only when the tests enabled them."""
-    spin, crash = job.options.get("spin_s"), job.options.get("crash")
+def test_hooks(job: JobInput, spin_option: str = "spin_s") -> None:
+    """The options ``spin_s`` (or ``spin_first_s``) and ``crash``, honoured only when the tests
+    enabled them."""
+    spin = job.options.get(spin_option)
+    crash = job.options.get("crash") if spin_option == "spin_s" else None
     if spin is None and crash is None:
         return
     if os.environ.get(TEST_HOOKS_VAR) != "1":
-        raise BadInput(f"echo options spin_s and crash are for tests only ({TEST_HOOKS_VAR}=1)")
+        raise BadInput(
+            f"echo options spin_s, spin_first_s and crash are for tests only ({TEST_HOOKS_VAR}=1)"
+        )
     if spin is not None:
         end = time.monotonic() + min(float(spin), 3600.0)
         n = 0

@@ -718,6 +718,28 @@ async def test_a_prefetched_job_keeps_its_lease_while_it_waits_for_a_slot(
     assert [c["job_id"] for c in server.completed] == ["J1", "J2", "J3"]
 
 
+async def test_shutdown_gives_back_a_job_waiting_in_a_busy_slots_child(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    """A job written to a slot's child behind the running one (--pipeline) has not begun: like a
+    prefetched job it goes back at once, and the child never runs it."""
+    server.add("J1")
+    server.add("J2", sleep_s=0.8)
+    server.add("J3")  # behind J2 in the same child
+    runner = make_runner(
+        tmp_path, concurrency=1, grace_s=5, prefetch_below_s=5.0, pipeline=2, pipeline_below_s=5.0
+    )
+
+    def j3_behind_j2() -> bool:
+        run = runner.jobs.get("J3")
+        return run is not None and run.slot is not None and run.slot.waiting("J3")
+
+    await run_until(runner, j3_behind_j2)
+    assert [c["job_id"] for c in server.completed] == ["J1", "J2"]  # J2 finished within grace
+    assert [(f["job_id"], f["error_class"]) for f in server.failed] == [("J3", "shutdown")]
+    assert leftovers(runner) == []
+
+
 async def test_shutdown_gives_prefetched_jobs_back_at_once(server: FakeServer, tmp_path: Path) -> None:
     server.add("J1")
     server.add("J2", sleep_s=0.6)
