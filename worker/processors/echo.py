@@ -68,9 +68,7 @@ def test_hooks(job: JobInput, spin_option: str = "spin_s") -> None:
     if spin is None and crash is None:
         return
     if os.environ.get(TEST_HOOKS_VAR) != "1":
-        raise BadInput(
-            f"echo options spin_s, spin_first_s and crash are for tests only ({TEST_HOOKS_VAR}=1)"
-        )
+        raise BadInput(f"echo options spin_s, spin_first_s and crash are for tests only ({TEST_HOOKS_VAR}=1)")
     if spin is not None:
         end = time.monotonic() + min(float(spin), 3600.0)
         n = 0

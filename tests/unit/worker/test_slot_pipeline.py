@@ -29,7 +29,9 @@ def slot(monkeypatch: pytest.MonkeyPatch) -> ProcessSlot:
     return ProcessSlot(ProcessorConfig(), kill_after_s=0.5)
 
 
-def start(slot: ProcessSlot, inp: JobInput, key: str, seen: list[str] | None = None) -> asyncio.Task[ProcessResult]:
+def start(
+    slot: ProcessSlot, inp: JobInput, key: str, seen: list[str] | None = None
+) -> asyncio.Task[ProcessResult]:
     def progress(fraction: float, message: str) -> None:
         if seen is not None:
             seen.append(f"{key} {message}")
@@ -200,3 +202,24 @@ async def test_depth_one_never_shares_a_slot_and_thread_pools_never_do() -> None
     await asyncio.sleep(0)
     assert not blocked.done()
     blocked.cancel()
+
+
+async def test_a_child_that_died_while_idle_is_replaced_for_the_next_job(
+    slot: ProcessSlot, tmp_path: Path
+) -> None:
+    import os
+    import signal
+
+    try:
+        await slot.run(echo_job(tmp_path, "one"), lambda f, m: None, "J1")
+        pid = slot.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # the OOM killer, between jobs
+        deadline = time.monotonic() + 10
+        while not _gone(pid):  # without the loop running: the slot has not read the end of its pipe
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        result = await asyncio.wait_for(slot.run(echo_job(tmp_path, "two"), lambda f, m: None, "J2"), 30)
+        assert "two" in result.markdown and slot.started == 2  # not blamed for the old child's death
+    finally:
+        await slot.close()
