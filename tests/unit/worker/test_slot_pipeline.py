@@ -137,7 +137,7 @@ async def test_a_skip_that_comes_after_the_job_began_kills_it(
     skip's answer does not come."""
     try:
         first = start(slot, echo_job(tmp_path, "first"), "J1")
-        spinning = start(slot, echo_job(tmp_path, **{option: 60}), "J2")
+        spinning = start(slot, echo_job(tmp_path, "spin", **dict.fromkeys([option], 60.0)), "J2")
         for _ in range(3):
             await asyncio.sleep(0)  # both written to the child
         time.sleep(1.0)  # the loop does not read: the child answers J1 and begins J2 meanwhile
