@@ -223,3 +223,23 @@ async def test_a_child_that_died_while_idle_is_replaced_for_the_next_job(
         assert "two" in result.markdown and slot.started == 2  # not blamed for the old child's death
     finally:
         await slot.close()
+
+
+async def test_a_job_begun_behind_a_stopped_one_runs_again_in_the_fresh_child(
+    slot: ProcessSlot, tmp_path: Path
+) -> None:
+    """J1 is stopped after the child finished it and began J2, before the parent read J1's result:
+    the kill meant for J1 cuts J2 short, and J2 (not stopped) runs again to its result."""
+    try:
+        first = start(slot, echo_job(tmp_path, "first"), "J1")
+        second = start(slot, echo_job(tmp_path, "second", sleep_s=0.5), "J2")
+        for _ in range(3):
+            await asyncio.sleep(0)
+        time.sleep(0.3)  # the loop does not read: the child answers J1 and begins J2
+        slot.stop("J1")  # J1 is still first in line as far as the parent knows
+        with pytest.raises(JobCanceled):
+            await asyncio.wait_for(first, 10)
+        assert "second" in (await asyncio.wait_for(second, 30)).markdown
+        assert slot.started == 2
+    finally:
+        await slot.close()
