@@ -129,6 +129,9 @@ class ChildPipe:
         self.loop = asyncio.get_running_loop()
         self.inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self.deliver = on_message or self.inbox.put_nowait
+        self._out = bytearray()  # posted, not yet written (``post``)
+        self._flush_soon = False
+        self._writing = False  # waiting for room in the socket's buffer
         self._buf = bytearray()
         self._reading = True
         self.loop.add_reader(sock.fileno(), self._readable)
@@ -172,6 +175,35 @@ class ChildPipe:
         """One message to the child (raises OSError once its end is gone)."""
         await self.loop.sock_sendall(self.sock, self.frame(msg))
 
+    def post(self, msg: tuple[Any, ...]) -> None:
+        """One message to the child, written in order with the others posted in this turn of the
+        event loop: jobs started together reach a sleeping child in one write, so it is woken
+        once (each write that woke a slot's child was ~30% of the worker's samples). A child
+        that is gone takes nothing: its end-of-file tells the slot."""
+        self._out += self.frame(msg)
+        if not self._flush_soon and not self._writing:
+            self._flush_soon = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        if not self._out or self.sock.fileno() < 0:
+            return
+        try:
+            n = self.sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:  # the child's end is closed
+            self._out.clear()
+            n = 0
+        del self._out[:n]
+        if self._out and not self._writing:
+            self._writing = True
+            self.loop.add_writer(self.sock.fileno(), self._flush)
+        elif not self._out and self._writing:
+            self._writing = False
+            self.loop.remove_writer(self.sock.fileno())
+
     def _stop_reading(self) -> None:
         if self._reading:
             self._reading = False
@@ -179,6 +211,10 @@ class ChildPipe:
 
     def close(self) -> None:
         self._stop_reading()
+        if self._writing:
+            self._writing = False
+            self.loop.remove_writer(self.sock.fileno())
+        self._out.clear()
         self.sock.close()
 
 
@@ -226,10 +262,8 @@ class ProcessSlot:
         self._stopped = False  # the child was told to die (SIGTERM)
         self._sent: collections.deque[_Sent] = collections.deque()
         self._seq = 0
-        self._send_lock = asyncio.Lock()
         self._recovering: asyncio.Task[None] | None = None  # reaping a dead child, re-sending its queue
         self._closing = False
-        self._skips: set[asyncio.Task[None]] = set()
         self.started = 0  # children started so far (1 + restarts)
 
     @property
@@ -272,32 +306,25 @@ class ProcessSlot:
         self._seq += 1
         entry = _Sent(key, self._seq, fields, progress, asyncio.get_running_loop().create_future())
         try:
-            await self._send(entry)
+            self._send(entry)
             return await entry.outcome
         except asyncio.CancelledError:
             self._stop_entry(entry)  # the job's task was canceled: its work must not go on in the child
             raise
 
-    async def _send(self, entry: _Sent) -> None:
-        """Queue the job and write it to the child, in the order of ``_sent`` (one writer at a time)."""
-        async with self._send_lock:
-            if self._recovering is None and self._proc is None:
-                self._start()  # the first job, or the first after a stop or a crash while idle
-            self._sent.append(entry)
-            pipe = self._pipe
-            if self._recovering is not None:
-                return  # the recovery under way writes it to the fresh child, in order
-            if pipe is None or self._stopped or not self.alive():  # died while idle
-                self._recover()
-                return
-            try:
-                await pipe.send(("job", entry.seq, entry.fields))
-                entry.child = self.started
-            except OSError:
-                pass  # the child is gone: its end-of-file starts the recovery, which re-sends the job
-            except asyncio.CancelledError:
-                self._kill()  # maybe half a message written: this child cannot read the next one
-                raise
+    def _send(self, entry: _Sent) -> None:
+        """Queue the job and post it to the child, in the order of ``_sent``."""
+        if self._recovering is None and self._proc is None:
+            self._start()  # the first job, or the first after a stop or a crash while idle
+        self._sent.append(entry)
+        pipe = self._pipe
+        if self._recovering is not None:
+            return  # the recovery under way writes it to the fresh child, in order
+        if pipe is None or self._stopped or not self.alive():  # died while idle
+            self._recover()
+            return
+        pipe.post(("job", entry.seq, entry.fields))
+        entry.child = self.started
 
     def _route(self, msg: tuple[Any, ...]) -> None:
         """A message from the child, for the job at the head of ``_sent``."""
@@ -343,19 +370,10 @@ class ProcessSlot:
         entry.stopped = True
         if first:
             self._kill()
-        elif entry in self._sent:
-            task = asyncio.ensure_future(self._skip(entry))
-            self._skips.add(task)
-            task.add_done_callback(self._skips.discard)
-
-    async def _skip(self, entry: _Sent) -> None:
-        async with self._send_lock:  # after any message being written, never inside one
-            pipe = self._pipe
-            if entry in self._sent and entry.child == self.started and pipe and self._recovering is None:
-                try:
-                    await pipe.send(("skip", entry.seq))
-                except OSError:
-                    pass  # the child is gone: the recovery drops the stopped job
+        elif entry in self._sent and entry.child == self.started and self._recovering is None:
+            if self._pipe is not None:
+                self._pipe.post(("skip", entry.seq))
+        # else a recovery under way drops it (it checks ``stopped`` after each write)
 
     def _kill_if_head(self, entry: _Sent) -> None:
         """A skipped job still first in line got no answer: the child runs it; stop it for real."""
@@ -391,9 +409,12 @@ class ProcessSlot:
             generation = self.started if self._proc is not None else -1
             stopped = self._stopped
             code = await self._reap()
-            if self._sent and self._sent[0].child == generation:  # it ran, or was about to
-                head = self._sent.popleft()
-                head.settle(None, JobCanceled() if stopped or head.stopped else crash_error(code))
+            head = self._sent[0] if self._sent else None
+            if head and head.child == generation and not (stopped or head.stopped):
+                self._sent.popleft()  # it ran when the child died on its own
+                head.settle(None, crash_error(code))
+            # Killed for a stopped job: that one is dropped below; a job the child may have begun
+            # meanwhile (the one behind it) was not stopped and runs again in the fresh child.
             written: set[int] = set()
             while not self._closing:
                 # Jobs stopped while waiting never began; the others go to a fresh child, in order
@@ -409,7 +430,7 @@ class ProcessSlot:
                 pipe = self._pipe
                 assert pipe is not None
                 for entry in todo:
-                    await pipe.send(("job", entry.seq, entry.fields))
+                    pipe.post(("job", entry.seq, entry.fields))
                     entry.child = self.started
                     written.add(entry.seq)
         except OSError as exc:  # the fresh child died at once: its jobs fail as a crash would
