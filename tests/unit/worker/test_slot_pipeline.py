@@ -63,35 +63,25 @@ async def test_jobs_behind_the_running_one_run_in_order_in_the_same_child(
         await slot.close()
 
 
-async def test_a_waiting_job_that_is_stopped_never_runs(slot: ProcessSlot, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["stop", "cancel"])
+async def test_a_waiting_job_that_is_stopped_never_runs(slot: ProcessSlot, tmp_path: Path, how: str) -> None:
+    """Stopped by the runner (``stop``: a cancel or a lost lease seen by the heartbeat) or by its task
+    being canceled: the child drops it; it would kill the child if it ran."""
     try:
         first = start(slot, echo_job(tmp_path, "first", sleep_s=0.5), "J1")
-        # It would kill the child if it ran: skipped, the child lives on.
         doomed = start(slot, echo_job(tmp_path, crash="segfault"), "J2")
         third = start(slot, echo_job(tmp_path, "third"), "J3")
         await asyncio.sleep(0.1)
         pid = slot.pid
-        slot.stop("J2")
-        with pytest.raises(JobCanceled):
+        if how == "stop":
+            slot.stop("J2")
+        else:
+            doomed.cancel()
+        with pytest.raises(JobCanceled if how == "stop" else asyncio.CancelledError):
             await asyncio.wait_for(doomed, 30)
         assert "first" in (await asyncio.wait_for(first, 30)).markdown
         assert "third" in (await asyncio.wait_for(third, 30)).markdown
         assert slot.started == 1 and slot.pid == pid  # nothing was killed, nothing crashed
-    finally:
-        await slot.close()
-
-
-async def test_a_canceled_waiting_job_is_skipped_too(slot: ProcessSlot, tmp_path: Path) -> None:
-    try:
-        first = start(slot, echo_job(tmp_path, "first", sleep_s=0.3), "J1")
-        doomed = start(slot, echo_job(tmp_path, crash="segfault"), "J2")
-        await asyncio.sleep(0.1)
-        doomed.cancel()  # the job's task is canceled (the runner's stop does both)
-        with pytest.raises(asyncio.CancelledError):
-            await doomed
-        assert "first" in (await asyncio.wait_for(first, 30)).markdown
-        after = await asyncio.wait_for(slot.run(echo_job(tmp_path, "after"), lambda f, m: None, "J3"), 30)
-        assert "after" in after.markdown and slot.started == 1
     finally:
         await slot.close()
 
