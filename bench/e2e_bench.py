@@ -538,7 +538,10 @@ class Morag(System):
                 return False
 
         wait_until(healthy, 60, "the server's /health", step=0.1)
+        # The server's settings stay out of the workers' environment; worker options set in the
+        # bench's own environment (MORAG_WORKER_PIPELINE=0, say) reach them, for A/B runs.
         wenv = {k: v for k, v in env.items() if not k.startswith("MORAG_")}
+        wenv |= {k: v for k, v in os.environ.items() if k.startswith("MORAG_WORKER_")}
         for i in range(WORKERS):
             log = self.rdir / f"worker{i}.log"
             self.workers.append(
