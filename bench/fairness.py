@@ -100,6 +100,7 @@ async def one(a: argparse.Namespace, flood: bool) -> list[float]:
                     pass
                 await asyncio.sleep(0.1)
             wenv = {k: v for k, v in env.items() if not k.startswith("MORAG_")}
+            wenv |= {k: v for k, v in os.environ.items() if k.startswith("MORAG_WORKER_")}  # A/B runs
             logs = []
             for i in range(WORKERS):
                 logs.append(data / f"worker{i}.log")
