@@ -52,6 +52,39 @@ async def test_what_the_parent_sends_a_connection_receives() -> None:
     child.close()
 
 
+async def test_posted_messages_go_in_order_in_one_write_and_past_a_full_buffer() -> None:
+    """``post`` writes what one turn of the loop posted in one ``send``; what does not fit in the
+    socket's buffer waits for room (the loop's writer callback), in order, nothing lost."""
+    ours, theirs = socket.socketpair()
+    pipe = ChildPipe(ours)
+    child = Connection(theirs.detach())
+    writes: list[int] = []
+    real_send = ours.send
+
+    class Counting:  # the socket's send, counted
+        def __getattr__(self, name: str) -> Any:
+            return getattr(ours, name)
+
+        def send(self, data: Any) -> int:
+            writes.append(len(data))
+            return real_send(data)
+
+    pipe.sock = Counting()  # type: ignore[assignment]
+    small: list[tuple[Any, ...]] = [("job", i, {"n": i}) for i in range(3)]
+    for msg in small:
+        pipe.post(msg)
+    await asyncio.sleep(0)  # the turn ends: one write
+    assert len(writes) == 1
+    assert [await asyncio.wait_for(asyncio.to_thread(child.recv), 10) for _ in small] == small
+    big: list[tuple[Any, ...]] = [("job", 10 + i, {"blob": str(i) * 700_000}) for i in range(3)]
+    for msg in big:
+        pipe.post(msg)
+    got = [await asyncio.wait_for(asyncio.to_thread(child.recv), 10) for _ in big]  # past the buffer
+    assert got == big
+    pipe.close()
+    child.close()
+
+
 async def test_a_frame_with_the_long_size_header_is_read() -> None:
     """Past 2 GiB multiprocessing writes -1 and then an 8-byte size; the same form, small here."""
     ours, theirs = socket.socketpair()
