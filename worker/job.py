@@ -105,7 +105,7 @@ class JobRun:
             hb.cancel()
             if not self.slot_freed:
                 if self.slot is not None:
-                    await self.slot.idle(self.job_id)  # a stopped job's process is gone before its files are
+                    await self.slot.idle()  # a stopped job's process is gone before its files are
                 self._free_slot()
             # One lstat of a local path, against a thread hop per job: most echo/URL jobs make none.
             if os.path.lexists(self.temp_dir):  # noqa: ASYNC240

@@ -56,7 +56,7 @@ class Slot(Protocol):
         """The job was handed to the slot behind another one and has not begun."""
         ...
 
-    async def idle(self, key: object = None) -> None:
+    async def idle(self) -> None:
         """Return once nothing of a stopped job runs any more (its process is gone)."""
         ...
 
@@ -373,7 +373,7 @@ class ProcessSlot:
         elif entry in self._sent and entry.child == self.started and self._recovering is None:
             if self._pipe is not None:
                 self._pipe.post(("skip", entry.seq))
-        # else a recovery under way drops it (it checks ``stopped`` after each write)
+        # else a recovery under way drops it (it checks ``stopped`` once the old child is reaped)
 
     def _kill_if_head(self, entry: _Sent) -> None:
         """A skipped job still first in line got no answer: the child runs it; stop it for real."""
@@ -415,24 +415,18 @@ class ProcessSlot:
                 head.settle(None, crash_error(code))
             # Killed for a stopped job: that one is dropped below; a job the child may have begun
             # meanwhile (the one behind it) was not stopped and runs again in the fresh child.
-            written: set[int] = set()
-            while not self._closing:
-                # Jobs stopped while waiting never began; the others go to a fresh child, in order
-                # (a job queued meanwhile is appended here and written in its turn).
-                for entry in [e for e in self._sent if e.stopped or e.outcome.done()]:
-                    self._sent.remove(entry)
-                    entry.settle(None, JobCanceled())
-                todo = [e for e in self._sent if e.seq not in written]
-                if not todo:
-                    break
-                if self._proc is None:
-                    self._start()
+            # Jobs stopped while waiting never began; the others (jobs queued while the child was
+            # reaped included) go to a fresh child, in order.
+            for entry in [e for e in self._sent if e.stopped or e.outcome.done()]:
+                self._sent.remove(entry)
+                entry.settle(None, JobCanceled())
+            if self._sent and not self._closing:
+                self._start()
                 pipe = self._pipe
                 assert pipe is not None
-                for entry in todo:
+                for entry in self._sent:
                     pipe.post(("job", entry.seq, entry.fields))
                     entry.child = self.started
-                    written.add(entry.seq)
         except OSError as exc:  # the fresh child died at once: its jobs fail as a crash would
             for entry in self._sent:
                 entry.settle(None, ProcessCrashed(f"the processing process could not be started: {exc}"))
@@ -446,7 +440,7 @@ class ProcessSlot:
             if not self._closing and self._proc is not None and (self._stopped or not self.alive()):
                 self._recover()  # the fresh child was stopped (or died) while this ran
 
-    async def idle(self, key: object = None) -> None:
+    async def idle(self) -> None:
         """Return once a stopped job's child is gone (its files may then be removed)."""
         while self._recovering is not None:
             await asyncio.shield(self._recovering)
@@ -471,10 +465,7 @@ class ProcessSlot:
         while self._recovering is not None:
             await asyncio.shield(self._recovering)
         if self._pipe is not None and self.alive():
-            try:
-                await asyncio.wait_for(self._pipe.send(("quit",)), 2.0)
-            except (OSError, TimeoutError):
-                pass
+            self._pipe.post(("quit",))  # after anything posted before it, never inside it
         proc = self._proc
         if proc is not None:
             await asyncio.to_thread(proc.join, 2.0)
@@ -527,7 +518,7 @@ class ThreadSlot:
     def waiting(self, key: object) -> bool:
         return False  # one job at a time
 
-    async def idle(self, key: object = None) -> None:
+    async def idle(self) -> None:
         if self.thread is not None and self.thread.is_alive():
             await asyncio.to_thread(self.thread.join, 10.0)
 

@@ -100,7 +100,7 @@ async def test_stopping_the_running_job_moves_the_ones_behind_it_to_a_fresh_chil
         results = await asyncio.wait_for(asyncio.gather(*behind), 30)
         assert [r.markdown.split("\n\n", 1)[1].strip() for r in results] == ["behind 2", "behind 3"]
         assert slot.started == 2 and slot.pid != pid
-        await slot.idle("J1")
+        await slot.idle()
     finally:
         await slot.close()
 
@@ -137,7 +137,7 @@ async def test_a_skip_that_comes_after_the_job_began_kills_it(
         assert "first" in (await asyncio.wait_for(first, 30)).markdown
         with pytest.raises(JobCanceled):
             await asyncio.wait_for(spinning, 10)
-        await slot.idle("J2")
+        await slot.idle()
         assert _gone(pid)
     finally:
         await slot.close()
