@@ -56,10 +56,10 @@ def _decode(payload: str) -> tuple[str | None, list[tuple[str | None, str | None
 
 
 class Notifier:
-    def __init__(self, recheck_s: float = 1.0) -> None:
+    def __init__(self, recheck_s: float = 1.0, standby_lane_rate: int = 20) -> None:
         self._pg_conn: Any = None
         self._listen_task: asyncio.Task[None] | None = None
-        self.waiters = Waiters(recheck_s)
+        self.waiters = Waiters(recheck_s, standby_lane_rate)
         self.ends = JobEnds()  # also a job-event listener (api.app)
         self.origin = uuid.uuid4().hex[:12]  # our own NOTIFYs come back to us: skip them
         self.listening = False  # LISTEN is set up (PostgreSQL)

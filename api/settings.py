@@ -71,6 +71,15 @@ class Settings(BaseSettings):
         "statement and one commit fewer between the submit and the worker). Off: it wakes the claim, "
         "which runs its query.",
     )
+    claim_standby_lane_rate: int = Field(
+        20,
+        ge=0,
+        description="A worker whose slots and prefetched jobs are all taken keeps one standby claim "
+        "open; a new job that no other waiting claim fits wakes it, so a user's first job does not "
+        "wait for a busy worker's next batch. At most this many jobs of one lane a second go that "
+        "way (a flooding lane's jobs wait for the batch claims, as before); 0: standby claims "
+        "never take a job.",
+    )
     max_attempts: int = Field(3, ge=1, description="Attempts before a job ends `dead`.")
     retry_base_s: float = Field(
         5.0,

@@ -29,6 +29,16 @@ A new long-poll whose group looked less than ``claim_recheck_s`` ago and found n
 announced since (``known_empty``), starts waiting without a query of its own when its caller allows
 it (``wait_first``: the route's presence bookkeeping): it is then exactly a claim that was already
 waiting. Idle workers re-poll every ~26 s, and each re-poll was one claim query that found nothing.
+
+A *standby* claim (``ClaimRequest.standby``) comes from a worker whose slots and prefetched jobs
+are all taken: it would otherwise claim again only after a batch of its jobs ended. It starts
+waiting without a query, takes no re-check, no hand-off at insert and no "maybe more" look, and a
+ticket reaches it only when no other waiting claim fits the new job. Its query then takes the
+first job of its claim's order (the shared lane's user with the fewest jobs in flight first), so a
+user's first job does not wait for a flooded worker's next batch (bench/fairness.py). A lane whose
+tickets went to standby claims ``standby_lane_rate`` times within the last second sends its next
+ones to nobody until the second is over: a flooding lane costs at most that many extra one-job
+claims a second, and its jobs wait for the workers' batch claims, as before.
 """
 
 from __future__ import annotations
@@ -84,6 +94,7 @@ class Waiter:
     take: Callable[[], object | None] | None = None  # a lease for a job handed at its insert
     held: bool = False  # reserved by a submit whose insert (of a job leased to it) is in flight
     handed: list[object] = field(default_factory=list)  # jobs leased to it by their insert
+    standby: bool = False  # a busy worker's standby claim: only new jobs no other waiter fits
 
     def open(self) -> bool:
         """Idle and free: no ticket to look for, no hand-off under way or waiting to be taken."""
@@ -93,8 +104,12 @@ class Waiter:
 class Waiters:
     """The waiting claims of one server process."""
 
-    def __init__(self, recheck_s: float) -> None:
+    def __init__(self, recheck_s: float, standby_lane_rate: int = 20) -> None:
         self.recheck_s = recheck_s
+        self.standby_lane_rate = standby_lane_rate
+        # Per lane: when its current one-second window began, and its tickets given to standby
+        # claims within it.
+        self._standby_use: dict[str, tuple[float, int]] = {}
         self._ids = itertools.count(1)
         self._waiters: dict[int, Waiter] = {}  # insertion order = oldest first
         self._timer: asyncio.Task[None] | None = None
@@ -128,7 +143,7 @@ class Waiters:
         """One claim per distinct waiting claim: the oldest idle waiter of each group looks."""
         seen: set[ClaimKey] = set()
         for w in list(self._waiters.values()):
-            if w.key in seen:
+            if w.standby or w.key in seen:
                 continue
             seen.add(w.key)
             if w.open():
@@ -150,13 +165,33 @@ class Waiters:
                 continue
             if w.busy:
                 r += 1
+            if w.standby:
+                if ticket.lane is None:  # only new jobs of a known lane, never a look
+                    continue
+                r += 10
             if r < rank:
                 best, rank = w, r
                 if r == 0:
                     break
-        if best is None:
+        if best is None or (best.standby and not self._standby_allowed(ticket.lane)):
             return False
         self._give(best, ticket)
+        return True
+
+    def _standby_allowed(self, lane: str | None) -> bool:
+        """Count one more of ``lane``'s tickets going to a standby claim; False past the lane's
+        ``standby_lane_rate`` within the current second."""
+        if lane is None or self.standby_lane_rate <= 0:
+            return False
+        now = time.monotonic()
+        began, used = self._standby_use.get(lane, (now, 0))
+        if now - began >= 1.0:
+            began, used = now, 0
+        if used >= self.standby_lane_rate:
+            return False
+        if len(self._standby_use) > 10_000:  # a bound: lanes come and go
+            self._standby_use.clear()
+        self._standby_use[lane] = (began, used + 1)
         return True
 
     def _give(self, w: Waiter, ticket: Ticket) -> None:
@@ -178,7 +213,7 @@ class Waiters:
         overtakes at most a job of its lanes that became claimable by time since (a retry's
         backoff ending), which the shared re-check would have found within ``recheck_s``."""
         for w in self._waiters.values():
-            if w.take is None or not w.open() or not w.key.direct(lane, ctype):
+            if w.take is None or w.standby or not w.open() or not w.key.direct(lane, ctype):
                 continue
             lease = w.take()
             if lease is None:  # this claim must run its query (e.g. its presence row needs a write)
@@ -229,6 +264,7 @@ class Waiters:
         wait_first: Callable[[], bool] | None = None,
         take: Callable[[], object | None] | None = None,
         give_back: Callable[[list[T]], Coroutine[object, object, object]] | None = None,
+        standby: bool = False,
     ) -> list[T]:
         """Run ``claim`` now and again whenever a ticket arrives, until it leases jobs, the
         ``deadline`` (``time.monotonic()``) passes or the client hangs up; [] when none came.
@@ -242,10 +278,10 @@ class Waiters:
         w = Waiter(next(self._ids), key, take=take)
         self._waiters[w.id] = w  # registered before the first query: nothing queued meanwhile is missed
         self._ensure_timer()
-        skip = (
+        skip = standby or (
             wait_first is not None and deadline > time.monotonic() and self.known_empty(key) and wait_first()
         )
-        if skip:
+        if skip and not standby:
             self.claims_skipped += 1
         try:
             while True:
@@ -321,7 +357,7 @@ class Waiters:
     def _look_again(self, key: ClaimKey) -> None:
         """Maybe more for this claim: the oldest idle waiter of the same group looks once."""
         for other in self._waiters.values():
-            if other.key == key and not other.busy and not other.tickets:
+            if other.key == key and not (other.busy or other.tickets or other.standby):
                 self._give(other, Ticket(None, None, recheck=True))
                 return
 

@@ -18,3 +18,4 @@ A job moves ``queued -> running -> succeeded | failed | dead``, or ``canceled`` 
 PROTOCOL_VERSION = "1"
 # Optional features a server announces in its hello (HelloResponse.features).
 FEATURE_CLAIM_RESULTS = "claim-results"
+FEATURE_CLAIM_STANDBY = "claim-standby"

@@ -65,6 +65,14 @@ class ClaimRequest(_Body):
         "runs (each as POST /worker/complete would); their outcomes come back in the answer's "
         "`results`. A claim that carries results answers at once (no long-poll).",
     )
+    standby: bool = Field(
+        default=False,
+        description="A standby claim, from a worker whose slots and prefetched jobs are all taken "
+        "(server feature `claim-standby`): it waits without looking at the queue, and a newly "
+        "queued job that no other waiting claim fits wakes it (at most MORAG_CLAIM_STANDBY_LANE_RATE "
+        "jobs of one lane a second); it then takes the first job in its claim's order. Re-checks "
+        "never wake it.",
+    )
 
 
 class ClaimedJob(BaseModel):

@@ -60,6 +60,13 @@ OPTIONS: list[tuple[str, Any, str]] = [
         "longest a prefetched job can wait for a slot)",
     ),
     (
+        "--standby",
+        int,
+        "1: while every slot and prefetched place is taken, keep one standby claim open, which "
+        "the server answers only with a new job no idle worker could take (another user's job "
+        "then starts in this worker's next free slot, not after its next batch); 0: off",
+    ),
+    (
         "--pipeline",
         int,
         "jobs handed to a busy slot's child behind the one it runs, while the recent jobs ran "
@@ -175,6 +182,15 @@ def parse_config(argv: list[str], env: Mapping[str, str] | None = None) -> tuple
         parser.error("--device must be auto, cuda or cpu")
     if args["isolation"] not in _CHOICES["--isolation"]:
         parser.error("--isolation must be process or thread")
+    _check_numbers(parser, args)
+    for key in ("name", "temp_dir"):
+        if args[key] is None:
+            args.pop(key)
+    return cmd, WorkerConfig(**args)
+
+
+def _check_numbers(parser: argparse.ArgumentParser, args: dict[str, Any]) -> None:
+    """Each numeric option within its range (``parser.error`` names the first that is not)."""
     if args["concurrency"] < 1:
         parser.error("--concurrency must be at least 1")
     for flag in ("--max-download-mb", "--fetch-timeout", "--ffmpeg-timeout", "--kill-after"):
@@ -184,12 +200,10 @@ def parse_config(argv: list[str], env: Mapping[str, str] | None = None) -> tuple
         parser.error("--spool-after must be 0 or more")
     if args["prefetch"] < -1:
         parser.error("--prefetch must be -1 (as many as --concurrency), 0 (off) or more")
+    if args["standby"] not in (0, 1):
+        parser.error("--standby must be 0 (off) or 1")
     if args["prefetch_below_s"] <= 0:
         parser.error("--prefetch-below must be more than 0")
-    for key in ("name", "temp_dir"):
-        if args[key] is None:
-            args.pop(key)
-    return cmd, WorkerConfig(**args)
 
 
 def writable_problem(path: Path) -> str | None:

@@ -228,6 +228,8 @@ class WorkerClient:
         if riders:
             req = req.model_copy(update={"results": [b for b, _ in riders], "wait_s": 0.0})
         body = req.model_dump(mode="json", exclude_none=True)
+        if not req.standby:  # a server without the claim-standby feature refuses the field
+            body.pop("standby", None)
         sent = 0
 
         async def attempt() -> httpx.Response:

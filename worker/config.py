@@ -90,6 +90,7 @@ class WorkerConfig:
     prefetch: int = -1  # jobs leased ahead of free slots while jobs are short; -1: as the slots start them
     #                    within prefetch_below_s, 1-3 per slot (Runner.prefetch)
     prefetch_below_s: float = 0.1  # prefetch only while the recent jobs ran shorter than this
+    standby: int = 1  # 1: a standby claim is open while every slot and prefetched place is taken
     pipeline: int = 2  # jobs written to a busy slot's child behind its current one (process slots)
     pipeline_below_s: float = 0.02  # ...only while the recent jobs ran shorter than this
     once: bool = False

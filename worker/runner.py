@@ -2,7 +2,10 @@
 
 One asyncio loop. The runner claims as many jobs as it has free slots (``--concurrency``), plus as
 many again while the recent jobs are short (``--prefetch``, ``Runner.prefetch``): prefetched jobs
-wait for a slot in ``SlotPool.acquire`` with their heartbeat running;
+wait for a slot in ``SlotPool.acquire`` with their heartbeat running. While every slot and every
+prefetched place is taken, one *standby* claim stays open (``--standby``): the server wakes it only
+for a new job that no other waiting claim could take, and that job goes to the next free slot
+ahead of the prefetched ones, so another user's job does not wait for this worker's next batch;
 each job's life (download, processing in its slot's child process, heartbeat, delivery) is in
 ``worker.job``, the slots in ``worker.slots``, results on their way to the server in
 ``worker.delivery``. On SIGINT/SIGTERM it stops claiming, gives running jobs ``--grace`` seconds,
@@ -20,7 +23,7 @@ import signal
 import uuid
 from collections.abc import Awaitable
 
-from protocol import FEATURE_CLAIM_RESULTS, PROTOCOL_VERSION
+from protocol import FEATURE_CLAIM_RESULTS, FEATURE_CLAIM_STANDBY, PROTOCOL_VERSION
 from protocol.errors import ErrorClass
 from protocol.models import ClaimedJob, ClaimRequest, HelloResponse
 from protocol.states import ContentType, LaneKind, Scope
@@ -77,6 +80,8 @@ class Runner:
         self._recent: collections.deque[float] = collections.deque(maxlen=max(8, 2 * config.concurrency))
         self.stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        self._full = asyncio.Event()  # set while the claim loop waits with its prefetch all taken
+        self.standby = False  # standby claims are on (the server has the feature; Runner.setup)
         self._signals = 0
         self.finished: list[JobRun] = []
         self.delivery = Delivery(self.client, config.spool)
@@ -110,6 +115,9 @@ class Runner:
             )
         self.lease_s = hello.lease_s
         self.client.completions.riding = FEATURE_CLAIM_RESULTS in hello.features
+        self.standby = (
+            self.config.standby > 0 and not self.config.once and FEATURE_CLAIM_STANDBY in hello.features
+        )
         if hello.scope == Scope.shared_worker:
             self.lanes = ["default"]
         else:
@@ -215,9 +223,14 @@ class Runner:
         return backoff_delay(failures, self.config.retry_base_s, self.config.retry_cap_s)
 
     async def _claim_loop(self) -> int:
+        over = asyncio.Event()
+        standby = asyncio.ensure_future(self._standby_claims(over)) if self.standby else None
         try:
             return await self._claims()
         finally:
+            over.set()
+            if standby is not None:
+                await standby  # its claim, if cut off, is given back
             await self.client.completions.flush()  # results waiting for a claim go on their own
 
     async def _claims(self) -> int:
@@ -236,12 +249,15 @@ class Runner:
                 # are prefetched); the results that freed them ride on it.
                 completions.ride_open = True
                 self._slot_freed.clear()
+                if prefetch > 0:
+                    self._full.set()  # a standby claim may go (short jobs only: a long one waits)
                 stop = asyncio.ensure_future(self.stopping.wait())
                 slot = asyncio.ensure_future(self._slot_freed.wait())
                 timeout = RIDE_WAIT_S if completions.waiting() else None
                 done, _ = await asyncio.wait(
                     {stop, slot}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
+                self._full.clear()
                 stop.cancel()
                 slot.cancel()
                 if not done and completions.waiting():
@@ -303,6 +319,55 @@ class Runner:
                 await asyncio.sleep(0)
         return 0
 
+    async def _standby_claims(self, over: asyncio.Event) -> None:
+        """One standby claim at a time while the claim loop waits with every slot and prefetched
+        place taken (``_full``): a job it gets starts in the next free slot, ahead of the
+        prefetched ones. It ends when ``over`` is set (the claim loop ended); a claim in flight
+        then is given back."""
+        failures = 0
+        ended = asyncio.ensure_future(over.wait())
+        try:
+            while not over.is_set():
+                full = asyncio.ensure_future(self._full.wait())
+                await asyncio.wait({full, ended}, return_when=asyncio.FIRST_COMPLETED)
+                full.cancel()
+                if over.is_set():
+                    return
+                req = ClaimRequest(
+                    worker_id=self.worker_id,
+                    lanes=[LaneKind(lane) for lane in self.lanes],
+                    content_types=[ContentType(ct) for ct in self.content_types],
+                    max_jobs=1,
+                    wait_s=self.config.claim_wait_s,
+                    claim_id=uuid.uuid4().hex,
+                    name=self.config.name[:200],
+                    version=__version__,
+                    device=self.device,
+                    standby=True,
+                )
+                claim = asyncio.ensure_future(self.client.claim(req))
+                await asyncio.wait({claim, ended}, return_when=asyncio.FIRST_COMPLETED)
+                if not claim.done():
+                    claim.cancel()
+                    await self._give_back_claim(req)
+                    return
+                try:
+                    jobs = claim.result()
+                except (AuthFailed, ServerRejected, ServerUnreachable) as exc:
+                    # The claim loop meets the same and says so; this one waits and tries again.
+                    log.debug("standby claim failed: %s", exc)
+                    await asyncio.wait({ended}, timeout=self._retry_delay(failures))
+                    failures += 1
+                    continue
+                failures = 0
+                if jobs and (self.stopping.is_set() or over.is_set()):
+                    await self._give_back(jobs)
+                    return
+                for job in jobs:
+                    self._start_job(job, first=True)
+        finally:
+            ended.cancel()
+
     def prefetch(self) -> int:
         """How many jobs to lease beyond the slots now, while every recent job ran shorter than
         ``--prefetch-below`` (a claim then carries more results and leases more jobs; long jobs
@@ -336,6 +401,10 @@ class Runner:
     def _acquire(self) -> Awaitable[Slot]:
         assert self.pool is not None
         return self.pool.acquire(self.pipeline_depth())
+
+    def _acquire_first(self) -> Awaitable[Slot]:
+        assert self.pool is not None
+        return self.pool.acquire(self.pipeline_depth(), first=True)
 
     def _redeliver_spooled(self) -> None:
         """Send spooled results in the background (one pass at a time) while the worker runs, so a
@@ -379,9 +448,11 @@ class Runner:
             # Each job's own deadlines (its lease) bound this wait: no result is cut off mid-send.
             await asyncio.wait(pending)
 
-    def _start_job(self, job: ClaimedJob) -> None:
+    def _start_job(self, job: ClaimedJob, first: bool = False) -> None:
+        """Start ``job``'s run; ``first``: it takes the next free slot, ahead of prefetched jobs."""
         assert self.pool is not None
-        run = JobRun(job, self.client, self.config, self.delivery, self._acquire, self.lease_s)
+        acquire = self._acquire_first if first else self._acquire
+        run = JobRun(job, self.client, self.config, self.delivery, acquire, self.lease_s)
         run.on_slot_free = lambda: self._slot_done(run)
         self.jobs[job.job_id] = run
         self.processing.add(job.job_id)

@@ -546,12 +546,17 @@ class SlotPool:
         limit = max(depth, 1) if self.pipelines else 1
         return slot if self.load[slot] < limit else None
 
-    async def acquire(self, depth: int = 1) -> Slot:
-        if not self._waiters and (slot := self._pick(depth)) is not None:
+    async def acquire(self, depth: int = 1, first: bool = False) -> Slot:
+        """A slot holding fewer than ``depth`` jobs (least loaded first), in the order asked;
+        ``first``: ahead of every job already waiting (a standby claim's job)."""
+        if (first or not self._waiters) and (slot := self._pick(depth)) is not None:
             self.load[slot] += 1
             return slot
         fut: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
-        self._waiters.append((depth, fut))
+        if first:
+            self._waiters.appendleft((depth, fut))
+        else:
+            self._waiters.append((depth, fut))
         try:
             return await fut
         except asyncio.CancelledError:

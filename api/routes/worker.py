@@ -19,7 +19,7 @@ from api.jobs.claim import claim_key, handoff_lease
 from api.keystore import Principal, Scope
 from api.settings import Settings
 from api.state import AppState, get_state
-from protocol import FEATURE_CLAIM_RESULTS, PROTOCOL_VERSION, paths
+from protocol import FEATURE_CLAIM_RESULTS, FEATURE_CLAIM_STANDBY, PROTOCOL_VERSION, paths
 from protocol.errors import ErrorBody
 from protocol.models import (
     ArtifactResponse,
@@ -80,7 +80,7 @@ async def hello(
         lanes=lanes,
         lease_s=state.settings.lease_s,
         max_claim_wait_s=state.settings.claim_wait_max_s,
-        features=[FEATURE_CLAIM_RESULTS],
+        features=[FEATURE_CLAIM_RESULTS, FEATURE_CLAIM_STANDBY],
     )
 
 
@@ -94,7 +94,9 @@ async def claim(
     """Lease jobs to a worker; waits up to ``wait_s`` for one to arrive (204 when none did).
 
     Results riding on the claim (``results``) are stored first, in one transaction, exactly as
-    ``/worker/complete-batch`` stores them; such a claim answers at once with their outcomes."""
+    ``/worker/complete-batch`` stores them; such a claim answers at once with their outcomes.
+    A ``standby`` claim waits first and takes only a new job no other waiting claim fits
+    (api.waiters)."""
     settings = state.settings
     done = await _store_results(state, who, body.results) if body.results else []
     if body.claim_id and body.retry:  # only a re-sent claim looks for what it may already hold
@@ -142,6 +144,7 @@ async def claim(
         wait_first,
         take if settings.claim_handoff else None,
         give_back,
+        standby=body.standby,
     )
     if leased and await request.is_disconnected():  # the worker left during its long-poll: give them back
         await state.jobs.release_claimed(who, leased)
