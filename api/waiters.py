@@ -274,8 +274,9 @@ class Waiters:
         waits, a new job of its own lanes may be leased to it by its insert (:meth:`reserve`);
         ``take`` gives that lease (None: not now), and the claim answers with the job;
         ``give_back`` returns such jobs to the queue when this claim is cancelled before it could
-        answer with them (rather than leaving them to their lease's expiry)."""
-        w = Waiter(next(self._ids), key, take=take)
+        answer with them (rather than leaving them to their lease's expiry). ``standby``: a standby
+        claim (above); it waits first, whatever its group saw."""
+        w = Waiter(next(self._ids), key, take=None if standby else take, standby=standby)
         self._waiters[w.id] = w  # registered before the first query: nothing queued meanwhile is missed
         self._ensure_timer()
         skip = standby or (

@@ -254,3 +254,34 @@ async def test_a_result_completed_by_another_server_process_answers_a_wait_here(
             assert resp.status_code == 200, resp.text
             answer = await asyncio.wait_for(waiting, 10)
     assert answer.status_code == 200 and answer.json()["content"] == "# there"
+
+
+async def test_a_standby_claim_over_a_flooded_queue_takes_only_another_users_new_job(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A shared worker whose slots are full keeps a standby claim open. It must not take alice's
+    queued flood (not on arrival, not on the re-checks); bob's new job wakes it, and its query
+    takes bob's job, the first in the shared lane's order, ahead of alice's older ones."""
+    settings = make_settings(
+        tmp_path, database_url=database_url, claim_recheck_s=0.1, shared_fallback_after_s=0
+    )
+    async with running_env(settings) as env:
+        _, op_key = await make_user(env.state.engine, "operator", Scope.shared_worker)
+        shared = {"Authorization": f"Bearer {op_key}"}
+        alice, _ = await make_user(env.state.engine, "alice", Scope.client)
+        bob, _ = await make_user(env.state.engine, "bob", Scope.client)
+        for _ in range(10):
+            await submit(env.state, alice)
+        busy = await _poll(env, {**_body("s1", 0, lanes=["default"]), "max_jobs": 4}, shared)
+        assert len(busy) == 4  # alice's jobs fill the worker's slots
+        calls = _count_claims(env)
+        standby = asyncio.create_task(
+            _poll(env, {**_body("s1", 20, lanes=["default"]), "standby": True}, shared)
+        )
+        await _until(lambda: len(env.state.notifier.waiters) == 1)
+        await asyncio.sleep(0.5)  # five re-checks
+        assert calls == [] and not standby.done(), "a standby claim must not take the queued flood"
+        job = await submit(env.state, bob)
+        got = await asyncio.wait_for(standby, 5)
+        assert [j["job_id"] for j in got] == [job]
+        assert len(calls) == 1

@@ -365,3 +365,83 @@ async def test_a_released_reservation_waits_on_until_its_deadline() -> None:
     assert not task.done()
     assert await asyncio.wait_for(task, 1) == []
     assert q.calls == ["a", "a"]  # each claim's own first look only
+
+
+def _standby(w: Waiters, q: Queue, name: str, key: ClaimKey, timeout: float = 5.0) -> asyncio.Task[list[str]]:
+    deadline = time.monotonic() + timeout
+    take = lambda: "lease"  # noqa: E731  # what a hand-off at insert would lease
+    return asyncio.create_task(
+        w.claim_or_wait(key, q.claimer(name, key), 1, deadline, _never, take=take, standby=True)
+    )
+
+
+async def test_a_standby_claim_waits_without_a_query_and_no_recheck_wakes_it() -> None:
+    """A busy worker's standby claim over a deep queue: it must not take the queue's first job on
+    arrival, nor on the shared re-check, nor by a hand-off at insert, nor by a 'maybe more' look."""
+    w, q = Waiters(recheck_s=0.02), Queue()
+    q.jobs.extend(("cpu-tasks-1", f"a{i}") for i in range(5))
+    standbys = [_standby(w, q, "shared", SHARED), _standby(w, q, "own", CPU_A)]
+    await _settle(w, 2)
+    await asyncio.sleep(0.15)  # seven re-checks
+    w._look_again(SHARED)
+    w._look_again(CPU_A)
+    assert w.reserve("cpu-tasks-1", "echo") is None  # "own" takes the lane as its own, yet is not reserved
+    assert q.calls == [] and not any(t.done() for t in standbys)
+    assert w.claims_skipped == 0  # not counted as a re-poll that skipped its query
+    for t in standbys:
+        t.cancel()
+    await asyncio.gather(*standbys, return_exceptions=True)
+
+
+async def test_a_new_job_goes_to_an_idle_waiter_before_a_standby_claim() -> None:
+    w, q = Waiters(recheck_s=60), Queue()
+    standby = _standby(w, q, "standby", SHARED)
+    await _settle(w, 1)
+    idle = _wait(w, q, "idle", SHARED)  # registered after it, and still preferred
+    await _settle(w, 2)
+    q.calls.clear()
+    q.jobs.append(("cpu-tasks-2", "b1"))
+    w.offer([("cpu-tasks-2", "echo")])
+    assert await asyncio.wait_for(idle, 2) == ["b1"]
+    assert q.calls == ["idle"] and not standby.done()
+    standby.cancel()
+
+
+async def test_a_new_job_no_other_claim_fits_wakes_a_standby_claim_which_takes_it() -> None:
+    w, q = Waiters(recheck_s=60), Queue()
+    standby = _standby(w, q, "standby", SHARED)
+    await _settle(w, 1)
+    q.jobs.append(("cpu-tasks-2", "b1"))
+    w.offer([("cpu-tasks-2", "echo")])
+    assert await asyncio.wait_for(standby, 2) == ["b1"]
+    assert q.calls == ["standby"]
+
+
+async def test_a_flooding_lane_wakes_standby_claims_at_most_its_rate_a_second() -> None:
+    """Past ``standby_lane_rate`` tickets in a second a lane's jobs wake no standby claim (they
+    wait for the workers' batch claims); another lane's first job still does."""
+    w, q = Waiters(recheck_s=60, standby_lane_rate=3), Queue()
+    woken = []
+    for i in range(5):
+        standby = _standby(w, q, f"s{i}", SHARED)
+        await _settle(w, 1)
+        q.jobs.append(("cpu-tasks-1", f"a{i}"))
+        w.offer([("cpu-tasks-1", "echo")])
+        done, _ = await asyncio.wait({standby}, timeout=0.1)
+        woken.append(bool(done))
+        if not done:
+            standby.cancel()
+            await asyncio.gather(standby, return_exceptions=True)
+    assert woken == [True, True, True, False, False]
+    q.jobs.clear()
+    standby = _standby(w, q, "other", SHARED)
+    await _settle(w, 1)
+    q.jobs.append(("cpu-tasks-2", "b1"))
+    w.offer([("cpu-tasks-2", "echo")])
+    assert await asyncio.wait_for(standby, 2) == ["b1"]
+    w._standby_use["cpu-tasks-1"] = (time.monotonic() - 1.0, 3)  # the second is over
+    standby = _standby(w, q, "again", SHARED)
+    await _settle(w, 1)
+    q.jobs.append(("cpu-tasks-1", "a9"))
+    w.offer([("cpu-tasks-1", "echo")])
+    assert await asyncio.wait_for(standby, 2) == ["a9"]

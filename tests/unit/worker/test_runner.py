@@ -44,6 +44,12 @@ class FakeServer:
         self.complete_delays: dict[str, float] = {}  # job id -> seconds each complete call takes
         self.features: list[str] = []  # "claim-results": results may ride on claims
         self.completed_at: dict[str, float] = {}  # job id -> monotonic time the result arrived
+        # Standby claims ("claim-standby"): each waits for standby_ready() (when set), then takes
+        # the first of standby_queue; hold_standby keeps them open until the client gives up.
+        self.standby_queue: list[dict[str, Any]] = []
+        self.standby_ready: Any = None
+        self.hold_standby = False
+        self.standby_leased: dict[str, list[dict[str, Any]]] = {}  # claim id -> jobs
         mock.get(f"{BASE}/worker/hello").mock(side_effect=self._hello)
         mock.post(f"{BASE}/worker/claim").mock(side_effect=self._claim)
         mock.post(f"{BASE}/worker/heartbeat").mock(side_effect=self._heartbeat)
@@ -53,9 +59,9 @@ class FakeServer:
         mock.get(url__regex=rf"{BASE}/files/.*").mock(side_effect=self._file)
         mock.post(f"{BASE}/worker/artifact").mock(side_effect=self._artifact)
 
-    def add(self, job_id: str, content: bytes = b"hello", **options: Any) -> None:
+    def add(self, job_id: str, content: bytes = b"hello", *, standby: bool = False, **options: Any) -> None:
         self.files[job_id] = content
-        self.queue.append(
+        (self.standby_queue if standby else self.queue).append(
             {
                 "job_id": job_id,
                 "lease_token": f"tok-{job_id}",
@@ -90,6 +96,8 @@ class FakeServer:
         self.claims.append(body)
         if self.on_claim:
             self.on_claim(body)
+        if body.get("standby"):
+            return await self._standby_claim(body)
         if body.get("results"):  # answered at once, as the real server does
             done = []
             for result in body["results"]:
@@ -103,6 +111,20 @@ class FakeServer:
             return httpx.Response(204)
         jobs, self.queue = self.queue[: body["max_jobs"]], self.queue[body["max_jobs"] :]
         return httpx.Response(200, json={"jobs": jobs})
+
+    async def _standby_claim(self, body: dict[str, Any]) -> httpx.Response:
+        if body.get("retry"):  # a claim given back: what it held
+            return httpx.Response(200, json={"jobs": self.standby_leased.pop(body["claim_id"], [])})
+        if self.hold_standby:
+            self.standby_leased[body["claim_id"]] = self.standby_queue[:1]
+            del self.standby_queue[:1]
+            await asyncio.sleep(10)  # the answer never comes in time
+        while self.standby_ready is not None and not self.standby_ready():
+            await asyncio.sleep(0.005)
+        if not self.standby_queue:
+            await asyncio.sleep(min(body["wait_s"], 0.05))
+            return httpx.Response(204)
+        return httpx.Response(200, json={"jobs": [self.standby_queue.pop(0)]})
 
     def _heartbeat(self, request: httpx.Request) -> httpx.Response:
         self.heartbeats.append(json.loads(request.content))
@@ -778,3 +800,57 @@ async def test_a_result_waits_at_most_a_moment_for_a_claim_to_ride_on(
     # J2's result rode on a claim that went after the 50 ms wait, long before J3 (1.5 s) ended.
     assert server.completed_at["J2"] - j3_started[0] < 0.5
     assert any(c.get("results") for c in server.claims)
+
+
+async def test_a_standby_claims_job_takes_the_next_free_slot_ahead_of_the_prefetched_ones(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    """With its slot and prefetched places taken the worker keeps a standby claim open; the job
+    it brings (another user's, in the server's order) runs next, not after the prefetched ones."""
+    server.features = ["claim-results", "claim-standby"]
+    server.add("J1")  # short: the next claim leases ahead
+    server.add("J2", sleep_s=0.4)  # holds the one slot
+    server.add("J3")
+    server.add("J4")  # J3 and J4 prefetched: they wait for the slot
+    server.add("B1", standby=True)
+    runner = make_runner(tmp_path, concurrency=1, prefetch_below_s=5.0, pipeline=0)
+    # The standby job arrives once J3 and J4 wait for the slot: it must overtake them.
+    server.standby_ready = lambda: runner.pool is not None and len(runner.pool._waiters) == 2
+    await run_until(runner, lambda: len(server.completed) == 5)
+    assert [c["job_id"] for c in server.completed] == ["J1", "J2", "B1", "J3", "J4"]
+    standby = [c for c in server.claims if c.get("standby")]
+    assert standby and all(c["max_jobs"] == 1 and not c.get("results") for c in standby)
+    assert all("standby" not in c for c in server.claims if not c.get("standby"))  # old servers refuse it
+    assert not server.failed
+
+
+async def test_no_standby_claim_without_the_servers_feature_or_with_it_off(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    for i in range(6):
+        server.add(f"J{i}", sleep_s=0.1 if i == 1 else 0)
+    runner = make_runner(tmp_path, concurrency=1, prefetch_below_s=5.0)
+    await run_until(runner, lambda: len(server.completed) == 6)
+    server.features = ["claim-standby"]
+    for i in range(6):
+        server.add(f"K{i}", sleep_s=0.1 if i == 1 else 0)
+    runner = make_runner(tmp_path, concurrency=1, prefetch_below_s=5.0, standby=0)
+    await run_until(runner, lambda: len(server.completed) == 12)
+    assert not any("standby" in c for c in server.claims)
+
+
+async def test_shutdown_gives_back_what_a_standby_claim_in_flight_leased(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    server.features = ["claim-standby"]
+    server.add("J1")
+    server.add("J2", sleep_s=0.3)
+    server.add("J3")
+    server.add("S1", standby=True)  # leased to the standby claim; its answer never arrives
+    server.hold_standby = True
+    runner = make_runner(tmp_path, concurrency=1, grace_s=5, prefetch_below_s=5.0)
+    await run_until(runner, lambda: "S1" not in [j["job_id"] for j in server.standby_queue])
+    sent = [c for c in server.claims if c.get("standby")]
+    assert sent[-1]["retry"] and sent[-1]["wait_s"] == 0  # the cut-off claim, re-sent to fetch its jobs
+    assert sent[-1]["claim_id"] == sent[0]["claim_id"]
+    assert ("S1", "shutdown") in [(f["job_id"], f["error_class"]) for f in server.failed]

@@ -173,6 +173,27 @@ async def test_the_pool_fills_free_slots_first_and_holds_depth() -> None:
     assert pool.load == {a: 2, b: 3}  # the canceled wait took nothing
 
 
+async def test_a_job_asking_first_takes_the_next_free_slot_ahead_of_those_waiting() -> None:
+    class Dummy:
+        pass
+
+    pool = SlotPool(Dummy, 1, pipelines=True)  # type: ignore[arg-type]
+    (only,) = pool.slots
+    await pool.acquire(1)
+    waiting = [asyncio.ensure_future(pool.acquire(1)) for _ in range(2)]
+    await asyncio.sleep(0)
+    first = asyncio.ensure_future(pool.acquire(1, first=True))  # a standby claim's job
+    await asyncio.sleep(0)
+    assert not first.done()  # the slot is taken: it waits too, at the head
+    pool.give_back(only)
+    await asyncio.sleep(0)
+    assert first.done() and not any(w.done() for w in waiting)
+    pool.give_back(only)
+    await asyncio.sleep(0)
+    assert waiting[0].done() and not waiting[1].done()
+    waiting[1].cancel()
+
+
 async def test_depth_one_never_shares_a_slot_and_thread_pools_never_do() -> None:
     class Dummy:
         pass
