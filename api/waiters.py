@@ -33,7 +33,10 @@ waiting. Idle workers re-poll every ~26 s, and each re-poll was one claim query 
 A *standby* claim (``ClaimRequest.standby``) comes from a worker whose slots and prefetched jobs
 are all taken: it would otherwise claim again only after a batch of its jobs ended. It starts
 waiting without a query, takes no re-check, no hand-off at insert and no "maybe more" look, and a
-ticket reaches it only when no other waiting claim fits the new job. Its query then takes the
+ticket reaches it only when no idle claim fits the new job; it goes before a claim that is running
+its query (that query may have begun before the job was committed, and a claim that leases
+anything counts its tickets as served, so the job would wait for that worker's next batch). Its
+query then takes the
 first job of its claim's order (the shared lane's user with the fewest jobs in flight first), so a
 user's first job does not wait for a flooded worker's next batch (bench/fairness.py). A lane whose
 tickets went to standby claims ``standby_lane_rate`` times within the last second sends its next
@@ -153,14 +156,14 @@ class Waiters:
     def _place(self, ticket: Ticket) -> bool:
         """Give the ticket to the best idle untried waiter (then a busy one); False if none fits."""
         best: Waiter | None = None
-        rank = 99
+        rank = 99.0
         for w in self._waiters.values():
             if w.tickets or w.held or w.handed or w.key in ticket.tried:
                 continue
             if w.key.direct(ticket.lane, ticket.ctype):
-                r = 0
+                r = 0.0
             elif w.key.fallback(ticket.lane, ticket.ctype):
-                r = 2
+                r = 2.0
             else:
                 continue
             if w.busy:
@@ -168,7 +171,10 @@ class Waiters:
             if w.standby:
                 if ticket.lane is None:  # only new jobs of a known lane, never a look
                     continue
-                r += 10
+                # After the idle claims, before the busy ones: a busy claim's query may have
+                # begun before this job was committed, and one that leases anything counts the
+                # ticket as served, so the job would wait for that worker's next batch.
+                r += 0.5
             if r < rank:
                 best, rank = w, r
                 if r == 0:
@@ -213,7 +219,7 @@ class Waiters:
         overtakes at most a job of its lanes that became claimable by time since (a retry's
         backoff ending), which the shared re-check would have found within ``recheck_s``."""
         for w in self._waiters.values():
-            if w.take is None or w.standby or not w.open() or not w.key.direct(lane, ctype):
+            if w.take is None or not w.open() or not w.key.direct(lane, ctype):  # a standby has no take
                 continue
             lease = w.take()
             if lease is None:  # this claim must run its query (e.g. its presence row needs a write)

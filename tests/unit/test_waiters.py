@@ -445,3 +445,24 @@ async def test_a_flooding_lane_wakes_standby_claims_at_most_its_rate_a_second() 
     q.jobs.append(("cpu-tasks-1", "a9"))
     w.offer([("cpu-tasks-1", "echo")])
     assert await asyncio.wait_for(standby, 2) == ["a9"]
+
+
+async def test_a_new_job_goes_to_a_standby_claim_before_a_claim_busy_with_its_query() -> None:
+    """A busy claim's query may have begun before the job was committed; if it leases anything
+    the ticket counts as served and the job waits for that worker's next batch claim."""
+    w, q = Waiters(recheck_s=60), Queue()
+    go_on = asyncio.Event()
+
+    async def busy_claim() -> list[str]:
+        await go_on.wait()
+        return ["a-batch"]  # leased jobs queued before the new one
+
+    busy = asyncio.create_task(w.claim_or_wait(SHARED, busy_claim, 12, time.monotonic() + 5, _never))
+    await asyncio.sleep(0.01)
+    standby = _standby(w, q, "standby", SHARED)
+    await asyncio.sleep(0.01)
+    q.jobs.append(("cpu-tasks-2", "b1"))
+    w.offer([("cpu-tasks-2", "echo")])
+    assert await asyncio.wait_for(standby, 2) == ["b1"]
+    go_on.set()
+    assert await busy == ["a-batch"]
