@@ -15,6 +15,9 @@ without a worker of their own go to the shared lane at once), with 2 real shared
   job, and B's job can at best take the next slot that frees;
 - *alone*: the same B jobs, same gaps, to the same idle workers.
 
+``--worker-nice N`` starts the workers under ``nice -n N``: a probe of what is left once the
+workers' CPU no longer competes with the server's (users run workers on machines of their own).
+
 B's wait per job is the server's own record, ``started_at - created_at`` (claimed minus
 submitted, one clock). The two modes alternate, and each round reports B's p50 / p99 / max wait
 in both; the target (issue [throughput]) is B's p99 with the flood <= 2x B's p99 alone.
@@ -104,7 +107,8 @@ async def one(a: argparse.Namespace, flood: bool) -> list[float]:
             logs = []
             for i in range(WORKERS):
                 logs.append(data / f"worker{i}.log")
-                argv = [sys.executable, "-m", "worker", "--api-key", shared, "--server", url]
+                argv = ["nice", "-n", str(a.worker_nice)] if a.worker_nice else []
+                argv += [sys.executable, "-m", "worker", "--api-key", shared, "--server", url]
                 argv += ["--name", f"shared-{i}", "--content-types", "echo", "--concurrency", str(SLOTS)]
                 argv += ["--temp-dir", str(data / f"w{i}")]
                 procs.append(
@@ -238,6 +242,13 @@ if __name__ == "__main__":
     p.add_argument("--flood", type=int, default=5000)
     p.add_argument("--few", type=int, default=20)
     p.add_argument("--gap-s", type=float, default=0.1)
+    p.add_argument(
+        "--worker-nice",
+        type=int,
+        default=0,
+        help="run the workers at this nice level: a probe of workers on machines of their own, "
+        "as users run them (here they share the server's 2 cores)",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--job-s", type=float, default=0.0, help="how long each of A's jobs takes (echo sleep_s)")
     p.add_argument("--sqlite", action="store_true")
