@@ -51,6 +51,7 @@ class JobRun:
     on_slot_free: Callable[[], None] | None = None  # the runner's: the slot may take the next job
     slot_freed: bool = False
     slot: Slot | None = None  # the slot running it (or holding it next in line), once it has one
+    has_slot: asyncio.Event = field(default_factory=asyncio.Event)  # set once ``slot`` is
     processing_s: float = 0.0  # how long the processing ran (decides whether the result is spooled)
 
     def __post_init__(self) -> None:
@@ -79,6 +80,7 @@ class JobRun:
         hb = asyncio.ensure_future(self._heartbeat_loop())  # also while a prefetched job waits
         try:
             self.slot = await self.acquire()
+            self.has_slot.set()
             result = await self._work()
             self.outcome = "delivering"
             ok = await self.delivery.deliver(

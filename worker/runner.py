@@ -364,7 +364,13 @@ class Runner:
                     await self._give_back(jobs)
                     return
                 for job in jobs:
-                    self._start_job(job, first=True)
+                    run = self._start_job(job, first=True)
+                    # One standby job at a time: the next standby claim goes once this one holds
+                    # a slot (or ended), so prefetched jobs are never overtaken by more than one.
+                    started = asyncio.ensure_future(run.has_slot.wait())
+                    assert run.task is not None
+                    await asyncio.wait({started, run.task, ended}, return_when=asyncio.FIRST_COMPLETED)
+                    started.cancel()
         finally:
             ended.cancel()
 
@@ -448,7 +454,7 @@ class Runner:
             # Each job's own deadlines (its lease) bound this wait: no result is cut off mid-send.
             await asyncio.wait(pending)
 
-    def _start_job(self, job: ClaimedJob, first: bool = False) -> None:
+    def _start_job(self, job: ClaimedJob, first: bool = False) -> JobRun:
         """Start ``job``'s run; ``first``: it takes the next free slot, ahead of prefetched jobs."""
         assert self.pool is not None
         acquire = self._acquire_first if first else self._acquire
@@ -458,6 +464,7 @@ class Runner:
         self.processing.add(job.job_id)
         run.start().add_done_callback(lambda _: self._job_done(run))
         log.info("job %s [%s] claimed (attempt %d)", job.job_id, job.content_type.value, job.attempt)
+        return run
 
     def _slot_done(self, run: JobRun) -> None:
         """The job's processing is over (its result is kept, or it failed, or it was stopped while

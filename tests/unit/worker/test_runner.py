@@ -106,6 +106,8 @@ class FakeServer:
                 done.append({"job_id": result["job_id"], "status": "succeeded"})
             jobs, self.queue = self.queue[: body["max_jobs"]], self.queue[body["max_jobs"] :]
             return httpx.Response(200, json={"jobs": jobs, "results": done})
+        if not self.queue and self.standby_queue and not self.hold_standby:
+            self.queue.append(self.standby_queue.pop(0))  # queued for every claim, as on a server
         if not self.queue:
             await asyncio.sleep(min(body["wait_s"], 0.05))
             return httpx.Response(204)
@@ -854,3 +856,29 @@ async def test_shutdown_gives_back_what_a_standby_claim_in_flight_leased(
     assert sent[-1]["retry"] and sent[-1]["wait_s"] == 0  # the cut-off claim, re-sent to fetch its jobs
     assert sent[-1]["claim_id"] == sent[0]["claim_id"]
     assert ("S1", "shutdown") in [(f["job_id"], f["error_class"]) for f in server.failed]
+
+
+async def test_a_standby_claim_waits_until_its_last_job_holds_a_slot(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    """One standby job at a time: several would each jump ahead of the prefetched jobs (and of
+    each other), and a busy worker would gather jobs that idle workers could run."""
+    server.features = ["claim-standby"]
+    server.add("J1")
+    server.add("J2", sleep_s=0.5)  # holds the one slot
+    server.add("J3")  # prefetched
+    for name in ("B1", "B2", "B3"):
+        server.add(name, standby=True)  # all there at once
+    runner = make_runner(tmp_path, concurrency=1, prefetch_below_s=5.0, pipeline=0)
+    while_j2_runs: list[str] = []
+
+    def on_claim(body: dict[str, Any]) -> None:
+        j2 = runner.jobs.get("J2")
+        if body.get("standby") and j2 is not None and j2.slot is not None and not j2.slot_freed:
+            while_j2_runs.append(body["claim_id"])
+
+    server.on_claim = on_claim
+    await run_until(runner, lambda: len(server.completed) == 6)
+    assert len(while_j2_runs) == 1  # B1's claim; the next waited for B1 to reach the slot
+    order = [c["job_id"] for c in server.completed]
+    assert order[:3] == ["J1", "J2", "B1"] and order.index("B2") < order.index("B3")
