@@ -385,6 +385,7 @@ async def test_a_standby_claim_waits_without_a_query_and_no_recheck_wakes_it() -
     await asyncio.sleep(0.15)  # seven re-checks
     w._look_again(SHARED)
     w._look_again(CPU_A)
+    await asyncio.sleep(0.02)  # a woken waiter would have run its query by now
     assert w.reserve("cpu-tasks-1", "echo") is None  # "own" takes the lane as its own, yet is not reserved
     assert q.calls == [] and not any(t.done() for t in standbys)
     assert w.claims_skipped == 0  # not counted as a re-poll that skipped its query
