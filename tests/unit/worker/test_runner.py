@@ -882,3 +882,15 @@ async def test_a_standby_claim_waits_until_its_last_job_holds_a_slot(
     assert len(while_j2_runs) == 1  # B1's claim; the next waited for B1 to reach the slot
     order = [c["job_id"] for c in server.completed]
     assert order[:3] == ["J1", "J2", "B1"] and order.index("B2") < order.index("B3")
+
+
+async def test_no_standby_claim_while_jobs_are_long(server: FakeServer, tmp_path: Path) -> None:
+    """Long jobs are not prefetched, and no standby claim holds one back from other workers
+    while this worker's slots are taken."""
+    server.features = ["claim-standby"]
+    for i in range(3):
+        server.add(f"J{i}", sleep_s=0.15)  # long for --prefetch-below 0.1
+    server.add("B1", standby=True)
+    runner = make_runner(tmp_path, concurrency=1, prefetch_below_s=0.1)
+    await run_until(runner, lambda: len(server.completed) == 4)
+    assert not any(c.get("standby") for c in server.claims)
