@@ -267,17 +267,7 @@ class Runner:
                         completions.send_waiting()
                 continue
             force = False
-            req = ClaimRequest(
-                worker_id=self.worker_id,
-                lanes=[LaneKind(lane) for lane in self.lanes],
-                content_types=[ContentType(ct) for ct in self.content_types],
-                max_jobs=1 if self.config.once else min(free, 100),
-                wait_s=self.config.claim_wait_s,
-                claim_id=uuid.uuid4().hex,
-                name=self.config.name[:200],
-                version=__version__,
-                device=self.device,
-            )
+            req = self._claim_request(1 if self.config.once else min(free, 100))
             riders = completions.take_riders()
             # A claim carrying results is answered at once, so results finishing meanwhile can
             # wait for the next one; a long-poll may last wait_s, so they go on their own.
@@ -319,6 +309,21 @@ class Runner:
                 await asyncio.sleep(0)
         return 0
 
+    def _claim_request(self, max_jobs: int, standby: bool = False) -> ClaimRequest:
+        """A new claim (a fresh idempotency id) for up to ``max_jobs`` jobs."""
+        return ClaimRequest(
+            worker_id=self.worker_id,
+            lanes=[LaneKind(lane) for lane in self.lanes],
+            content_types=[ContentType(ct) for ct in self.content_types],
+            max_jobs=max_jobs,
+            wait_s=self.config.claim_wait_s,
+            claim_id=uuid.uuid4().hex,
+            name=self.config.name[:200],
+            version=__version__,
+            device=self.device,
+            standby=standby,
+        )
+
     async def _standby_claims(self, over: asyncio.Event) -> None:
         """One standby claim at a time while the claim loop waits with every slot and prefetched
         place taken (``_full``): a job it gets starts in the next free slot, ahead of the
@@ -333,18 +338,7 @@ class Runner:
                 full.cancel()
                 if over.is_set():
                     return
-                req = ClaimRequest(
-                    worker_id=self.worker_id,
-                    lanes=[LaneKind(lane) for lane in self.lanes],
-                    content_types=[ContentType(ct) for ct in self.content_types],
-                    max_jobs=1,
-                    wait_s=self.config.claim_wait_s,
-                    claim_id=uuid.uuid4().hex,
-                    name=self.config.name[:200],
-                    version=__version__,
-                    device=self.device,
-                    standby=True,
-                )
+                req = self._claim_request(1, standby=True)
                 claim = asyncio.ensure_future(self.client.claim(req))
                 await asyncio.wait({claim, ended}, return_when=asyncio.FIRST_COMPLETED)
                 if not claim.done():
