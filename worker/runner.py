@@ -347,9 +347,11 @@ class Runner:
                     return
                 try:
                     jobs = claim.result()
-                except (AuthFailed, ServerRejected, ServerUnreachable) as exc:
-                    # The claim loop meets the same and says so; this one waits and tries again.
-                    log.debug("standby claim failed: %s", exc)
+                except Exception as exc:  # whatever it is, the claim loop goes on; this one retries
+                    if isinstance(exc, AuthFailed | ServerRejected | ServerUnreachable):
+                        log.debug("standby claim failed: %s", exc)  # the claim loop meets it and says so
+                    else:
+                        log.warning("standby claim failed: %r", exc)
                     await asyncio.wait({ended}, timeout=self._retry_delay(failures))
                     failures += 1
                     continue

@@ -894,3 +894,27 @@ async def test_no_standby_claim_while_jobs_are_long(server: FakeServer, tmp_path
     runner = make_runner(tmp_path, concurrency=1, prefetch_below_s=0.1)
     await run_until(runner, lambda: len(server.completed) == 4)
     assert not any(c.get("standby") for c in server.claims)
+
+
+async def test_a_standby_claim_that_fails_is_retried_and_the_worker_goes_on(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    server.features = ["claim-standby"]
+    server.add("J1")
+    server.add("J2", sleep_s=0.4)
+    server.add("J3")
+    server.add("B1", standby=True)
+    real = server._standby_claim
+    calls: list[int] = []
+
+    async def flaky(body: dict[str, Any]) -> httpx.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            return httpx.Response(200, content=b"{not json")  # a broken answer, not an outage
+        return await real(body)
+
+    server._standby_claim = flaky  # type: ignore[method-assign]
+    runner = make_runner(tmp_path, concurrency=1, prefetch_below_s=5.0, pipeline=0)
+    await run_until(runner, lambda: len(server.completed) == 4)
+    assert len(calls) >= 2
+    assert [c["job_id"] for c in server.completed][:3] == ["J1", "J2", "B1"]
