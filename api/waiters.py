@@ -156,7 +156,8 @@ class Waiters:
     def _place(self, ticket: Ticket) -> bool:
         """Give the ticket to the best idle untried waiter (then a busy one); False if none fits."""
         best: Waiter | None = None
-        rank = 99.0
+        standby: Waiter | None = None
+        rank = standby_rank = 99.0
         for w in self._waiters.values():
             if w.tickets or w.held or w.handed or w.key in ticket.tried:
                 continue
@@ -174,12 +175,18 @@ class Waiters:
                 # After the idle claims, before the busy ones: a busy claim's query may have
                 # begun before this job was committed, and one that leases anything counts the
                 # ticket as served, so the job would wait for that worker's next batch.
-                r += 0.5
+                if r + 0.5 < standby_rank:
+                    standby, standby_rank = w, r + 0.5
+                continue
             if r < rank:
                 best, rank = w, r
                 if r == 0:
                     break
-        if best is None or (best.standby and not self._standby_allowed(ticket.lane)):
+        # Past the lane's rate the ticket goes where it would without standby claims (a busy
+        # claim whose query found nothing then looks again), or nowhere.
+        if standby is not None and standby_rank < rank and self._standby_allowed(ticket.lane):
+            best = standby
+        if best is None:
             return False
         self._give(best, ticket)
         return True

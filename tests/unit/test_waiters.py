@@ -467,3 +467,30 @@ async def test_a_new_job_goes_to_a_standby_claim_before_a_claim_busy_with_its_qu
     assert await asyncio.wait_for(standby, 2) == ["b1"]
     go_on.set()
     assert await busy == ["a-batch"]
+
+
+async def test_past_the_lane_rate_a_new_job_still_reaches_a_busy_claim() -> None:
+    """With the lane over its standby rate the ticket goes where it would without standby claims:
+    a busy claim whose query began before the job and found nothing then looks again at once
+    (not at the next re-check)."""
+    w, q = Waiters(recheck_s=60, standby_lane_rate=0), Queue()
+    go_on = asyncio.Event()
+    looks: list[int] = []
+
+    async def slow_claim() -> list[str]:
+        looks.append(1)
+        if len(looks) == 1:
+            await go_on.wait()  # began before the job was queued: finds nothing
+            return []
+        return [job for lane, job in q.jobs if lane == "cpu-tasks-2"][:1]
+
+    busy = asyncio.create_task(w.claim_or_wait(SHARED, slow_claim, 1, time.monotonic() + 5, _never))
+    await asyncio.sleep(0.01)
+    standby = _standby(w, q, "standby", SHARED)
+    await asyncio.sleep(0.01)
+    q.jobs.append(("cpu-tasks-2", "b1"))
+    w.offer([("cpu-tasks-2", "echo")])
+    go_on.set()
+    assert await asyncio.wait_for(busy, 2) == ["b1"]
+    assert len(looks) == 2 and not standby.done()
+    standby.cancel()
