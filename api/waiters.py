@@ -36,12 +36,13 @@ waiting without a query, takes no re-check, no hand-off at insert and no "maybe 
 ticket reaches it only when no idle claim fits the new job; it goes before a claim that is running
 its query (that query may have begun before the job was committed, and a claim that leases
 anything counts its tickets as served, so the job would wait for that worker's next batch). Its
-query then takes the
-first job of its claim's order (the shared lane's user with the fewest jobs in flight first), so a
-user's first job does not wait for a flooded worker's next batch (bench/fairness.py). A lane whose
+query then takes the first job of its claim's order (the shared lane's user with the fewest jobs
+in flight first), so a user's first job does not wait for a flooded worker's next batch
+(bench/fairness.py). A lane whose
 tickets went to standby claims ``standby_lane_rate`` times within the last second sends its next
-ones to nobody until the second is over: a flooding lane costs at most that many extra one-job
-claims a second, and its jobs wait for the workers' batch claims, as before.
+ones, until the second is over, where they would go without standby claims (a busy claim, or
+nobody): a flooding lane costs at most that many extra one-job claims a second, and its jobs wait
+for the workers' batch claims, as before.
 """
 
 from __future__ import annotations
