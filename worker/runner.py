@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import os
 import signal
@@ -400,13 +401,9 @@ class Runner:
             return 1
         return 1 + cfg.pipeline
 
-    def _acquire(self) -> Awaitable[Slot]:
+    def _acquire(self, first: bool = False) -> Awaitable[Slot]:
         assert self.pool is not None
-        return self.pool.acquire(self.pipeline_depth())
-
-    def _acquire_first(self) -> Awaitable[Slot]:
-        assert self.pool is not None
-        return self.pool.acquire(self.pipeline_depth(), first=True)
+        return self.pool.acquire(self.pipeline_depth(), first)
 
     def _redeliver_spooled(self) -> None:
         """Send spooled results in the background (one pass at a time) while the worker runs, so a
@@ -453,7 +450,7 @@ class Runner:
     def _start_job(self, job: ClaimedJob, first: bool = False) -> JobRun:
         """Start ``job``'s run; ``first``: it takes the next free slot, ahead of prefetched jobs."""
         assert self.pool is not None
-        acquire = self._acquire_first if first else self._acquire
+        acquire = functools.partial(self._acquire, first)
         run = JobRun(job, self.client, self.config, self.delivery, acquire, self.lease_s)
         run.on_slot_free = lambda: self._slot_done(run)
         self.jobs[job.job_id] = run

@@ -448,6 +448,19 @@ async def test_a_flooding_lane_wakes_standby_claims_at_most_its_rate_a_second() 
     assert await asyncio.wait_for(standby, 2) == ["a9"]
 
 
+async def _busy_and_standby_then_bob(
+    w: Waiters, q: Queue, busy_claim: Callable[[], Awaitable[list[str]]], max_jobs: int
+) -> tuple[asyncio.Task[list[str]], asyncio.Task[list[str]]]:
+    """A shared claim busy with ``busy_claim``, then a standby claim; then bob's job b1 queued."""
+    busy = asyncio.create_task(w.claim_or_wait(SHARED, busy_claim, max_jobs, time.monotonic() + 5, _never))
+    await asyncio.sleep(0.01)
+    standby = _standby(w, q, "standby", SHARED)
+    await asyncio.sleep(0.01)
+    q.jobs.append(("cpu-tasks-2", "b1"))
+    w.offer([("cpu-tasks-2", "echo")])
+    return busy, standby
+
+
 async def test_a_new_job_goes_to_a_standby_claim_before_a_claim_busy_with_its_query() -> None:
     """A busy claim's query may have begun before the job was committed; if it leases anything
     the ticket counts as served and the job waits for that worker's next batch claim."""
@@ -458,12 +471,7 @@ async def test_a_new_job_goes_to_a_standby_claim_before_a_claim_busy_with_its_qu
         await go_on.wait()
         return ["a-batch"]  # leased jobs queued before the new one
 
-    busy = asyncio.create_task(w.claim_or_wait(SHARED, busy_claim, 12, time.monotonic() + 5, _never))
-    await asyncio.sleep(0.01)
-    standby = _standby(w, q, "standby", SHARED)
-    await asyncio.sleep(0.01)
-    q.jobs.append(("cpu-tasks-2", "b1"))
-    w.offer([("cpu-tasks-2", "echo")])
+    busy, standby = await _busy_and_standby_then_bob(w, q, busy_claim, 12)
     assert await asyncio.wait_for(standby, 2) == ["b1"]
     go_on.set()
     assert await busy == ["a-batch"]
@@ -484,12 +492,7 @@ async def test_past_the_lane_rate_a_new_job_still_reaches_a_busy_claim() -> None
             return []
         return [job for lane, job in q.jobs if lane == "cpu-tasks-2"][:1]
 
-    busy = asyncio.create_task(w.claim_or_wait(SHARED, slow_claim, 1, time.monotonic() + 5, _never))
-    await asyncio.sleep(0.01)
-    standby = _standby(w, q, "standby", SHARED)
-    await asyncio.sleep(0.01)
-    q.jobs.append(("cpu-tasks-2", "b1"))
-    w.offer([("cpu-tasks-2", "echo")])
+    busy, standby = await _busy_and_standby_then_bob(w, q, slow_claim, 1)
     go_on.set()
     assert await asyncio.wait_for(busy, 2) == ["b1"]
     assert len(looks) == 2 and not standby.done()

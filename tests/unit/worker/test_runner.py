@@ -841,14 +841,21 @@ async def test_no_standby_claim_without_the_servers_feature_or_with_it_off(
     assert not any("standby" in c for c in server.claims)
 
 
+def busy_with_standby(server: FakeServer, j2_s: float, *standby: str) -> None:
+    """J1 (short: the next claim leases ahead), J2 holding the one slot for ``j2_s``, J3
+    prefetched behind it; ``standby``: jobs only a standby claim gets at first."""
+    server.features = ["claim-standby"]
+    server.add("J1")
+    server.add("J2", sleep_s=j2_s)
+    server.add("J3")
+    for name in standby:
+        server.add(name, standby=True)
+
+
 async def test_shutdown_gives_back_what_a_standby_claim_in_flight_leased(
     server: FakeServer, tmp_path: Path
 ) -> None:
-    server.features = ["claim-standby"]
-    server.add("J1")
-    server.add("J2", sleep_s=0.3)
-    server.add("J3")
-    server.add("S1", standby=True)  # leased to the standby claim; its answer never arrives
+    busy_with_standby(server, 0.3, "S1")  # leased to the standby claim; its answer never arrives
     server.hold_standby = True
     runner = make_runner(tmp_path, concurrency=1, grace_s=5, prefetch_below_s=5.0)
     await run_until(runner, lambda: "S1" not in [j["job_id"] for j in server.standby_queue])
@@ -863,12 +870,7 @@ async def test_a_standby_claim_waits_until_its_last_job_holds_a_slot(
 ) -> None:
     """One standby job at a time: several would each jump ahead of the prefetched jobs (and of
     each other), and a busy worker would gather jobs that idle workers could run."""
-    server.features = ["claim-standby"]
-    server.add("J1")
-    server.add("J2", sleep_s=0.5)  # holds the one slot
-    server.add("J3")  # prefetched
-    for name in ("B1", "B2", "B3"):
-        server.add(name, standby=True)  # all there at once
+    busy_with_standby(server, 0.5, "B1", "B2", "B3")  # all there at once
     runner = make_runner(tmp_path, concurrency=1, prefetch_below_s=5.0, pipeline=0)
     while_j2_runs: list[str] = []
 
@@ -899,11 +901,7 @@ async def test_no_standby_claim_while_jobs_are_long(server: FakeServer, tmp_path
 async def test_a_standby_claim_that_fails_is_retried_and_the_worker_goes_on(
     server: FakeServer, tmp_path: Path
 ) -> None:
-    server.features = ["claim-standby"]
-    server.add("J1")
-    server.add("J2", sleep_s=0.4)
-    server.add("J3")
-    server.add("B1", standby=True)
+    busy_with_standby(server, 0.4, "B1")
     real = server._standby_claim
     calls: list[int] = []
 
