@@ -30,7 +30,7 @@ class JobEvents:
         self.listeners = listeners
 
     def publish(self, event: JobEvent | None) -> None:
-        if event is None:
-            return
+        if event is None or event.repeat:
+            return  # a repeated call changed nothing: counted, woken and delivered once
         for listener in self.listeners:
             listener.job_changed(event)

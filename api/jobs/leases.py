@@ -61,6 +61,25 @@ def _event(job_id: str, row: Any) -> JobEvent:
     )
 
 
+def _repeated_completion(job_id: str, row: Any) -> JobEvent:
+    """What the completion of this job answered: an ingest job went on to indexing (``running``),
+    a process job ``succeeded``. Marked a repeat, so no listener counts it twice."""
+    kind = JobKind(row.kind)
+    ingest = kind is JobKind.ingest
+    return JobEvent(
+        job_id,
+        JobState.running if ingest else JobState.succeeded,
+        TaskStage.indexing if ingest else TaskStage.done,
+        kind,
+        row.webhook_url is not None,
+        lane=row.lane,
+        content_type=row.content_type,
+        repeat=True,
+    )
+
+
+# A job whose result is in (stage past process) may since have been indexed, or failed indexing.
+_STORED_STATES = (RUNNING, JobState.succeeded.value, JobState.failed.value)
 _INGEST = J.c.kind == JobKind.ingest.value
 _NOW = bindparam("now", type_=J.c.updated_at.type)
 _COMPLETE_VALUES: dict[str, Any] = dict(
@@ -219,20 +238,21 @@ class LeaseStore(StoreBase):
         return out
 
     async def _completed_or_refused(self, conn: AsyncConnection, lease: Lease) -> JobEvent | MoragError:
-        """A repeated completion (same lease and key, result in) gets the same answer; else why not."""
+        """A repeated completion (same lease and key, result in) gets the same answer as the first,
+        whatever indexing did since; else why not."""
         done = (
             await conn.execute(
-                select(*_EVENT_COLS).where(
+                select(J.c.kind, J.c.webhook_url, J.c.lane, J.c.content_type).where(
                     J.c.id == lease.job_id,
                     J.c.lease_token == lease.token,
                     J.c.worker_key_id == lease.key_id,
                     J.c.stage != TaskStage.process.value,
-                    J.c.state.in_([RUNNING, JobState.succeeded.value]),
+                    J.c.state.in_(_STORED_STATES),
                 )
             )
         ).first()
         if done is not None:
-            return _event(lease.job_id, done)
+            return _repeated_completion(lease.job_id, done)
         return await self._refusal(conn, lease)
 
     async def fail(self, lease: Lease, error: str, error_class: ErrorClass, retryable: bool) -> FailOutcome:

@@ -155,6 +155,8 @@ class JobEvent:
     lane: str | None = None
     content_type: str | None = None
     seconds_since_claim: float | None = None
+    #: the answer to a repeated call (a retried completion): nothing changed, so no listener hears it
+    repeat: bool = False
 
 
 @dataclass(frozen=True, slots=True)

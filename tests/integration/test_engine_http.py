@@ -162,10 +162,30 @@ async def test_echo_job_end_to_end_over_the_protocol(api):
     assert status["worker_id"] == "w1" and status["started_at"]
     done = {"job_id": task, "lease_token": job["lease_token"], "markdown": "# out", "metadata": {"n": 1}}
     r1 = await client.post("/worker/complete", headers=wk, json=done)
+    assert r1.status_code == 200 and r1.json() == {"job_id": task, "status": "running"}  # on to indexing
+    await _job_ended(client, keys[("alice", "client")], task)
+    counted = _finished_count()
     r2 = await client.post("/worker/complete", headers=wk, json=done)  # a retried completion
-    assert r1.status_code == r2.status_code == 200 and r1.json() == r2.json()
+    assert r2.status_code == 200 and r2.json() == r1.json()  # the same answer, though indexed since
+    assert _finished_count() == counted  # and not counted again
     stale = await client.post("/worker/complete", headers=wk, json={**done, "lease_token": "old"})
     assert stale.status_code == 409 and stale.json()["code"] == "stale_lease"
+
+
+async def _job_ended(client, key: str, task: str) -> None:
+    for _ in range(200):
+        status = (await client.get(f"/api/v1/status/{task}", headers=bearer(key))).json()["status"]
+        if status != "running":
+            assert status == "succeeded"
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the ingest job was not indexed within 10 s")
+
+
+def _finished_count() -> float:
+    from api.metrics import FINISHED
+
+    return sum(s.value for m in FINISHED.collect() for s in m.samples if s.name.endswith("_total"))
 
 
 async def test_download_needs_a_valid_signature_and_the_right_key(api):

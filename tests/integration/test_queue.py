@@ -346,3 +346,33 @@ async def test_a_completion_writes_the_same_row_on_both_backends(store):
             else row.index_next_at
         )
         assert abs((stamp - now).total_seconds()) < 5
+
+
+async def test_a_repeated_completion_answers_as_the_first_whatever_indexing_did_since(store):
+    """A worker whose completion's answer was lost sends it again: it gets the first answer, marked
+    a repeat (no listener counts it twice), also once indexing has finished or failed the job.
+    Breaks caught: the repeat answering the job's state now (CI saw "running" then "succeeded"), a
+    repeat not marked, a job whose indexing failed refused as stale."""
+    from api.jobs import JobKind
+
+    alice, _ = await make_user(store.engine, "alice")
+    process = await submit(store, alice)
+    indexed = await submit(store, alice, kind=JobKind.ingest)
+    broken = await submit(store, alice, kind=JobKind.ingest)
+    leases = {r.id: Lease(r.id, r.lease_token, alice.key_id) for r in await claim(store, alice, n=3)}
+    results = [(leases[i], "# out", {}) for i in (process, indexed, broken)]
+    first = await store.jobs.complete_many(results)
+    answers = [("succeeded", "done"), ("running", "index"), ("running", "index")]
+    assert [(e.state, e.stage, e.repeat) for e in first] == [(*a, False) for a in answers]
+    assert await store.jobs.finish_indexing(indexed, {"markdown": "# out", "indexed": 1}, "indexed")
+    assert await store.jobs.fail_indexing(broken, "no embedder")
+    again = await store.jobs.complete_many(results)
+    assert [(e.state, e.stage, e.repeat) for e in again] == [(*a, True) for a in answers]
+    assert [(e.kind, e.lane) for e in again] == [(e.kind, e.lane) for e in first]
+    assert [await _state(store, i) for i in (process, indexed, broken)] == [
+        "succeeded",
+        "succeeded",
+        "failed",
+    ]
+    with pytest.raises(StaleLease):  # another key's lease is still no lease
+        await store.jobs.complete(Lease(process, leases[process].token, "another-key"), "# out", {})
