@@ -172,6 +172,31 @@ async def test_echo_job_end_to_end_over_the_protocol(api):
     assert stale.status_code == 409 and stale.json()["code"] == "stale_lease"
 
 
+async def test_a_retried_completion_is_counted_once(api):
+    """A /process job (no indexing stage) completed, then completed again by a worker that lost the
+    answer, alone and in a batch: the same answer each time, and one finished job in the metrics.
+    Break caught: repeats published to the listeners (counted two and three times)."""
+    client, keys, _ = api
+    r = await client.post(
+        "/process/url?wait_s=0",
+        headers=bearer(keys[("alice", "client")]),
+        json={"url": "https://example.org/a", "content_type": "echo"},
+    )
+    assert r.status_code == 202, r.text
+    wk = bearer(keys[("alice", "worker")])
+    job = (await client.post("/worker/claim", headers=wk, json=CLAIM)).json()["jobs"][0]
+    done = {"job_id": job["job_id"], "lease_token": job["lease_token"], "markdown": "# out"}
+    before = _finished_count()
+    first = await client.post("/worker/complete", headers=wk, json=done)
+    assert first.json() == {"job_id": job["job_id"], "status": "succeeded"}
+    assert _finished_count() == before + 1
+    again = await client.post("/worker/complete", headers=wk, json=done)
+    batch = await client.post("/worker/complete-batch", headers=wk, json={"results": [done]})
+    assert again.json() == first.json()
+    assert batch.json()["results"] == [{"job_id": job["job_id"], "status": "succeeded", "error": None}]
+    assert _finished_count() == before + 1
+
+
 async def _job_ended(client, key: str, task: str) -> None:
     for _ in range(200):
         status = (await client.get(f"/api/v1/status/{task}", headers=bearer(key))).json()["status"]
