@@ -8,7 +8,8 @@ over each phase, driven by one keep-alive client:
 - submit: ``POST /process/url?wait_s=0``, one job per call;
 - claim 1 + complete 1: the worker protocol one job at a time;
 - claim 8 + complete-batch 8;
-- claim 8 carrying the previous 8 results (``results`` riding on the claim).
+- claim 8 carrying the previous 8 results (``results`` riding on the claim);
+- first, the floor: ``GET /health``, which does no work, through the same middleware and server.
 Prints ms of CPU per job for each phase and database transactions per job.
 """
 
@@ -139,12 +140,18 @@ def main() -> None:
 
         submit(20)
         one_by_one()  # warm-up: imports, caches, presence
-        phases = [("submit", lambda: submit(n)), ("claim 1 + complete 1", one_by_one)]
+
+        def floor() -> None:  # the same client, a request that does nothing: the per-request floor
+            for _ in range(n):
+                assert c.get("/health").status_code == 200
+
+        phases = [("floor: GET /health", floor)]
+        phases += [("submit", lambda: submit(n)), ("claim 1 + complete 1", one_by_one)]
         phases += [("submit", lambda: submit(n)), ("claim 8 + complete-batch 8", batched)]
         phases += [("submit", lambda: submit(n)), ("claim 8 carrying 8 results", riding)]
         print(f"{'phase':32} {'jobs/s':>8} {'server ms/job':>14} {'db ms/job':>10} {'xacts/job':>10}")
         for name, fn in phases:
-            if args.only and args.only not in name and name != "submit":
+            if args.only and args.only not in name and name != "submit" and not name.startswith("floor"):
                 continue
             time.sleep(0.3)
             s0, d0 = cpu_s(tree(server.pid)), cpu_s(pg_backends(db) if db else [])
