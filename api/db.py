@@ -9,13 +9,19 @@ import os
 import sqlite3
 import sys
 import threading
+import time
 import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import Pool, PoolProxiedConnection
+from sqlalchemy.util.concurrency import greenlet_spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 #: PostgreSQL advisory lock held while migrating (alembic/env.py): any number of processes may start
@@ -23,6 +29,18 @@ ROOT = Path(__file__).resolve().parent.parent
 MIGRATION_LOCK_KEY = 0x6D6F726167
 # The worker thread of every aiosqlite connection an engine opened (see ``dispose``).
 _SQLITE_THREADS: weakref.WeakKeyDictionary[Engine, list[threading.Thread]] = weakref.WeakKeyDictionary()
+
+
+# Every PostgreSQL session of the server:
+# - a transaction left open is ended after 30 s;
+# - each statement is planned for its own values. asyncpg prepares every statement, and after five
+#   runs PostgreSQL may switch a prepared statement to a generic plan, one for any values. The
+#   claim and completion statements sent on a connection kept between uses (DirectPool) went that
+#   way: PostgreSQL then spent 1.2-2.4 ms of CPU per job on them against 0.4-0.6 with a plan per
+#   run (bench/http_costs.py, "claim 8 carrying 8 results", stop 28). The queue's statements are
+#   small and planned in well under a millisecond; a plan blind to the lanes, times and states
+#   asked for can read far more of the table than the one for the values at hand.
+_PG_SESSION = {"idle_in_transaction_session_timeout": "30000", "plan_cache_mode": "force_custom_plan"}
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -66,7 +84,7 @@ def make_engine(url: str) -> AsyncEngine:
         pool_size=10,
         max_overflow=10,
         pool_recycle=1800,  # no pre-ping: it costs a round trip on every checkout of the queue's hot path
-        connect_args={"server_settings": {"idle_in_transaction_session_timeout": "30000"}},
+        connect_args={"server_settings": _PG_SESSION},
     )
 
 
@@ -213,14 +231,96 @@ def _one_hop_class() -> type:
     return OneHopConnection
 
 
+class DirectPool:
+    """PostgreSQL: the engine's connections, as asyncpg connections, for the statements of the hot
+    path that run alone (a submit's insert, a claim, a batch of completions; ``api.jobs.base``),
+    kept checked out of the engine's pool between uses.
+
+    Through SQLAlchemy each such call checked a connection out of the pool and in again: the
+    AsyncConnection, greenlet switches, the pool's events, the isolation level set to AUTOCOMMIT
+    and back. Measured in-process, a submit cost 0.54-0.71 ms of server CPU that way and 0.33-0.42
+    on a connection held like this (docs/benchmarks.md, stop 28). Here a use takes an idle
+    connection from a list and puts it back.
+
+    - They stay the engine's connections: its pool still bounds how many there are in all, they
+      were opened with its settings and codecs, and :func:`dispose` gives them back first.
+    - A statement sent this way runs on its own, committed by PostgreSQL as it ends (no
+      transaction is open on them: the pool hands out none, and nothing here begins one).
+    - A use that ends with an error of the database itself (a value refused, a constraint) leaves
+      the connection fine and it is used again. Anything else (a lost connection, a cancellation
+      midway, an unknown error) closes it and tells the engine's pool, which opens a new one.
+    - At most ``keep`` wait idle; a connection held ``recycle_s`` goes back to the engine's pool,
+      whose ``pool_recycle`` then applies as to any other.
+    """
+
+    def __init__(self, engine: AsyncEngine, keep: int = 4, recycle_s: float = 300.0) -> None:
+        self.engine = engine
+        self.keep = keep
+        self.recycle_s = recycle_s
+        self._idle: list[tuple[float, PoolProxiedConnection]] = []
+        self.closed = False
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """An asyncpg connection of the engine, for statements that each run on their own."""
+        if self._idle:
+            since, fairy = self._idle.pop()
+        else:
+            since, fairy = time.monotonic(), await self.engine.raw_connection()
+        fine = False
+        try:
+            yield fairy.driver_connection
+            fine = True
+        except sa_exc.DBAPIError as exc:
+            fine = not exc.connection_invalidated  # the database refused the statement
+            raise
+        finally:
+            await self._put_back(since, fairy, fine)
+
+    async def _put_back(self, since: float, fairy: PoolProxiedConnection, fine: bool) -> None:
+        driver = fairy.driver_connection
+        if not fine or driver is None or driver.is_closed():
+            if driver is not None:
+                driver.terminate()  # at once: it may be midway through a statement
+            await greenlet_spawn(fairy.invalidate)
+        elif self.closed or len(self._idle) >= self.keep or time.monotonic() - since > self.recycle_s:
+            await greenlet_spawn(fairy.close)  # back to the engine's pool
+        else:
+            self._idle.append((since, fairy))
+
+    async def close(self) -> None:
+        """Give the idle connections back to the engine's pool; those in use go back as they end."""
+        self.closed = True
+        idle, self._idle = self._idle, []
+        for _, fairy in idle:
+            await greenlet_spawn(fairy.close)
+
+
+# One DirectPool per engine pool (``engine.dispose()`` replaces the pool, so a new one follows it).
+_DIRECT: weakref.WeakKeyDictionary[Pool, DirectPool] = weakref.WeakKeyDictionary()
+
+
+def direct_pool(engine: AsyncEngine) -> DirectPool:
+    """The :class:`DirectPool` of ``engine``'s pool (made on first use)."""
+    pool = engine.sync_engine.pool
+    found = _DIRECT.get(pool)
+    if found is None:
+        found = _DIRECT[pool] = DirectPool(engine)
+    return found
+
+
 async def dispose(engine: AsyncEngine, timeout: float = 5.0) -> None:
-    """``engine.dispose()``, then (SQLite) wait until its connections' threads have ended.
+    """Its :class:`DirectPool`'s connections back, ``engine.dispose()``, then (SQLite) wait until
+    its connections' threads have ended.
 
     A task cancelled while its connection opens or queries (a background loop stopped at shutdown)
     leaves that aiosqlite connection's thread running after ``dispose`` returns; the thread then
     reports to the event loop. Were the loop closed by then (``asyncio.run`` returning, a test
     ending), the thread dies with "Event loop is closed". Waiting here, loop still running, prevents it.
     """
+    direct = _DIRECT.pop(engine.sync_engine.pool, None)
+    if direct is not None:
+        await direct.close()
     await engine.dispose()
     threads = _SQLITE_THREADS.get(engine.sync_engine, [])
     loop = asyncio.get_running_loop()

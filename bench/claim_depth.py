@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlalchemy import text
 
 from api import keystore
-from api.db import make_engine, upgrade
+from api.db import dispose, make_engine, upgrade
 from api.jobs import JobStore
 from api.keystore import Scope
 from api.notifier import Notifier
@@ -96,7 +96,7 @@ async def run(base_url: str, depth: int, claims: int) -> dict[str, float]:
                 times.append((time.perf_counter() - t0) * 1000)
                 assert got, label
             out[label] = statistics.median(times)
-        await engine.dispose()
+        await dispose(engine)  # the held direct connections too
         return out
     finally:
         await _admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api import keystore
-from api.db import make_engine, upgrade
+from api.db import dispose, make_engine, upgrade
 from api.jobs import JobStore, Lease, NewJob
 from api.keystore import Scope
 from api.notifier import Notifier
@@ -59,7 +59,7 @@ async def run(url: str, jobs: int, workers: int, batch: int) -> tuple[float, flo
     await asyncio.gather(*(claimer(n) for n in range(workers)))
     work_s = time.perf_counter() - t0
     assert done == jobs, done
-    await engine.dispose()
+    await dispose(engine)  # the held direct connections too
     return jobs / enqueue_s, jobs / work_s
 
 

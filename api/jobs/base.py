@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ClauseElement
 
+from api.db import direct_pool
 from api.errors import JobCanceledError, MoragError, StaleLease
 from api.ids import utcnow
 from api.jobs.records import JobState, Lease, TaskStage
@@ -91,33 +92,40 @@ def _driver_sql(stmt: ClauseElement, dialect: Dialect) -> tuple[str, tuple[tuple
     return compiled.string, _positional(compiled, dialect)
 
 
-async def execute_direct(conn: AsyncConnection, stmt: ClauseElement, params: dict[str, Any]) -> None:
-    """PostgreSQL: run one statement that returns no rows on ``conn``'s asyncpg connection itself.
+async def execute_direct(engine: AsyncEngine, stmt: ClauseElement, params: dict[str, Any]) -> None:
+    """PostgreSQL: run one statement that returns no rows, on its own, sent by asyncpg itself on a
+    connection of the engine's :class:`~api.db.DirectPool`.
 
     SQLAlchemy's execution path (parameter processing, its cursor adapter, the result object)
     cost a submit's insert 0.65 ms of CPU where the same statement sent by asyncpg costs 0.21
-    (docs/benchmarks.md, stop 21). The connection still comes from, and goes back to, the
-    engine's pool. asyncpg's errors become SQLAlchemy's, as its dialect would raise them, so the
-    server answers them alike (api/errors.py): a lost connection is invalidated (the pool drops
-    it) and answered 503, a value the database refuses 422, anything else 500.
+    (docs/benchmarks.md, stop 21); its checkout and check-in of a pooled connection another
+    ~0.2 (stop 28). The connection is still one of the engine's pool. asyncpg's errors become
+    SQLAlchemy's, as its dialect would raise them, so the server answers them alike
+    (api/errors.py): a lost connection is closed (the pool opens a new one) and answered 503, a
+    value the database refuses 422, anything else 500.
     """
-    await _direct(conn, stmt, params, fetch=False)
+    await _direct(engine, stmt, params, fetch=False)
 
 
-async def fetch_direct(conn: AsyncConnection, stmt: ClauseElement, params: dict[str, Any]) -> list[Any]:
+async def fetch_direct(engine: AsyncEngine, stmt: ClauseElement, params: dict[str, Any]) -> list[Any]:
     """Like :func:`execute_direct` for a statement that returns rows: each row with its columns
     as attributes, as SQLAlchemy's rows have them (values as asyncpg decodes them; JSON columns
     through the codec SQLAlchemy's dialect installs on each connection, so as Python objects)."""
-    records = await _direct(conn, stmt, params, fetch=True)
+    records = await _direct(engine, stmt, params, fetch=True)
     return [SimpleNamespace(**dict(r)) for r in records]
 
 
-async def _direct(conn: AsyncConnection, stmt: ClauseElement, params: dict[str, Any], *, fetch: bool) -> Any:
+async def _direct(engine: AsyncEngine, stmt: ClauseElement, params: dict[str, Any], *, fetch: bool) -> Any:
+    async with direct_pool(engine).connection() as driver:
+        return await _send(driver, stmt, engine.dialect, params, fetch)
+
+
+async def _send(
+    driver: Any, stmt: ClauseElement, dialect: Dialect, params: dict[str, Any], fetch: bool
+) -> Any:
     import asyncpg
 
-    sql, names = _driver_sql(stmt, conn.dialect)
-    driver = (await conn.get_raw_connection()).driver_connection
-    assert driver is not None  # a checked-out connection has one
+    sql, names = _driver_sql(stmt, dialect)
     args = [params[n] if n in params or fixed is _NEEDED else fixed for n, fixed in names]
     try:
         return await (driver.fetch(sql, *args) if fetch else driver.execute(sql, *args))
@@ -126,8 +134,7 @@ async def _direct(conn: AsyncConnection, stmt: ClauseElement, params: dict[str, 
         asyncpg.PostgresConnectionError,
         asyncpg.exceptions.OperatorInterventionError,  # shutdown, crash recovery
         OSError,
-    ) as exc:
-        await conn.invalidate(exc)
+    ) as exc:  # the DirectPool closes the connection
         raise sa_exc.OperationalError(sql, None, exc, connection_invalidated=True) from exc
     except asyncpg.exceptions.DataError as exc:
         raise sa_exc.DataError(sql, None, exc) from exc

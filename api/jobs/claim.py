@@ -350,8 +350,7 @@ class ClaimStore(StoreBase):
         )
         write_presence = self._presence_due(who, worker_id, shape, now)
         if not write_presence and dialect == "postgresql":  # one statement, sent by the driver itself
-            async with self.autocommit.connect() as conn:
-                return _leased(await fetch_direct(conn, stmt, params))
+            return _leased(await fetch_direct(self.engine, stmt, params))
         async with self.engine.begin() as conn:
             if write_presence:
                 await self._upsert_worker(

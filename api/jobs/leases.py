@@ -223,19 +223,20 @@ class LeaseStore(StoreBase):
             "channel": CHANNEL,
             "payload": encode_notice(self.notifier.origin, None),
         }
-        async with self.autocommit.connect() as conn:
-            found = await fetch_direct(conn, _COMPLETE_PG, params)
-            rows = {(r.id, r.lease_token): r for r in found}
-            out: list[JobEvent | MoragError] = []
-            for lease, _, _ in results:
-                row = rows.get((lease.job_id, lease.token))
-                if row is None:
-                    out.append(await self._completed_or_refused(conn, lease))
-                else:
-                    out.append(_event(lease.job_id, row))
+        found = await fetch_direct(self.engine, _COMPLETE_PG, params)
+        rows = {(r.id, r.lease_token): r for r in found}
+        out: list[JobEvent | MoragError | None] = [
+            _event(lease.job_id, rows[key]) if (key := (lease.job_id, lease.token)) in rows else None
+            for lease, _, _ in results
+        ]
+        if None in out:  # a repeat, or refused: explained by a read of its own (rare)
+            async with self.autocommit.connect() as conn:
+                for i, ((lease, _, _), event) in enumerate(zip(results, out, strict=True)):
+                    if event is None:
+                        out[i] = await self._completed_or_refused(conn, lease)
         if rows:
             self.notifier.wake()  # committed: a waiter woken now reads the result
-        return out
+        return [e for e in out if e is not None]
 
     async def _completed_or_refused(self, conn: AsyncConnection, lease: Lease) -> JobEvent | MoragError:
         """A repeated completion (same lease and key, result in) gets the same answer as the first,

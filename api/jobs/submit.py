@@ -38,15 +38,28 @@ from protocol.states import LaneKind, lane_name
 
 
 class SubmitStore(StoreBase):
+    def _online_cached(self, user_id: int | None) -> list[dict[str, Any]] | None:
+        """The live workers for this user as read at most ONLINE_CACHE_S ago by this process."""
+        hit = self._online.get(user_id)
+        if hit is not None and time.monotonic() - hit[0] < ONLINE_CACHE_S:
+            return hit[1]
+        return None
+
+    async def _online_for_submit(self, user_id: int | None, now: datetime) -> list[dict[str, Any]]:
+        """PostgreSQL: the cached live workers, else read on a connection of its own."""
+        hit = self._online_cached(user_id)
+        if hit is not None:
+            return hit
+        async with self.autocommit.connect() as conn:
+            return await self._online_workers(conn, user_id, self._live_since(now))
+
     async def _online_workers(
         self, conn: AsyncConnection, user_id: int | None, since: datetime, *, cached: bool = False
     ) -> list[dict[str, Any]]:
         """The live workers that could serve this user: the user's own and the shared ones
         (``cached``: as read at most ONLINE_CACHE_S ago by this process)."""
-        if cached:
-            hit = self._online.get(user_id)
-            if hit is not None and time.monotonic() - hit[0] < ONLINE_CACHE_S:
-                return hit[1]
+        if cached and (hit := self._online_cached(user_id)) is not None:
+            return hit
         mine = W.c.shared.is_(True) if user_id is None else or_(W.c.shared.is_(True), W.c.user_id == user_id)
         q = select(W.c.user_id, W.c.shared, W.c.serves_gpu, W.c.serves_cpu, W.c.content_types).where(
             W.c.last_seen_at > since, mine
@@ -121,27 +134,21 @@ class SubmitStore(StoreBase):
         pg = self.engine.dialect.name == "postgresql"
         handed: list[tuple[dict[str, Any], Waiter]] = []
         try:
-            # PostgreSQL: the rows and their NOTIFY in one statement of fixed text, committed on its own.
-            async with self.autocommit.connect() if pg else self.engine.begin() as conn:
-                online = await self._online_workers(conn, owner.user_id, self._live_since(now), cached=True)
-                live = (False, False)
-                if owner.user_id is not None:
-                    live = self._live_lanes(online, owner.user_id)
-                rows = [self._job_row(owner, job, now, live) for job in jobs]
-                choices = {"cpu_fallback": owner.cpu_fallback, "shared_fallback": owner.shared_fallback}
-                for row in rows:  # a job no online worker can take says so from its insert on
-                    row["progress_message"] = wanted_message({**row, **choices}, online)
-                # A claim of this process waiting idle for a job of this lane gets it by its insert.
-                handed = self._reserve_waiters(rows)
-                queued = [(str(r["lane"]), str(r["content_type"])) for r in rows if r["state"] == QUEUED]
-                if pg:
-                    stmt, params = _insert_pg(rows, notify=bool(queued))
-                    if queued:
-                        params.update(channel=CHANNEL, payload=encode_notice(self.notifier.origin, queued))
-                    await execute_direct(conn, stmt, params)
-                else:  # every row in one trip to the database's thread
-                    columns = tuple(rows[0])
-                    await run_many_direct(conn, _insert_sqlite(columns), [_v(row) for row in rows])
+            if pg:  # the rows and their NOTIFY in one statement of fixed text, committed on its own
+                online = await self._online_for_submit(owner.user_id, now)
+                rows, handed, queued = self._new_rows(owner, jobs, now, online)
+                stmt, params = _insert_pg(rows, notify=bool(queued))
+                if queued:
+                    params.update(channel=CHANNEL, payload=encode_notice(self.notifier.origin, queued))
+                await execute_direct(self.engine, stmt, params)
+            else:
+                async with self.engine.begin() as conn:
+                    online = await self._online_workers(
+                        conn, owner.user_id, self._live_since(now), cached=True
+                    )
+                    rows, handed, queued = self._new_rows(owner, jobs, now, online)
+                    # every row in one trip to the database's thread
+                    await run_many_direct(conn, _insert_sqlite(tuple(rows[0])), [_v(row) for row in rows])
                     if queued:
                         await self.notifier.publish(conn, queued)
         except BaseException:  # not inserted (or not committed): the reserved claims wait on
@@ -152,6 +159,23 @@ class SubmitStore(StoreBase):
             await self._hand(handed)
         self.notifier.wake(queued)  # each job to one waiting claim of its lane
         return [str(row["id"]) for row in rows]
+
+    def _new_rows(
+        self, owner: Principal, jobs: list[NewJob], now: datetime, online: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], Waiter]], list[tuple[str, str]]]:
+        """The rows to insert, the waiting claims they are handed to, and (lane, type) of each job
+        that goes in queued."""
+        live = (False, False)
+        if owner.user_id is not None:
+            live = self._live_lanes(online, owner.user_id)
+        rows = [self._job_row(owner, job, now, live) for job in jobs]
+        choices = {"cpu_fallback": owner.cpu_fallback, "shared_fallback": owner.shared_fallback}
+        for row in rows:  # a job no online worker can take says so from its insert on
+            row["progress_message"] = wanted_message({**row, **choices}, online)
+        # A claim of this process waiting idle for a job of this lane gets it by its insert.
+        handed = self._reserve_waiters(rows)
+        queued = [(str(r["lane"]), str(r["content_type"])) for r in rows if r["state"] == QUEUED]
+        return rows, handed, queued
 
     def _reserve_waiters(self, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Waiter]]:
         """Rows leased, before their insert, to the idle claims of this process that take their

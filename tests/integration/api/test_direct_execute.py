@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -151,3 +152,110 @@ async def test_one_job_and_a_batch_store_the_same_row(pg_env: Env, monkeypatch: 
     assert rows[one]["options"] == job.options and rows[one]["index_options"] == {"chunk_size": 500}
     assert rows[bare_one]["index_options"] is None and rows[bare_one]["webhook_url"] is None
     assert rows[one]["state"] == "queued" and rows[one]["attempt"] == 0 and rows[one]["progress"] == 0.0
+
+
+# --- the DirectPool (api/db.py): connections kept between the hot statements -----------------------
+
+
+def _connections_used(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The asyncpg connection of each job insert from now on, in order."""
+    used: list[Any] = []
+    real = asyncpg.connection.Connection.execute
+
+    async def execute(self: Any, query: str, *args: Any, **kw: Any) -> Any:
+        if query.startswith("WITH ins AS (INSERT INTO jobs"):
+            used.append(self)
+        return await real(self, query, *args, **kw)
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "execute", execute)
+    return used
+
+
+async def test_submits_reuse_one_kept_connection_and_a_refused_value_keeps_it(
+    pg_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Break caught: the connection given back to the engine's pool after each use (no reuse), or
+    dropped after a statement the database refused."""
+    from api.db import direct_pool
+
+    used = _connections_used(monkeypatch)
+    for _ in range(3):
+        assert (await _submit(pg_env)).status_code == 202
+    assert len(used) == 3 and used[0] is used[1] is used[2]
+    pool = pg_env.state.engine.sync_engine.pool
+    held = pool.checkedout()
+    assert held >= 1 and len(direct_pool(pg_env.state.engine)._idle) >= 1
+    _fail_inserts_with(monkeypatch, asyncpg.exceptions.CharacterNotInRepertoireError("bad byte"))
+    assert (await _submit(pg_env)).status_code == 422
+    assert (await _submit(pg_env)).status_code == 202
+    assert used[-1] is used[0] and not used[0].is_closed() and pool.checkedout() == held
+
+
+async def test_a_statement_cancelled_midway_closes_its_connection(pg_env: Env) -> None:
+    """A cancelled statement may leave its connection midway through a reply: it is closed, never
+    handed to the next statement. Break caught: every connection that raised nothing of the
+    database's own put back."""
+    from api.db import direct_pool
+    from api.jobs.base import execute_direct
+
+    engine = pg_env.state.engine
+    direct = direct_pool(engine)
+    async with direct.connection() as warm:  # one idle connection to start from
+        pass
+    slow = asyncio.create_task(execute_direct(engine, text("SELECT pg_sleep(5)"), {}))
+    await asyncio.sleep(0.3)
+    slow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    assert warm.is_closed() and all(f.driver_connection is not warm for _, f in direct._idle)
+    async with direct.connection() as fresh:
+        assert fresh is not warm and await fresh.fetchval("SELECT 1") == 1
+
+
+async def test_kept_connections_are_bounded_recycled_and_given_back(pg_env: Env) -> None:
+    """At most ``keep`` wait idle; one held past ``recycle_s`` goes back to the engine's pool; close
+    gives every idle one back. Breaks caught: no bound, no recycling, nothing given back (the
+    engine's dispose would leave them open)."""
+    from api.db import DirectPool
+
+    engine = pg_env.state.engine
+    pool = engine.sync_engine.pool
+    before = pool.checkedout()
+    direct = DirectPool(engine, keep=2)
+
+    async def use() -> None:
+        async with direct.connection() as conn:
+            await conn.fetchval("SELECT pg_sleep(0.05)")
+
+    await asyncio.gather(*(use() for _ in range(5)))
+    assert len(direct._idle) == 2 and pool.checkedout() == before + 2
+    direct.recycle_s = 0.0
+    await use()
+    assert len(direct._idle) == 1 and pool.checkedout() == before + 1  # the one used went back
+    await direct.close()
+    assert direct._idle == [] and pool.checkedout() == before
+    await use()  # closed: used once more, then given back at once
+    assert pool.checkedout() == before
+
+
+async def test_every_statement_is_planned_for_its_values(pg_env: Env) -> None:
+    """Prepared statements kept on a connection would go to PostgreSQL's generic plan after five
+    runs (api/db.py, _PG_SESSION). Break caught: the session setting dropped."""
+    from api.db import direct_pool
+
+    async with direct_pool(pg_env.state.engine).connection() as conn:
+        assert await conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+    async with pg_env.state.engine.connect() as conn:
+        assert (await conn.execute(text("SHOW plan_cache_mode"))).scalar_one() == "force_custom_plan"
+
+
+async def test_dispose_closes_the_kept_connections(database_url: str) -> None:
+    """Break caught: ``api.db.dispose`` leaving the DirectPool's connections open (checked out, so
+    the engine's own dispose does not close them)."""
+    from api.db import direct_pool, dispose, make_engine
+
+    engine = make_engine(database_url)
+    async with direct_pool(engine).connection() as conn:
+        assert await conn.fetchval("SELECT 1") == 1
+    await dispose(engine)
+    assert conn.is_closed()
