@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import bindparam, case, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -236,7 +236,7 @@ class LeaseStore(StoreBase):
                         out[i] = await self._completed_or_refused(conn, lease)
         if rows:
             self.notifier.wake()  # committed: a waiter woken now reads the result
-        return [e for e in out if e is not None]
+        return cast(list[JobEvent | MoragError], out)  # every None was filled above
 
     async def _completed_or_refused(self, conn: AsyncConnection, lease: Lease) -> JobEvent | MoragError:
         """A repeated completion (same lease and key, result in) gets the same answer as the first,

@@ -38,28 +38,24 @@ from protocol.states import LaneKind, lane_name
 
 
 class SubmitStore(StoreBase):
-    def _online_cached(self, user_id: int | None) -> list[dict[str, Any]] | None:
-        """The live workers for this user as read at most ONLINE_CACHE_S ago by this process."""
+    async def _online_for_submit(
+        self, user_id: int | None, now: datetime, conn: AsyncConnection | None = None
+    ) -> list[dict[str, Any]]:
+        """The live workers for this user as read at most ONLINE_CACHE_S ago by this process, else
+        read now (on ``conn``, or on a connection of its own)."""
         hit = self._online.get(user_id)
         if hit is not None and time.monotonic() - hit[0] < ONLINE_CACHE_S:
             return hit[1]
-        return None
-
-    async def _online_for_submit(self, user_id: int | None, now: datetime) -> list[dict[str, Any]]:
-        """PostgreSQL: the cached live workers, else read on a connection of its own."""
-        hit = self._online_cached(user_id)
-        if hit is not None:
-            return hit
-        async with self.autocommit.connect() as conn:
+        if conn is not None:
             return await self._online_workers(conn, user_id, self._live_since(now))
+        async with self.autocommit.connect() as own:
+            return await self._online_workers(own, user_id, self._live_since(now))
 
     async def _online_workers(
-        self, conn: AsyncConnection, user_id: int | None, since: datetime, *, cached: bool = False
+        self, conn: AsyncConnection, user_id: int | None, since: datetime
     ) -> list[dict[str, Any]]:
-        """The live workers that could serve this user: the user's own and the shared ones
-        (``cached``: as read at most ONLINE_CACHE_S ago by this process)."""
-        if cached and (hit := self._online_cached(user_id)) is not None:
-            return hit
+        """The live workers that could serve this user, read now: the user's own and the shared ones
+        (kept for :meth:`_online_for_submit`)."""
         mine = W.c.shared.is_(True) if user_id is None else or_(W.c.shared.is_(True), W.c.user_id == user_id)
         q = select(W.c.user_id, W.c.shared, W.c.serves_gpu, W.c.serves_cpu, W.c.content_types).where(
             W.c.last_seen_at > since, mine
@@ -143,9 +139,7 @@ class SubmitStore(StoreBase):
                 await execute_direct(self.engine, stmt, params)
             else:
                 async with self.engine.begin() as conn:
-                    online = await self._online_workers(
-                        conn, owner.user_id, self._live_since(now), cached=True
-                    )
+                    online = await self._online_for_submit(owner.user_id, now, conn)
                     rows, handed, queued = self._new_rows(owner, jobs, now, online)
                     # every row in one trip to the database's thread
                     await run_many_direct(conn, _insert_sqlite(tuple(rows[0])), [_v(row) for row in rows])
