@@ -100,18 +100,14 @@ class Job(SQLModel, table=True):
             postgresql_where=text("state = 'queued'"),
             sqlite_where=text("state = 'queued'"),
         ),
-        # The shared fallback, per user: that user's due rows, oldest due first.
+        # The shared fallback, per user: that user's due rows, oldest due first. The only index on
+        # shared_at: with one by shared_at alone, the planner walked every due row of every user to
+        # probe one user's (api/jobs/claim_pg.py); the fallback sweep walks this one per user too.
         Index(
             "ix_jobs_claim_shared_user",
             "user_id",
             "shared_at",
             "id",
-            postgresql_where=text("state = 'queued'"),
-            sqlite_where=text("state = 'queued'"),
-        ),
-        Index(
-            "ix_jobs_claim_shared",
-            "shared_at",
             postgresql_where=text("state = 'queued'"),
             sqlite_where=text("state = 'queued'"),
         ),

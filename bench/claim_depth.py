@@ -6,7 +6,9 @@
 Goes through api.jobs.JobStore.claim (the statement the HTTP route runs) on a fresh database per
 depth, rows generated with generate_series. Shapes: a GPU-only worker (one lane), a worker of
 both own lanes, a CPU worker whose claim adds its GPU lane's due fallback (none due: the GPU lane
-is deep and its worker live), and a shared worker (one user's deep due queue, a deep default lane).
+is deep and its worker live), and a shared worker (one user's deep due queue, a deep default lane),
+then again with one user's flood all that is queued: the other users who allow the shared fallback
+have nothing queued (bench/fairness.py's case).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -39,6 +42,7 @@ INSERT = (
     "0, 0, 3, now() - interval '1 hour', {fallback}, {shared}, now(), 0, 0 FROM generate_series(1, :count) g"
 )
 DUE, LATER = "now() - interval '1 minute'", "now() + interval '1 hour'"
+STAGGERED = "now() - interval '1 hour' + g * interval '1 ms'"  # due, one after another
 
 
 async def _admin(url: str, sql: str) -> None:
@@ -88,14 +92,30 @@ async def run(base_url: str, depth: int, claims: int) -> dict[str, float]:
             "shared (fair per user)": (who["operator"], [LaneKind.default]),
         }
         out = {}
-        for label, (principal, lanes) in shapes.items():
+
+        async def measure(label: str, principal: Any, lanes: list[LaneKind], n: int = 1) -> None:
             times = []
             for i in range(claims):
                 t0 = time.perf_counter()
-                got = await store.claim(principal, f"w{i}", lanes, ["echo"], 1, None)
+                got = await store.claim(principal, f"w{i}", lanes, ["echo"], n, None)
                 times.append((time.perf_counter() - t0) * 1000)
                 assert got, label
             out[label] = statistics.median(times)
+
+        for label, (principal, lanes) in shapes.items():
+            await measure(label, principal, lanes)
+        # One user's flood is all that is queued (bench/fairness.py's case): the other users who
+        # allow the shared fallback have nothing queued, and each still costs one probe.
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text("DELETE FROM jobs WHERE user_id IS DISTINCT FROM :b"), {"b": b})
+            await conn.execute(
+                # each due a moment apart, as jobs submitted one after another are
+                text(INSERT.replace("{fallback}", "NULL").replace("{shared}", STAGGERED)),
+                {"prefix": "e", "uid": b, "lane": f"cpu-tasks-{b}", "count": depth - part},
+            )
+            await conn.execute(text("VACUUM ANALYZE jobs"))
+        await measure("shared, one user's flood, claims of 8", who["operator"], [LaneKind.default], 8)
         await dispose(engine)  # the held direct connections too
         return out
     finally:

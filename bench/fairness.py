@@ -1,6 +1,7 @@
 """Fairness of the shared lane over HTTP: does one user's flood delay another user's few jobs?
 
     .venv/bin/python bench/fairness.py [--flood 5000] [--few 20] [--rounds 3] [--job-s 0] [--sqlite]
+        [--no-analyze]
 
 Per round, on a fresh PostgreSQL database (or SQLite file) and a fresh ``python -m api serve``
 (loopback, per-key rate limits lifted, ``MORAG_SHARED_FALLBACK_AFTER_S=0`` so that the jobs of users
@@ -13,6 +14,8 @@ without a worker of their own go to the shared lane at once), with 2 real shared
   ``--job-s`` makes each of A's jobs take about that long (echo's ``sleep_s``, 0.5-1.5x, seeded),
   as a transcription would: the workers' slots then free one at a time, each claim asks for one
   job, and B's job can at best take the next slot that frees;
+  once A's flood is queued, ``ANALYZE jobs`` gives the planner the statistics a server that has run
+  a while has (``--no-analyze``: those of the fresh database, until autovacuum's own ANALYZE lands);
 - *alone*: the same B jobs, same gaps, to the same idle workers.
 
 ``--worker-nice N`` starts the workers under ``nice -n N``: a probe of what is left once the
@@ -54,7 +57,8 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-async def one(a: argparse.Namespace, flood: bool) -> list[float]:
+async def one(a: argparse.Namespace, flood: bool) -> tuple[list[float], float | None]:
+    """B's waits in ms, and with the flood A's drain rate (jobs/s, resumed -> A's last job ended)."""
     code = Path(__file__).resolve().parent.parent
     data = Path(tempfile.mkdtemp(prefix="morag-fair-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MORAG_")}
@@ -163,8 +167,15 @@ async def one(a: argparse.Namespace, flood: bool) -> list[float]:
                         return await submit("alice", seq)
 
                 last_a = (await asyncio.gather(*(flood_one(i) for i in range(a.flood))))[-1]
+                if a.analyze and not a.sqlite:  # the statistics of a server that has run a while
+                    stats = await asyncpg.connect(f"{PG}/{dbname}")
+                    try:
+                        await stats.execute("ANALYZE jobs")
+                    finally:
+                        await stats.close()
                 for p in procs[1:]:
                     os.killpg(p.pid, signal.SIGCONT)
+                resumed = datetime.now(UTC)
                 await asyncio.sleep(0.5)  # the workers are draining A's backlog
             few = []
             for i in range(a.few):
@@ -195,7 +206,17 @@ async def one(a: argparse.Namespace, flood: bool) -> list[float]:
                 ).json()
                 if st.get("started_at") and datetime.fromisoformat(st["started_at"]) < b_last:
                     print("  (A's backlog ran out before B's last job: raise --flood)", flush=True)
-            return [waits[t] for t in few]
+                while not st.get("finished_at") and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                    st = (
+                        await c.get(
+                            f"/api/v1/status/{last_a}", headers={"Authorization": f"Bearer {keys['alice']}"}
+                        )
+                    ).json()
+                if st.get("finished_at"):
+                    took_s = (datetime.fromisoformat(st["finished_at"]) - resumed).total_seconds()
+                    return [waits[t] for t in few], a.flood / took_s
+            return [waits[t] for t in few], None
     finally:
         for p in procs:
             if p.poll() is None:
@@ -214,10 +235,13 @@ async def one(a: argparse.Namespace, flood: bool) -> list[float]:
 
 async def main(a: argparse.Namespace) -> None:
     rows = {True: [], False: []}  # type: dict[bool, list[float]]
+    drains: list[float] = []
     for r in range(a.rounds):
         for flood in (r % 2 == 0, r % 2 != 0):
-            w = await one(a, flood)
+            w, drain = await one(a, flood)
             rows[flood] += w
+            if drain:
+                drains.append(drain)
             label = f"A's {a.flood:,} queued" if flood else "alone"
             print(
                 f"round {r + 1}, B {label}: p50 {statistics.median(w):.0f} ms, p99 {pct(w, 0.99):.0f} ms, "
@@ -235,6 +259,9 @@ async def main(a: argparse.Namespace) -> None:
         print(f"| {label} | {statistics.median(w):.0f} | {pct(w, 0.99):.0f} | {max(w):.0f} |")
     ratio = pct(rows[True], 0.99) / max(pct(rows[False], 0.99), 0.001)
     print(f"p99 with the flood vs alone: {ratio:.2f}x (target <= 2x)")
+    if drains:
+        rate = statistics.median(drains)
+        print(f"A's backlog drained at {rate:,.0f} jobs/s (median of {len(drains)} rounds)")
 
 
 if __name__ == "__main__":
@@ -252,4 +279,12 @@ if __name__ == "__main__":
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--job-s", type=float, default=0.0, help="how long each of A's jobs takes (echo sleep_s)")
     p.add_argument("--sqlite", action="store_true")
+    p.add_argument(
+        "--analyze",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ANALYZE the jobs table once A's flood is queued (PostgreSQL), as autovacuum does on a "
+        "server that has run a while; --no-analyze: the fresh database's statistics, until "
+        "autovacuum's own ANALYZE lands at some point of the round",
+    )
     asyncio.run(main(p.parse_args()))

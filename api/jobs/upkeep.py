@@ -10,7 +10,21 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, delete, exists, literal, or_, select, update
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Integer,
+    and_,
+    any_,
+    case,
+    delete,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 
 from api import metrics
 from api.ids import utcnow
@@ -31,6 +45,16 @@ from protocol.states import FINAL_STATES
 _FINAL = sorted(s.value for s in FINAL_STATES)
 
 log = logging.getLogger("morag.upkeep")
+
+
+def _each_user(dialect: str) -> ColumnElement[bool]:
+    """``user_id`` is one of the users': on PostgreSQL an array of their ids, so that the shared
+    sweep walks ``ix_jobs_claim_shared_user`` (user_id, shared_at, id) once per user, reading only
+    rows whose shared fallback is not due yet, whatever the number of due ones."""
+    users = select(U.c.id)
+    if dialect == "postgresql":
+        return J.c.user_id == any_(func.array(users.scalar_subquery(), type_=ARRAY(Integer())))
+    return J.c.user_id.in_(users)
 
 
 class UpkeepStore(StoreBase):
@@ -111,6 +135,7 @@ class UpkeepStore(StoreBase):
                     update(J)
                     .where(
                         J.c.state == QUEUED,
+                        _each_user(conn.dialect.name),  # their not-yet-due rows, user by user
                         J.c.shared_at > now,
                         or_(
                             and_(gpu_lane, J.c.user_id.not_in(gpu_live), J.c.user_id.not_in(cpu_live_gpu)),

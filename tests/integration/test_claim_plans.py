@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("database_url", ["po
 
 DEPTH = 50_000
 MAX_ROWS_TOUCHED = 1_000  # what a claim of 4 may read in total, over every node of its plan
+MAX_PAGES = 250  # and the pages it may read (a claim of 4 here: 80-130)
 
 
 async def _queue(store: Any, user_id: int | None, lane: str, count: int, prefix: str, **times: str) -> None:
@@ -74,9 +75,19 @@ async def _plan(
         event.remove(store.engine.sync_engine, "before_cursor_execute", grab)
     [(path, statement, parameters)] = sent
     assert path == "driver"
+    return got, await _explain(store, statement, parameters)
+
+
+async def _explain(
+    store: Any, statement: str, parameters: Any, before: str | None = None
+) -> list[dict[str, Any]]:
+    """Every node of ``statement``'s analysed plan, run in a rolled-back transaction (after ``before``)."""
     async with store.engine.connect() as conn:
         trans = await conn.begin()
-        raw = (await conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters)).scalar()
+        if before:
+            await conn.execute(text(before))
+        explain = "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement
+        raw = (await conn.exec_driver_sql(explain, parameters)).scalar()
         await trans.rollback()
     plan = json.loads(raw) if isinstance(raw, str) else raw
     nodes: list[dict[str, Any]] = []
@@ -87,16 +98,21 @@ async def _plan(
             walk(child)
 
     walk(plan[0]["Plan"])
-    return got, nodes
+    return nodes
 
 
-def _check_bounded(nodes: list[dict[str, Any]], *indexes: str) -> None:
-    """No sequential scan of jobs, the named indexes (``a|b``: either) walked, few rows touched."""
+def _check_bounded(nodes: list[dict[str, Any]], *indexes: str, max_pages: int = MAX_PAGES) -> None:
+    """No sequential scan of jobs, the named indexes (``a|b``: either) walked, few rows and pages
+    touched."""
     scans = [n for n in nodes if n.get("Relation Name") == "jobs"]
     assert not [n for n in scans if n["Node Type"] == "Seq Scan"], scans
     used = {n.get("Index Name") for n in scans}
     for index in indexes:
         assert used & set(index.split("|")), (index, used)
+    # Pages read in all (the top node counts its children's): an index walked from end to end
+    # skips rows in its own pages, which no row count shows.
+    pages = nodes[0].get("Shared Hit Blocks", 0) + nodes[0].get("Shared Read Blocks", 0)
+    assert pages < max_pages, (pages, [(n["Node Type"], n.get("Index Name")) for n in nodes])
     touched = sum(
         (n.get("Actual Rows", 0) + n.get("Rows Removed by Filter", 0)) * n.get("Actual Loops", 1)
         for n in nodes
@@ -188,3 +204,69 @@ async def test_shared_lane_fair_share_counts_running_jobs_by_index(store) -> Non
     # big runs 8 already: small's 3 jobs go first, then big's oldest queued one.
     assert sorted(j.id for j in got) == ["a000000000009", "z000000000001", "z000000000002", "z000000000003"]
     _check_bounded(nodes, "ix_jobs_claim_shared_user", "ix_jobs_running_user")
+
+
+async def test_shared_lane_probe_of_a_user_with_nothing_queued_reads_nothing(store) -> None:
+    """A user who allows the shared fallback and has nothing queued costs one empty index probe.
+
+    The shared lane's per-user probe may not walk ``ix_jobs_claim_shared`` (every due row, of any
+    user, in ``shared_at`` order) filtering on the user: for a user with nothing queued, that walk
+    reads every due row of the flooding user. The planner picked it, with fresh statistics, when
+    one user held all of a few thousand queued rows (bench/fairness.py: 3.6 ms per empty user per
+    claim)."""
+    shared, _ = await make_user(store.engine, "operator", Scope.shared_worker)
+    big, _ = await make_user(store.engine, "big")
+    await make_user(store.engine, "idle1")
+    await make_user(store.engine, "idle2")
+    b = big.user_id
+    due = "now() - interval '1 minute' + g * interval '1 ms'"
+    await _queue(store, b, f"cpu-tasks-{b}", DEPTH, "a", shared_at=due)
+    got, nodes = await _plan(store, shared, [LaneKind.default])
+    assert sorted(j.id for j in got) == [f"a{i:012d}" for i in range(1, 5)]
+    _check_bounded(nodes, "ix_jobs_claim_shared_user")
+
+
+async def test_cpu_fallback_probe_of_an_empty_gpu_lane_reads_nothing_of_other_users(store) -> None:
+    """A CPU worker's probe of its own GPU lane's due jobs does not walk the due jobs of every lane
+    (``ix_jobs_claim_fallback``, by due time alone) looking for its lane's."""
+    alice, _ = await make_user(store.engine, "alice")
+    bob, _ = await make_user(store.engine, "bob")
+    uid, b = alice.user_id, bob.user_id
+    due = "now() - interval '1 minute' + g * interval '1 ms'"
+    await _queue(store, b, f"gpu-tasks-{b}", DEPTH, "a", fallback_at=due)
+    await _queue(store, uid, f"cpu-tasks-{uid}", 2, "b")
+    got, nodes = await _plan(store, alice, [LaneKind.cpu])
+    assert sorted(j.id for j in got) == ["b000000000001", "b000000000002"]
+    _check_bounded(nodes, "ix_jobs_claim_lane", "ix_jobs_claim_fallback_lane")
+
+
+async def test_fallback_sweep_reads_only_rows_not_due_yet(store) -> None:
+    """The fallback sweep (each few seconds) walks the not-yet-due rows of each user, never the
+    due ones: with a deep backlog already due, it touches a handful of rows."""
+    big, _ = await make_user(store.engine, "big")
+    late, _ = await make_user(store.engine, "late")
+    b, la = big.user_id, late.user_id
+    past = "now() - interval '1 minute' + g * interval '1 ms'"
+    await _queue(store, b, f"gpu-tasks-{b}", DEPTH, "a", fallback_at=past, shared_at=past)
+    later = "now() + interval '1 hour'"
+    await _queue(store, la, f"gpu-tasks-{la}", 3, "c", fallback_at=later, shared_at=later)
+    async with store.engine.begin() as conn:
+        await conn.execute(text("ANALYZE jobs"))
+    sent: list[tuple[str, Any]] = []
+
+    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith("UPDATE JOBS"):
+            sent.append((statement, parameters))
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", grab)
+    try:
+        assert await store.jobs.sweep_fallback() == 6  # late has no live worker: CPU, then shared
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", grab)
+    assert len(sent) == 2
+    # late's rows not due again, so that each statement finds what the sweep found
+    again = f"UPDATE jobs SET fallback_at = {later}, shared_at = {later} WHERE id LIKE 'c%'"
+    for statement, parameters in sent:
+        nodes = await _explain(store, statement, parameters, before=again)
+        assert nodes[0]["Actual Rows"] == 3, statement  # late's 3 rows, found again
+        _check_bounded(nodes, max_pages=150)  # here 50-60; every queued row's index entry: 350
