@@ -16,7 +16,10 @@ rows are merged:
                   the merge takes the lowest numbers: a user with nothing running is served
                   before the next job of a user whose flood fills the workers, and two busy users
                   alternate. Nothing ranks the whole table; the work grows with users and running
-                  jobs, not with queued jobs.
+                  jobs, not with queued jobs. No other index leads with ``shared_at``: the planner,
+                  which prices a probe by the average user, walked one by ``shared_at`` alone
+                  filtered on the user, which for a user with nothing queued reads every due row
+                  of the user who floods (migration 0008).
 """
 
 from __future__ import annotations

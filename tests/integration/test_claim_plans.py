@@ -270,3 +270,33 @@ async def test_fallback_sweep_reads_only_rows_not_due_yet(store) -> None:
         nodes = await _explain(store, statement, parameters, before=again)
         assert nodes[0]["Actual Rows"] == 3, statement  # late's 3 rows, found again
         _check_bounded(nodes, max_pages=150)  # here 50-60; every queued row's index entry: 350
+
+
+async def test_unserved_check_reads_lane_heads_not_the_history(store) -> None:
+    """The unserved check (every 5 s) probes each lane's head: tens of thousands of ended jobs
+    older than the queued ones cost it nothing (it walked them all by id)."""
+    alice, _ = await make_user(store.engine, "alice")
+    uid = alice.user_id
+    await _queue(store, uid, f"cpu-tasks-{uid}", DEPTH, "a")  # the history: ended, oldest ids
+    async with store.engine.begin() as conn:
+        await conn.execute(text("UPDATE jobs SET state = 'succeeded'"))
+    await _queue(store, uid, f"cpu-tasks-{uid}", 5_000, "b")
+    await _queue(store, uid, f"gpu-tasks-{uid}", 5_000, "c")
+    async with store.engine.connect() as conn:  # as autovacuum leaves a table with a long history
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("VACUUM ANALYZE jobs"))
+    sent: list[tuple[str, Any]] = []
+
+    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM jobs" in statement:
+            sent.append((statement, parameters))
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", grab)
+    try:
+        # No worker online: the note goes on each lane's next 100 jobs (queued as if one was).
+        assert await store.jobs.note_unserved() == 200
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", grab)
+    assert len(sent) == 5  # first lane, its head, next lane, its head, no more lanes
+    for statement, parameters in sent:
+        _check_bounded(await _explain(store, statement, parameters), max_pages=400)  # 100 rows: ~200

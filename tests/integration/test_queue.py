@@ -376,3 +376,32 @@ async def test_a_repeated_completion_answers_as_the_first_whatever_indexing_did_
     ]
     with pytest.raises(StaleLease):  # another key's lease is still no lease
         await store.jobs.complete(Lease(process, leases[process].token, "another-key"), "# out", {})
+
+
+async def test_unserved_note_visits_every_lane_in_turn(store):
+    """Each run of the unserved check looks at up to ``limit`` queued jobs, each lane's next ones in
+    claim order, and the next run goes on after the lane where it stopped: no lane is left out."""
+    users = [(await make_user(store.engine, name))[0] for name in ("ann", "ben", "cat")]
+    ann, ben, cat = [[await submit(store, u, "echo", CPU) for _ in range(2)] for u in users]
+
+    async def unnoted() -> None:  # as if they were queued while a worker was online
+        async with store.engine.begin() as conn:
+            await conn.execute(update(J).values(progress_message=None))
+
+    async def noted() -> set[str]:
+        async with store.engine.connect() as conn:
+            rows = await conn.execute(select(J.c.id).where(J.c.progress_message.like("waiting: no online%")))
+            return {str(r.id) for r in rows}
+
+    await unnoted()
+    assert await store.jobs.note_unserved(limit=3) == 3  # ann's lane, then ben's first job
+    assert await noted() == {*ann, ben[0]}
+    assert await store.jobs.note_unserved(limit=3) == 2  # on after ben's lane: cat's, then ann's
+    assert await noted() == {*ann, ben[0], *cat}
+    assert await store.jobs.note_unserved(limit=3) == 1  # on after ann's: ben's second job
+    assert await noted() == {*ann, *ben, *cat}
+    # Lanes deeper than their share: every lane's head is looked at in turn.
+    await unnoted()
+    assert await store.jobs.note_unserved(limit=2, per_lane=1) == 2
+    assert await store.jobs.note_unserved(limit=2, per_lane=1) == 1
+    assert await noted() == {ann[0], ben[0], cat[0]}
