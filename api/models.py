@@ -125,6 +125,13 @@ class Job(SQLModel, table=True):
             sqlite_where=text("state = 'running'"),
         ),
         Index("ix_jobs_user_created", "user_id", "id"),
+        # The jobs of a file (the file-retention sweep asks for each file not scheduled yet).
+        Index(
+            "ix_jobs_file",
+            "file_id",
+            postgresql_where=text("file_id IS NOT NULL"),
+            sqlite_where=text("file_id IS NOT NULL"),
+        ),
     )
 
     id: str = Field(primary_key=True, max_length=32)  # time-ordered: FIFO by id

@@ -173,18 +173,20 @@ class UpkeepStore(StoreBase):
         """
         now = utcnow()
         settings = self.settings
-        unfinished = select(J.c.file_id).where(J.c.file_id.is_not(None), J.c.state.not_in(_FINAL))
-        used = select(J.c.file_id).where(J.c.file_id.is_not(None))
+        # Probes of ix_jobs_file for each file not scheduled yet: the files' own jobs, not the
+        # history (an IN over every job's file_id read all of them: 130 ms with 1,000,000 ended).
+        used = exists().where(J.c.file_id == F.c.id)
+        unfinished = exists().where(J.c.file_id == F.c.id, J.c.state.not_in(_FINAL))
         orphan_before = now - timedelta(seconds=settings.orphan_file_age_s)
         async with self.engine.begin() as conn:
             res = await conn.execute(
                 update(F)
-                .where(F.c.delete_after.is_(None), F.c.id.in_(used), F.c.id.not_in(unfinished))
+                .where(F.c.delete_after.is_(None), used, ~unfinished)
                 .values(delete_after=now + timedelta(seconds=settings.file_retention_s))
             )
             orphans = await conn.execute(
                 update(F)
-                .where(F.c.delete_after.is_(None), F.c.id.not_in(used), F.c.created_at < orphan_before)
+                .where(F.c.delete_after.is_(None), ~used, F.c.created_at < orphan_before)
                 .values(delete_after=now)
             )
         return int((res.rowcount or 0) + (orphans.rowcount or 0))

@@ -300,3 +300,49 @@ async def test_unserved_check_reads_lane_heads_not_the_history(store) -> None:
     assert len(sent) == 5  # first lane, its head, next lane, its head, no more lanes
     for statement, parameters in sent:
         _check_bounded(await _explain(store, statement, parameters), max_pages=400)  # 100 rows: ~200
+
+
+async def test_file_retention_sweep_probes_each_pending_file_not_the_history(store) -> None:
+    """The file-retention sweep (each minute) asks, for each file not scheduled yet, for that
+    file's jobs (``ix_jobs_file``): tens of thousands of ended jobs cost it nothing."""
+    alice, _ = await make_user(store.engine, "alice")
+    uid = alice.user_id
+    await _queue(store, uid, f"cpu-tasks-{uid}", DEPTH, "a")
+    async with store.engine.begin() as conn:  # the history: ended jobs, half of them with a file
+        await conn.execute(
+            text(
+                "UPDATE jobs SET state = 'succeeded', "
+                "file_id = CASE WHEN right(id, 1) IN ('0', '2', '4', '6', '8') THEN 'f' || id END"
+            )
+        )
+        await conn.execute(  # 10 files not scheduled yet: 5 whose job ended, 5 never used
+            text(
+                "INSERT INTO files (id, user_id, path, size, sha256, created_at) SELECT "
+                "CASE WHEN g <= 5 THEN 'f' || 'a' || lpad((g * 2)::text, 12, '0') ELSE 'o' || g END, "
+                ":uid, 'x', 1, 'x', now() - interval '1 day' FROM generate_series(1, 10) g"
+            ),
+            {"uid": uid},
+        )
+    async with store.engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("VACUUM ANALYZE jobs"))
+        await conn.execute(text("ANALYZE files"))
+    sent: list[tuple[str, Any]] = []
+
+    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith("UPDATE FILES"):
+            sent.append((statement, parameters))
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", grab)
+    try:
+        assert await store.jobs.schedule_finished_files() == 10  # 5 ended, 5 orphans
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", grab)
+    assert len(sent) == 2
+    again = "UPDATE files SET delete_after = NULL"  # not scheduled again: each finds its 5
+    for statement, parameters in sent:
+        nodes = await _explain(store, statement, parameters, before=again)
+        assert nodes[0]["Plans"][0]["Actual Rows"] == 5, statement  # the 5 it scheduled, found again
+        pages = nodes[0].get("Shared Hit Blocks", 0) + nodes[0].get("Shared Read Blocks", 0)
+        assert pages < 100, (pages, [(n["Node Type"], n.get("Index Name")) for n in nodes])
+        assert not [n for n in nodes if n.get("Relation Name") == "jobs" and n["Node Type"] == "Seq Scan"]
