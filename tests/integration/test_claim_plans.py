@@ -8,7 +8,9 @@ scan, a sort of the lane or a window over the whole table would produce tens of 
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from typing import Any
 from unittest import mock
 
@@ -76,6 +78,22 @@ async def _plan(
     [(path, statement, parameters)] = sent
     assert path == "driver"
     return got, await _explain(store, statement, parameters)
+
+
+@contextlib.contextmanager
+def _sent(store: Any, wanted: Callable[[str], bool]) -> Iterator[list[tuple[str, Any]]]:
+    """The (statement, parameters) that SQLAlchemy sends meanwhile and ``wanted`` picks."""
+    sent: list[tuple[str, Any]] = []
+
+    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if wanted(statement.lstrip().upper()):
+            sent.append((statement, parameters))
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", grab)
+    try:
+        yield sent
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", grab)
 
 
 async def _explain(
@@ -252,17 +270,8 @@ async def test_fallback_sweep_reads_only_rows_not_due_yet(store) -> None:
     await _queue(store, la, f"gpu-tasks-{la}", 3, "c", fallback_at=later, shared_at=later)
     async with store.engine.begin() as conn:
         await conn.execute(text("ANALYZE jobs"))
-    sent: list[tuple[str, Any]] = []
-
-    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-        if statement.lstrip().upper().startswith("UPDATE JOBS"):
-            sent.append((statement, parameters))
-
-    event.listen(store.engine.sync_engine, "before_cursor_execute", grab)
-    try:
+    with _sent(store, lambda sql: sql.startswith("UPDATE JOBS")) as sent:
         assert await store.jobs.sweep_fallback() == 6  # late has no live worker: CPU, then shared
-    finally:
-        event.remove(store.engine.sync_engine, "before_cursor_execute", grab)
     assert len(sent) == 2
     # late's rows not due again, so that each statement finds what the sweep found
     again = f"UPDATE jobs SET fallback_at = {later}, shared_at = {later} WHERE id LIKE 'c%'"
@@ -285,18 +294,9 @@ async def test_unserved_check_reads_lane_heads_not_the_history(store) -> None:
     async with store.engine.connect() as conn:  # as autovacuum leaves a table with a long history
         await conn.execution_options(isolation_level="AUTOCOMMIT")
         await conn.execute(text("VACUUM ANALYZE jobs"))
-    sent: list[tuple[str, Any]] = []
-
-    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "FROM jobs" in statement:
-            sent.append((statement, parameters))
-
-    event.listen(store.engine.sync_engine, "before_cursor_execute", grab)
-    try:
+    with _sent(store, lambda sql: sql.startswith("SELECT") and "FROM JOBS" in sql) as sent:
         # No worker online: the note goes on each lane's next 100 jobs (queued as if one was).
         assert await store.jobs.note_unserved() == 200
-    finally:
-        event.remove(store.engine.sync_engine, "before_cursor_execute", grab)
     assert len(sent) == 5  # first lane, its head, next lane, its head, no more lanes
     for statement, parameters in sent:
         _check_bounded(await _explain(store, statement, parameters), max_pages=400)  # 100 rows: ~200
@@ -327,17 +327,8 @@ async def test_file_retention_sweep_probes_each_pending_file_not_the_history(sto
         await conn.execution_options(isolation_level="AUTOCOMMIT")
         await conn.execute(text("VACUUM ANALYZE jobs"))
         await conn.execute(text("ANALYZE files"))
-    sent: list[tuple[str, Any]] = []
-
-    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-        if statement.lstrip().upper().startswith("UPDATE FILES"):
-            sent.append((statement, parameters))
-
-    event.listen(store.engine.sync_engine, "before_cursor_execute", grab)
-    try:
+    with _sent(store, lambda sql: sql.startswith("UPDATE FILES")) as sent:
         assert await store.jobs.schedule_finished_files() == 10  # 5 ended, 5 orphans
-    finally:
-        event.remove(store.engine.sync_engine, "before_cursor_execute", grab)
     assert len(sent) == 2
     again = "UPDATE files SET delete_after = NULL"  # not scheduled again: each finds its 5
     for statement, parameters in sent:
