@@ -47,7 +47,9 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         if run_migrations:
             await db.upgrade(url)
         engine = db.make_engine(url)
-        notifier = Notifier(settings.claim_recheck_s, settings.claim_standby_lane_rate)
+        notifier = Notifier(
+            settings.claim_recheck_s, settings.claim_standby_lane_rate, settings.notify_peers_check_s
+        )
         await notifier.start(url)
         secret = settings.secret_bytes()
         jobs = JobStore(engine, settings, notifier)

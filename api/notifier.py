@@ -6,6 +6,23 @@ jobs' lanes and content types). Waits on a job's end (:mod:`api.job_ends`) are w
 process's job events; the notifier wakes them all only when a job may have ended unseen: another
 process's NOTIFY that queued nothing (or unknown lanes), or an in-process change of unknown lanes
 (the reaper).
+
+A NOTIFY is for the *other* server processes: this one wakes its own waiters directly. A server
+process alone on its database sends none (:attr:`Notifier.peers`): on PostgreSQL each NOTIFY costs
+the committing backend, the listening backend it wakes, and this process reading its own notice
+back, ~0.4 ms of CPU per submit in all on these 2-core machines (docs/benchmarks.md, stop 30).
+Who listens is known two ways:
+
+- every ``peers_check_s`` the LISTEN connection asks ``pg_stat_activity`` whether any other
+  session of this database is a listener (application name ``morag-listener``); a process that
+  stops, or crashes, leaves that list with its connection;
+- a process that starts listening says hello on the channel at once, and any notice from another
+  process counts as a peer, so the processes already running notify it from that moment on, not
+  from their next look.
+
+A notice a process skipped while a new peer was starting is not lost: the new process's waiting
+claims look on their re-check (``claim_recheck_s``) and its waits on a job's end within
+``END_RECHECK_S``.
 """
 
 from __future__ import annotations
@@ -14,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -27,6 +45,9 @@ from api.waiters import Waiters
 
 log = logging.getLogger("morag.notifier")
 CHANNEL = "morag_jobs"
+LISTENER_NAME = "morag-listener"  # the application_name of every server process's LISTEN connection
+_PEERS_SQL = """SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database()
+                  AND application_name = $1 AND pid <> pg_backend_pid())"""
 _MAX_PAYLOAD = 7000  # PostgreSQL refuses NOTIFY payloads of 8000 bytes and more
 
 Queued = Iterable[tuple[str | None, str | None]]  # (lane, content type) per queued job; None: unknown
@@ -44,25 +65,55 @@ def encode_notice(origin: str, queued: Queued | None) -> str:
     return text_
 
 
-def _decode(payload: str) -> tuple[str | None, list[tuple[str | None, str | None]] | None]:
-    """(origin, queued jobs or None when only something ended); unreadable: unknown queued."""
+def encode_hello(origin: str) -> str:
+    """A process that starts listening: "I am here" (neither queued nor ended anything)."""
+    return json.dumps({"o": origin, "h": 1}, separators=(",", ":"))
+
+
+def _decode(payload: str) -> tuple[str | None, list[tuple[str | None, str | None]] | None, bool]:
+    """(origin, queued jobs or None when only something ended, a hello); unreadable: unknown
+    queued."""
     try:
         body = json.loads(payload)
         queued = body.get("q")
         jobs = None if queued is None else [(lane, ctype) for lane, ctype, n in queued for _ in range(n)]
-        return body.get("o"), jobs
+        return body.get("o"), jobs, bool(body.get("h"))
     except (ValueError, TypeError, AttributeError):
-        return None, UNKNOWN
+        return None, UNKNOWN, False
 
 
 class Notifier:
-    def __init__(self, recheck_s: float = 1.0, standby_lane_rate: int = 20) -> None:
+    def __init__(
+        self, recheck_s: float = 1.0, standby_lane_rate: int = 20, peers_check_s: float = 2.0
+    ) -> None:
         self._pg_conn: Any = None
+        self.peers_check_s = peers_check_s  # 0: never look, always NOTIFY
+        self._peers_seen = True  # until the first look says otherwise
+        self._peer_heard_at = 0.0  # monotonic time of the last notice from another process
         self._listen_task: asyncio.Task[None] | None = None
         self.waiters = Waiters(recheck_s, standby_lane_rate)
         self.ends = JobEnds()  # also a job-event listener (api.app)
         self.origin = uuid.uuid4().hex[:12]  # our own NOTIFYs come back to us: skip them
         self.listening = False  # LISTEN is set up (PostgreSQL)
+
+    @property
+    def peers(self) -> bool:
+        """Whether another server process may be listening, so a change should NOTIFY it: True
+        unless this process listens and its last look found no other listener (and no other
+        process's notice arrived since that look began)."""
+        return not self.listening or self.peers_check_s <= 0 or self._peers_seen
+
+    async def _look_for_peers(self, conn: Any) -> None:
+        began = time.monotonic()
+        try:
+            found = bool(await conn.fetchval(_PEERS_SQL, LISTENER_NAME))
+        except Exception as exc:  # cannot tell: notify (a wasted NOTIFY costs less than a late job)
+            log.warning("could not look for other server processes (%s); notifying them anyway", exc)
+            found = True
+        if found or self._peer_heard_at < began:  # a hello that came in meanwhile wins
+            if found != self._peers_seen:
+                log.info("other server processes on this database: %s", "yes" if found else "none")
+            self._peers_seen = found
 
     def wake(self, queued: Queued | None = None) -> None:
         """After a commit: offer each queued job (lane, content type; ``UNKNOWN`` when not known)
@@ -75,16 +126,21 @@ class Notifier:
             self.waiters.offer(queued)
 
     def _on_notify(self, payload: str) -> None:
-        origin, queued = _decode(payload)
+        origin, queued, hello = _decode(payload)
         if origin == self.origin:
             return  # woken in-process already
+        self._peer_heard_at = time.monotonic()  # someone else is here: our changes concern it
+        self._peers_seen = True
+        if hello:
+            return
         if queued is None:
             self.ends.maybe_ended()  # another process ended a job (a completion names none)
         self.wake(queued)
 
     async def publish(self, conn: AsyncConnection, queued: Queued | None = None) -> None:
-        """Inside a write transaction: tell other server processes (PostgreSQL) at commit."""
-        if conn.dialect.name == "postgresql":
+        """Inside a write transaction: tell other server processes (PostgreSQL) at commit, if any
+        listens (:attr:`peers`)."""
+        if conn.dialect.name == "postgresql" and self.peers:
             payload = encode_notice(self.origin, queued)
             await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": payload})
 
@@ -100,18 +156,25 @@ class Notifier:
         dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
         while True:
             try:
-                self._pg_conn = await asyncpg.connect(dsn)
+                conn = self._pg_conn = await asyncpg.connect(
+                    dsn, server_settings={"application_name": LISTENER_NAME}
+                )
                 lost = asyncio.Event()
-                self._pg_conn.add_termination_listener(lambda *_, lost=lost: lost.set())
-                await self._pg_conn.add_listener(CHANNEL, lambda *a: self._on_notify(a[-1]))
+                conn.add_termination_listener(lambda *_, lost=lost: lost.set())
+                await conn.add_listener(CHANNEL, lambda *a: self._on_notify(a[-1]))
+                # Listening now: the others notify us from their next change on, and we look.
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, encode_hello(self.origin))
+                self._peers_seen = True
                 self.listening = True
                 # Jobs queued while we were not listening: the waiting claims look once.
                 self.wake(UNKNOWN)
-                # Block until the connection drops (its termination listener fires; the periodic
-                # look at is_closed() is a backstop); then reconnect.
-                while not self._pg_conn.is_closed():
+                # Until the connection drops (its termination listener fires; the periodic look
+                # at is_closed() is a backstop; then reconnect), look for other processes.
+                while not conn.is_closed():
+                    if self.peers_check_s > 0:
+                        await self._look_for_peers(conn)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), 5)
+                        await asyncio.wait_for(lost.wait(), self.peers_check_s or 5)
                 self.listening = False
             except asyncio.CancelledError:
                 raise

@@ -80,6 +80,14 @@ class Settings(BaseSettings):
         "way (a flooding lane's jobs wait for the batch claims, as before); 0: standby claims "
         "never take a job.",
     )
+    notify_peers_check_s: float = Field(
+        2.0,
+        ge=0,
+        description="PostgreSQL: how often a server process looks whether other server processes "
+        "listen on its database. While none does, its submits and completions send no NOTIFY (it "
+        "wakes its own waiting claims directly). A process that starts says so on the channel at "
+        "once; a job queued meanwhile reaches its claims on their re-check. 0: always NOTIFY.",
+    )
     max_attempts: int = Field(3, ge=1, description="Attempts before a job ends `dead`.")
     retry_base_s: float = Field(
         5.0,

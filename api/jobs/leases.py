@@ -98,9 +98,9 @@ _COMPLETE_VALUES: dict[str, Any] = dict(
 
 _COMPLETE = guarded_update(_COMPLETE_VALUES, _EVENT_COLS)  # one job's completion (SQLite)
 
-# The PostgreSQL form of a batch of completions: the same fence and values as _COMPLETE_VALUES.
-_COMPLETE_PG = text(
-    f"""
+# The PostgreSQL form of a batch of completions: the same fence and values as _COMPLETE_VALUES;
+# _COMPLETE_PG also NOTIFYs the other server processes, _COMPLETE_PG_QUIET is for a process alone.
+_COMPLETE_PG_DONE = f"""
 WITH v AS (
     SELECT * FROM unnest(CAST(:ids AS varchar[]), CAST(:tokens AS varchar[]), CAST(:keys AS varchar[]),
                          CAST(:results AS text[])) AS v(vid, vtoken, vkey, vresult)
@@ -125,12 +125,17 @@ WITH v AS (
       AND jobs.state = '{RUNNING}' AND jobs.stage = '{TaskStage.process.value}'
     RETURNING jobs.id, jobs.lease_token, jobs.state, jobs.stage, jobs.kind, jobs.webhook_url, jobs.lane,
               jobs.content_type, jobs.started_at
-), told AS (
+)"""
+_COMPLETE_PG = text(
+    f"""{_COMPLETE_PG_DONE}, told AS (
     SELECT pg_notify(:channel, :payload) WHERE EXISTS (SELECT 1 FROM done)
 )
 SELECT done.*, (SELECT count(*) FROM told) AS told FROM done
 """
 ).bindparams(bindparam("now", type_=J.c.updated_at.type))
+_COMPLETE_PG_QUIET = text(f"{_COMPLETE_PG_DONE}\nSELECT done.* FROM done").bindparams(
+    bindparam("now", type_=J.c.updated_at.type)
+)
 
 
 class LeaseStore(StoreBase):
@@ -220,10 +225,12 @@ class LeaseStore(StoreBase):
                 json.dumps({"markdown": markdown, "metadata": metadata}) for _, markdown, metadata in results
             ],
             "now": now,
-            "channel": CHANNEL,
-            "payload": encode_notice(self.notifier.origin, None),
         }
-        found = await fetch_direct(self.engine, _COMPLETE_PG, params)
+        stmt = _COMPLETE_PG_QUIET
+        if self.notifier.peers:  # other server processes' waits on a job's end look
+            stmt = _COMPLETE_PG
+            params.update(channel=CHANNEL, payload=encode_notice(self.notifier.origin, None))
+        found = await fetch_direct(self.engine, stmt, params)
         rows = {(r.id, r.lease_token): r for r in found}
         out: list[JobEvent | MoragError | None] = [
             _event(lease.job_id, rows[key]) if (key := (lease.job_id, lease.token)) in rows else None

@@ -133,8 +133,9 @@ class SubmitStore(StoreBase):
             if pg:  # the rows and their NOTIFY in one statement of fixed text, committed on its own
                 online = await self._online_for_submit(owner.user_id, now)
                 rows, handed, queued = self._new_rows(owner, jobs, now, online)
-                stmt, params = _insert_pg(rows, notify=bool(queued))
-                if queued:
+                notify = bool(queued) and self.notifier.peers  # alone: woken below, in-process
+                stmt, params = _insert_pg(rows, notify=notify)
+                if notify:
                     params.update(channel=CHANNEL, payload=encode_notice(self.notifier.origin, queued))
                 await execute_direct(self.engine, stmt, params)
             else:

@@ -34,7 +34,7 @@ def _fail_inserts_with(monkeypatch: pytest.MonkeyPatch, exc: Exception) -> list[
     real = asyncpg.connection.Connection.execute
 
     async def execute(self: Any, query: str, *args: Any, **kw: Any) -> Any:
-        if query.startswith("WITH ins AS (INSERT INTO jobs"):
+        if query.startswith(("WITH ins AS (INSERT INTO jobs", "INSERT INTO jobs")):
             seen.append(self)
             if len(seen) == 1:
                 raise exc
@@ -163,7 +163,7 @@ def _connections_used(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     real = asyncpg.connection.Connection.execute
 
     async def execute(self: Any, query: str, *args: Any, **kw: Any) -> Any:
-        if query.startswith("WITH ins AS (INSERT INTO jobs"):
+        if query.startswith(("WITH ins AS (INSERT INTO jobs", "INSERT INTO jobs")):
             used.append(self)
         return await real(self, query, *args, **kw)
 
