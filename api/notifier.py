@@ -13,12 +13,12 @@ the committing backend, the listening backend it wakes, and this process reading
 back, ~0.4 ms of CPU per submit in all on these 2-core machines (docs/benchmarks.md, stop 30).
 Who listens is known two ways:
 
-- every ``peers_check_s`` the LISTEN connection asks ``pg_stat_activity`` whether any other
-  session of this database is a listener (application name ``morag-listener``); a process that
-  stops, or crashes, leaves that list with its connection;
-- a process that starts listening says hello on the channel at once, and any notice from another
-  process counts as a peer, so the processes already running notify it from that moment on, not
-  from their next look.
+- a process that starts listening asks ``pg_stat_activity`` whether any other session of this
+  database is a listener (application name ``morag-listener``), then says hello on the channel;
+  any notice from another process counts as a peer, so the processes already running notify it
+  from that moment on;
+- while it has peers, it asks again every ``peers_check_s``: a process that stops, or crashes,
+  leaves that list with its connection. A process alone asks nothing: a newcomer's hello tells it.
 
 A notice a process skipped while a new peer was starting is not lost: the new process's waiting
 claims look on their re-check (``claim_recheck_s``) and its waits on a job's end within
@@ -170,9 +170,11 @@ class Notifier:
                 self.wake(UNKNOWN)
                 # Until the connection drops (its termination listener fires; the periodic look
                 # at is_closed() is a backstop; then reconnect), look for other processes.
+                look = self.peers_check_s > 0
                 while not conn.is_closed():
-                    if self.peers_check_s > 0:
+                    if look:
                         await self._look_for_peers(conn)
+                    look = self.peers_check_s > 0 and self._peers_seen  # alone: a hello says it
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(lost.wait(), self.peers_check_s or 5)
                 self.listening = False

@@ -83,10 +83,10 @@ class Settings(BaseSettings):
     notify_peers_check_s: float = Field(
         2.0,
         ge=0,
-        description="PostgreSQL: how often a server process looks whether other server processes "
-        "listen on its database. While none does, its submits and completions send no NOTIFY (it "
-        "wakes its own waiting claims directly). A process that starts says so on the channel at "
-        "once; a job queued meanwhile reaches its claims on their re-check. 0: always NOTIFY.",
+        description="PostgreSQL: while other server processes listen on its database, how often a "
+        "server process looks whether they still do. While none does, its submits and completions "
+        "send no NOTIFY (it wakes its own waiting claims directly) and it does not look: a process "
+        "that starts says so on the channel at once. 0: always NOTIFY.",
     )
     max_attempts: int = Field(3, ge=1, description="Attempts before a job ends `dead`.")
     retry_base_s: float = Field(

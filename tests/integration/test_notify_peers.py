@@ -107,12 +107,25 @@ async def test_a_server_alone_sends_no_notify_and_a_new_one_is_notified_from_its
 
 
 async def test_a_server_stops_notifying_once_the_other_has_gone(database_url: str, tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, database_url=database_url, notify_peers_check_s=0.1)
+    settings = make_settings(tmp_path, database_url=database_url, notify_peers_check_s=0.05)
     async with running_env(settings) as env:
         notifier = env.state.notifier
         await _until(lambda: notifier.listening and not notifier.peers)
-        async with _other_server(tmp_path, database_url, notify_peers_check_s=0.1) as (other, _):
+        looks = 0
+        real = notifier._look_for_peers
+
+        async def counted(conn: Any) -> None:
+            nonlocal looks
+            looks += 1
+            await real(conn)
+
+        notifier._look_for_peers = counted  # type: ignore[method-assign]
+        await asyncio.sleep(0.5)
+        assert looks == 0, "a process alone asks nothing: a newcomer's hello tells it"
+        async with _other_server(tmp_path, database_url, notify_peers_check_s=0.05) as (other, _):
             await _until(lambda: notifier.peers and other.state.morag.notifier.peers)
+            await asyncio.sleep(0.3)
+            assert notifier.peers and looks >= 2  # it looks while it has a peer, and finds it
         await _until(lambda: not notifier.peers, timeout=5)
 
 
