@@ -42,6 +42,10 @@ class BackgroundService:
     async def run_once(self) -> bool:
         raise NotImplementedError
 
+    def idle_delay(self) -> float:
+        """How long to sleep after a run that found no work (unless woken): ``interval_s``."""
+        return self.interval_s
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self.name)
 
@@ -70,7 +74,7 @@ class BackgroundService:
                 while await self.run_once():
                     pass
                 failures = 0
-                delay = self.interval_s
+                delay = self.idle_delay()
             except asyncio.CancelledError:
                 raise
             except Exception:  # a passing database error must not end the loop

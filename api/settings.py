@@ -265,7 +265,18 @@ class Settings(BaseSettings):
     collection: str = Field("morag", description="Qdrant collection name.")
     distance: str = Field("cosine", pattern="^(cosine|dot|euclid|manhattan)$", description="Vector distance.")
     index_interval_s: float = Field(
-        0.5, gt=0, description="How often the indexer looks for finished ingest jobs."
+        0.5,
+        gt=0,
+        description="Shortest wait between two looks of the indexer when a job is due but another "
+        "server process holds it.",
+    )
+    index_idle_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest the indexer sleeps while no ingest job is in its indexing stage. A result "
+        "stored through this server process wakes it at once, and it wakes when a retry after an "
+        "outage falls due or a dead process's hold ends; a result stored through another process is "
+        "indexed by that one.",
     )
     index_retry_base_s: float = Field(
         2.0, gt=0, description="First wait after an embedding/vector store outage."

@@ -11,7 +11,7 @@ refused embedding request) fail the task at once with the reason.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from api import filestore
 from api.background import BackgroundService, backoff_s
@@ -58,10 +58,23 @@ class IndexingStage(BackgroundService):
 
     def __init__(self, jobs: JobStore, settings: Settings, indexer: Indexer, events: JobEvents) -> None:
         super().__init__(settings.index_interval_s)
+        self.idle_s = settings.index_idle_s
+        self.next_due: datetime | None = None  # of the next job in indexing, as of the last empty look
         self.jobs = jobs
         self.settings = settings
         self.indexer = indexer
         self.events = events  # indexing ends jobs too: their webhooks go out from here
+
+    def idle_delay(self) -> float:
+        """Nothing was due: sleep until the next job in indexing falls due (a retry after an
+        outage, the hold of a server process that died), at most ``index_idle_s`` with none, and
+        at least ``index_interval_s`` (a due job another process holds). A result stored through
+        this process wakes the loop at once (:meth:`job_changed`); one stored through another is
+        indexed there. Idle, that is one look every ``index_idle_s`` instead of two a second."""
+        if self.next_due is None:
+            return self.idle_s
+        wait = (self.next_due - utcnow()).total_seconds()
+        return min(max(wait, self.interval_s), self.idle_s)
 
     def job_changed(self, event: JobEvent) -> None:
         """An ingest job's result just came in: look now instead of at the next interval."""
@@ -69,8 +82,11 @@ class IndexingStage(BackgroundService):
             self.wake()
 
     async def run_once(self, limit: int = 4) -> bool:
-        """Index the jobs that are due now; True when some were taken."""
+        """Index the jobs that are due now; True when some were taken. When none was, note when
+        the next one falls due (:meth:`idle_delay`)."""
         jobs = await self.jobs.claim_index_work(limit, HOLD_S)
+        if not jobs:
+            self.next_due = await self.jobs.next_index_due()
         for job in jobs:
             with task_context(job.id):  # every log line about this job names it
                 await self._index(job)

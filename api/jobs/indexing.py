@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, func, select, update
 
 from api.ids import utcnow
 from api.jobs.base import RUNNING, StoreBase
@@ -32,6 +32,17 @@ class IndexStageStore(StoreBase):
             stmt = lock_and_update(conn.dialect.name, cand, values, tuple(J.c))
             rows = (await conn.execute(stmt)).mappings().all()
         return [JobRecord.from_row(r) for r in rows]
+
+    async def next_index_due(self) -> datetime | None:
+        """When the next job in its indexing stage falls due (a retry after an outage, a hold of
+        a server process that died), or None when no job is in that stage."""
+        async with self.autocommit.connect() as conn:
+            due: datetime | None = (
+                await conn.execute(select(func.min(J.c.index_next_at)).where(_INDEXING))
+            ).scalar()
+        if due is not None and due.tzinfo is None:  # SQLite keeps no zone: its times are UTC
+            due = due.replace(tzinfo=UTC)
+        return due
 
     async def _update_indexing(self, job_id: str, values: dict[str, Any]) -> bool:
         """Change an ingest job still in its indexing stage (a canceled one stays canceled)."""
