@@ -61,8 +61,9 @@ class Settings(BaseSettings):
         gt=0,
         description="While claims wait, one shared re-check per server process runs this often: one "
         "claim per distinct waiting claim (key, lanes, content types) finds jobs that became claimable "
-        "by time (fallback due, retry backoff over). New jobs wake one waiter at once, without it. An "
-        "idle worker's re-poll within this time of its group's empty look waits without a query.",
+        "by time (fallback due, retry backoff over); none while no job is queued at all. New jobs wake "
+        "one waiter at once, without it. An idle worker's re-poll within this time of its group's empty "
+        "look waits without a query.",
     )
     claim_handoff: bool = Field(
         True,

@@ -17,6 +17,8 @@ Jobs that become claimable by time (a fallback falls due, a retry backoff ends) 
 announced without their lane (re-queued by the reaper, fallback sweeps) are found by one shared,
 process-wide re-check: every ``claim_recheck_s`` while anyone waits, the oldest idle waiter of each
 distinct claim (same key, lanes and content types) runs its claim once. Waiting costs no query.
+While the fallback sweep's last look found no queued job at all and none was announced since
+(:attr:`Waiters.queue_may_hold`), no job can become claimable by time and the re-check is skipped.
 
 A job queued while a claim that takes its lane as its own waits idle skips the claim query
 altogether: the submit :meth:`Waiters.reserve`\ s that waiter, its insert writes the job already
@@ -126,6 +128,8 @@ class Waiters:
         self._announced = 0
         # Per group: when its last empty look began, and _announced then.
         self._empty: dict[ClaimKey, tuple[float, int]] = {}
+        # _announced when a look (the fallback sweep's) last found no queued job at all.
+        self._none_queued_at: int | None = None
 
     def __len__(self) -> int:
         return len(self._waiters)
@@ -143,8 +147,29 @@ class Waiters:
         if unknown:
             self.recheck()
 
+    @property
+    def announced(self) -> int:
+        """How many announcements so far (read it before a look that :meth:`none_queued` reports)."""
+        return self._announced
+
+    @property
+    def queue_may_hold(self) -> bool:
+        """False only while the last look at the whole queue found no queued job and nothing was
+        announced since: then no job can become claimable by time, and the re-check, the fallback
+        sweep and the unserved check have nothing to look at. Every change that queues a job
+        announces it after its commit (this process's directly, another's by its NOTIFY)."""
+        return self._none_queued_at != self._announced
+
+    def none_queued(self, announced: int) -> None:
+        """A look that began when :attr:`announced` was ``announced`` found no queued job; one
+        that overlapped an announcement proves nothing (:attr:`queue_may_hold` stays True)."""
+        self._none_queued_at = announced
+
     def recheck(self) -> None:
-        """One claim per distinct waiting claim: the oldest idle waiter of each group looks."""
+        """One claim per distinct waiting claim: the oldest idle waiter of each group looks; none
+        while no job is queued at all (:attr:`queue_may_hold`)."""
+        if not self.queue_may_hold:
+            return
         seen: set[ClaimKey] = set()
         for w in list(self._waiters.values()):
             if w.standby or w.key in seen:

@@ -117,7 +117,16 @@ class UpkeepStore(StoreBase):
         return count
 
     async def sweep_fallback(self) -> int:
-        """Make jobs of users whose lane has no live worker claimable by their fallback now."""
+        """Make jobs of users whose lane has no live worker claimable by their fallback now.
+
+        Also the server's look at the whole queue: a run that changed nothing asks whether any job
+        is queued at all, and while none is (and none was announced since) the runs, the waiting
+        claims' re-check and the unserved check are skipped (``Waiters.queue_may_hold``): an idle
+        server's database then sees no query of theirs."""
+        waiters = self.notifier.waiters
+        if not waiters.queue_may_hold:
+            return 0
+        announced, any_queued = waiters.announced, True
         now = utcnow()
         live = select(W.c.user_id).where(W.c.shared.is_(False), W.c.last_seen_at > self._live_since(now))
         gpu_live = live.where(W.c.serves_gpu)
@@ -153,8 +162,12 @@ class UpkeepStore(StoreBase):
             count = len(to_cpu) + len(to_shared)
             if count:
                 await self.notifier.publish(conn, UNKNOWN)
+            else:
+                any_queued = bool((await conn.execute(select(exists().where(J.c.state == QUEUED)))).scalar())
         if count:
             self.notifier.wake(UNKNOWN)
+        elif not any_queued:
+            waiters.none_queued(announced)
         for row in to_cpu:
             with task_context(str(row.id)):
                 log.info("job %s (%s): its owner has no live GPU worker; CPU fallback now", row.id, row.lane)
@@ -231,6 +244,8 @@ class UpkeepStore(StoreBase):
         primary key through every ended job older than them: 160 ms every run, every 5 s, once a
         million jobs had ended.
         """
+        if not self.notifier.waiters.queue_may_hold:
+            return 0
         now = utcnow()
         changed = 0
         async with self.engine.begin() as conn:

@@ -285,3 +285,81 @@ async def test_a_standby_claim_over_a_flooded_queue_takes_only_another_users_new
         got = await asyncio.wait_for(standby, 5)
         assert [j["job_id"] for j in got] == [job]
         assert len(calls) == 1
+
+
+async def test_with_nothing_queued_a_waiting_claim_costs_no_query_of_the_rechecks_or_sweeps(
+    database_url: str, tmp_path: Path
+) -> None:
+    """No queued job at all (the fallback sweep looked), none announced since: the re-check, the
+    fallback sweep and the unserved check send nothing. A job queued wakes them all again."""
+    from sqlalchemy import event
+
+    settings = make_settings(
+        tmp_path,
+        database_url=database_url,
+        claim_recheck_s=0.05,
+        reaper_interval_s=0.05,
+        unserved_check_interval_s=0.05,
+        webhook_sweep_interval_s=60,  # its own business (finished jobs), not the queue's
+    )
+    async with running_env(settings) as env:
+        calls = _count_claims(env)
+        sent: list[str] = []
+
+        def grab(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            # the fallback sweep's updates and look, the unserved check's lane walk
+            if any(m in statement for m in ("SET fallback_at", "SET shared_at", "EXISTS", "min(jobs.lane)")):
+                sent.append(statement)
+
+        poll = asyncio.create_task(_poll(env, _body("w1", 20)))
+        await _until(lambda: len(env.state.notifier.waiters) == 1)
+        await _until(lambda: not env.state.notifier.waiters.queue_may_hold, timeout=5)
+        event.listen(env.state.engine.sync_engine, "before_cursor_execute", grab)
+        try:
+            before = len(calls)
+            await asyncio.sleep(0.6)  # a dozen periods of each
+            assert len(calls) == before and sent == [], (len(calls) - before, sent[:3])
+            # A job the waiter cannot take (another content type): announced, so they look again.
+            bob, _ = await make_user(env.state.engine, "bob", Scope.client)
+            await submit(env.state, bob, content_type="web")
+            await _until(lambda: len(calls) > before and any("SET fallback_at" in s for s in sent), timeout=5)
+            assert not poll.done()
+        finally:
+            event.remove(env.state.engine.sync_engine, "before_cursor_execute", grab)
+            poll.cancel()
+            await asyncio.gather(poll, return_exceptions=True)
+
+
+def test_an_empty_look_that_overlapped_an_announcement_proves_nothing() -> None:
+    from api.waiters import Waiters
+
+    waiters = Waiters(1.0)
+    assert waiters.queue_may_hold  # nobody has looked yet
+    began = waiters.announced
+    waiters.offer([("cpu-tasks-1", "echo")])  # a job queued while the look ran
+    waiters.none_queued(began)
+    assert waiters.queue_may_hold
+    waiters.none_queued(waiters.announced)
+    assert not waiters.queue_may_hold
+    waiters.offer([(None, None)])
+    assert waiters.queue_may_hold
+
+
+async def test_a_job_announced_while_the_sweep_looks_keeps_the_rechecks_on(store: Any) -> None:
+    """The sweep's "nothing queued" counts only if no job was announced since the look began."""
+    from sqlalchemy import event
+
+    waiters = store.notifier.waiters
+
+    def meanwhile(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "EXISTS" in statement:  # its look at the queue: a job is committed and announced now
+            waiters.offer([("cpu-tasks-1", "echo")])
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", meanwhile)
+    try:
+        await store.jobs.sweep_fallback()
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", meanwhile)
+    assert waiters.queue_may_hold
+    await store.jobs.sweep_fallback()
+    assert not waiters.queue_may_hold
