@@ -17,7 +17,7 @@ from api.app import create_app
 from api.keystore import Scope
 from protocol.states import LaneKind
 from tests.factories import make_user, submit
-from tests.integration.api.conftest import Env, make_settings, running_env
+from tests.integration.api.conftest import Env, make_settings, record_calls, running_env
 
 
 def _body(
@@ -42,15 +42,7 @@ async def _poll(env: Env, body: Any, headers: dict[str, str] | None = None) -> l
 
 def _count_claims(env: Env) -> list[float]:
     """Record the time of every claim query the store runs."""
-    calls: list[float] = []
-    real = env.state.jobs.claim
-
-    async def counted(*a: Any, **kw: Any) -> Any:
-        calls.append(time.monotonic())
-        return await real(*a, **kw)
-
-    env.state.jobs.claim = counted
-    return calls
+    return record_calls(env.state.jobs, "claim")
 
 
 async def _until(cond: Any, timeout: float = 10.0) -> None:

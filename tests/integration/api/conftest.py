@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -178,3 +179,17 @@ async def complete(
         },
     )
     assert resp.status_code == 200, resp.text
+
+
+def record_calls(obj: Any, name: str) -> list[float]:
+    """Replace the coroutine method ``obj.<name>`` with one that notes the time of each call
+    (``time.monotonic()``) and then runs it; returns that list."""
+    calls: list[float] = []
+    real = getattr(obj, name)
+
+    async def recorded(*a: Any, **kw: Any) -> Any:
+        calls.append(time.monotonic())
+        return await real(*a, **kw)
+
+    setattr(obj, name, recorded)
+    return calls

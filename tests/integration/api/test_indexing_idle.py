@@ -14,7 +14,7 @@ import pytest
 
 from api.indexing.errors import VectorStoreUnavailable
 from api.jobs import Lease
-from tests.integration.api.conftest import Env, claim, complete, make_settings, running_env
+from tests.integration.api.conftest import Env, claim, complete, make_settings, record_calls, running_env
 
 
 def _fake_indexer(env: Env, outages: int = 0) -> list[float]:
@@ -37,18 +37,6 @@ def _fake_indexer(env: Env, outages: int = 0) -> list[float]:
 
     env.app.state.indexer.index_document = index_document
     return calls
-
-
-def _count_looks(env: Env) -> list[float]:
-    looks: list[float] = []
-    real = env.state.jobs.claim_index_work
-
-    async def counted(*a: Any, **kw: Any) -> Any:
-        looks.append(time.monotonic())
-        return await real(*a, **kw)
-
-    env.state.jobs.claim_index_work = counted
-    return looks
 
 
 async def _ingest(env: Env) -> tuple[str, dict[str, Any]]:
@@ -80,7 +68,7 @@ async def test_an_idle_indexer_runs_no_query_and_a_result_here_wakes_it_at_once(
     async with running_env(settings) as env:
         _fake_indexer(env)
         await asyncio.sleep(0.3)  # its first look, at start
-        looks = _count_looks(env)
+        looks = record_calls(env.state.jobs, "claim_index_work")
         await asyncio.sleep(1.0)
         assert looks == [], "nothing is in indexing: the loop sleeps (it looked 2 times a second)"
         task, job = await _ingest(env)
