@@ -17,7 +17,7 @@ from api.app import create_app
 from api.keystore import Scope
 from protocol.states import LaneKind
 from tests.factories import make_user, submit
-from tests.integration.api.conftest import Env, make_settings, record_calls, running_env
+from tests.integration.api.conftest import Env, make_settings, record_calls, running_env, until
 
 
 def _body(
@@ -45,13 +45,6 @@ def _count_claims(env: Env) -> list[float]:
     return record_calls(env.state.jobs, "claim")
 
 
-async def _until(cond: Any, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "timed out"
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize("handoff", [True, False], ids=["handoff", "wake"])
 async def test_one_new_job_costs_one_claim_query_not_one_per_waiter(
     database_url: str, tmp_path: Path, handoff: bool
@@ -63,7 +56,7 @@ async def test_one_new_job_costs_one_claim_query_not_one_per_waiter(
         calls = _count_claims(env)
         n = 20
         polls = [asyncio.create_task(_poll(env, _body(f"w{i}", 20))) for i in range(n)]
-        await _until(lambda: len(calls) == n)  # every poll looked once and now waits
+        await until(lambda: len(calls) == n)  # every poll looked once and now waits
         await asyncio.sleep(0.3)
         assert len(calls) == n
         alice, _ = await make_user(env.state.engine, "alice", Scope.client)
@@ -93,7 +86,7 @@ async def test_a_known_workers_repoll_waits_without_a_query_and_still_gets_the_n
         assert await _poll(env, _body("w1", 0.05)) == []  # its first claim here: a query (and its row)
         assert len(calls) == 1
         repoll = asyncio.create_task(_poll(env, _body("w1", 20)))
-        await _until(lambda: len(env.state.notifier.waiters) == 1)
+        await until(lambda: len(env.state.notifier.waiters) == 1)
         await asyncio.sleep(0.2)
         assert len(calls) == 1, "a known worker's re-poll of an empty group must not query"
         # A worker this process has not seen, or one that changed its name, writes its row with a claim.
@@ -101,7 +94,7 @@ async def test_a_known_workers_repoll_waits_without_a_query_and_still_gets_the_n
             asyncio.create_task(_poll(env, _body("w2", 20))),
             asyncio.create_task(_poll(env, {**_body("w1", 20), "name": "renamed"})),
         ]
-        await _until(lambda: len(calls) == 3)
+        await until(lambda: len(calls) == 3)
         rows: list[tuple[Any, ...]] = []
         for _ in range(100):  # their claims commit the rows with their (empty) looks
             async with env.state.engine.connect() as conn:
@@ -160,7 +153,7 @@ async def test_a_gpu_job_whose_cpu_fallback_falls_due_reaches_a_waiting_cpu_work
         assert await _poll(env, _body("gpu-box", 0, ["gpu"], ["audio"])) == []
         calls = _count_claims(env)
         cpu = asyncio.create_task(_poll(env, _body("cpu-box", 15, ["cpu"], ["audio"])))
-        await _until(lambda: len(calls) == 1)
+        await until(lambda: len(calls) == 1)
         alice, _ = await make_user(engine, "alice", Scope.client)
         t0 = time.monotonic()
         job = await submit(env.state, alice, "audio", LaneKind.gpu)
@@ -200,10 +193,10 @@ async def test_a_job_queued_by_another_server_process_wakes_a_waiter_here(
 ) -> None:
     settings = make_settings(tmp_path, database_url=database_url, claim_recheck_s=30.0)
     async with running_env(settings) as env:
-        await _until(lambda: env.state.notifier.listening)
+        await until(lambda: env.state.notifier.listening)
         calls = _count_claims(env)
         polls = [asyncio.create_task(_poll(env, _body(f"w{i}", 20))) for i in range(5)]
-        await _until(lambda: len(calls) == 5)
+        await until(lambda: len(calls) == 5)
         other = create_app(make_settings(tmp_path / "other", database_url=database_url, claim_recheck_s=30.0))
         async with other.router.lifespan_context(other):
             alice, _ = await make_user(other.state.morag.engine, "alice", Scope.client)
@@ -231,7 +224,7 @@ async def test_a_result_completed_by_another_server_process_answers_a_wait_here(
     monkeypatch.setattr(job_ends, "END_RECHECK_S", 3600.0)
     settings = make_settings(tmp_path, database_url=database_url, claim_recheck_s=30.0)
     async with running_env(settings) as env:
-        await _until(lambda: env.state.notifier.listening)
+        await until(lambda: env.state.notifier.listening)
         waiting = asyncio.create_task(
             env.client.post("/process/url?wait_s=60", headers=env.alice, json={"url": "https://a.org/x"})
         )
@@ -270,7 +263,7 @@ async def test_a_standby_claim_over_a_flooded_queue_takes_only_another_users_new
         standby = asyncio.create_task(
             _poll(env, {**_body("s1", 20, lanes=["default"]), "standby": True}, shared)
         )
-        await _until(lambda: len(env.state.notifier.waiters) == 1)
+        await until(lambda: len(env.state.notifier.waiters) == 1)
         await asyncio.sleep(0.5)  # five re-checks
         assert calls == [] and not standby.done(), "a standby claim must not take the queued flood"
         job = await submit(env.state, bob)
@@ -304,8 +297,8 @@ async def test_with_nothing_queued_a_waiting_claim_costs_no_query_of_the_recheck
                 sent.append(statement)
 
         poll = asyncio.create_task(_poll(env, _body("w1", 20)))
-        await _until(lambda: len(env.state.notifier.waiters) == 1)
-        await _until(lambda: not env.state.notifier.waiters.queue_may_hold, timeout=5)
+        await until(lambda: len(env.state.notifier.waiters) == 1)
+        await until(lambda: not env.state.notifier.waiters.queue_may_hold, timeout=5)
         event.listen(env.state.engine.sync_engine, "before_cursor_execute", grab)
         try:
             before = len(calls)
@@ -314,7 +307,7 @@ async def test_with_nothing_queued_a_waiting_claim_costs_no_query_of_the_recheck
             # A job the waiter cannot take (another content type): announced, so they look again.
             bob, _ = await make_user(env.state.engine, "bob", Scope.client)
             await submit(env.state, bob, content_type="web")
-            await _until(lambda: len(calls) > before and any("SET fallback_at" in s for s in sent), timeout=5)
+            await until(lambda: len(calls) > before and any("SET fallback_at" in s for s in sent), timeout=5)
             assert not poll.done()
         finally:
             event.remove(env.state.engine.sync_engine, "before_cursor_execute", grab)

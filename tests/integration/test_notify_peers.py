@@ -17,19 +17,20 @@ import pytest
 
 from api.app import create_app
 from api.notifier import CHANNEL, Notifier, encode_hello
-from tests.integration.api.conftest import Env, make_settings, record_calls, running_env
+from tests.integration.api.conftest import (
+    Env,
+    claim,
+    complete,
+    make_settings,
+    record_calls,
+    running_env,
+    until,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
 
 CLAIM = {"worker_id": "w1", "lanes": ["cpu"], "content_types": ["echo"], "max_jobs": 1}
 ECHO = {"url": "https://example.org/a", "content_type": "echo"}
-
-
-async def _until(cond: Any, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "timed out"
-        await asyncio.sleep(0.01)
 
 
 @asynccontextmanager
@@ -55,18 +56,15 @@ async def _other_server(
             transport=httpx.ASGITransport(app=app), base_url="http://other", timeout=30
         ) as client,
     ):
-        await _until(lambda: app.state.morag.notifier.listening)
+        await until(lambda: app.state.morag.notifier.listening)
         yield app, client
 
 
 async def _work_one(env: Env) -> None:
     resp = await env.client.post("/process/url", params={"wait_s": 0}, headers=env.alice, json=ECHO)
     assert resp.status_code == 202, resp.text
-    resp = await env.client.post("/worker/claim", headers=env.worker, json={**CLAIM, "wait_s": 0})
-    [job] = resp.json()["jobs"]
-    done = {"job_id": job["job_id"], "lease_token": job["lease_token"], "markdown": "ok", "metadata": {}}
-    resp = await env.client.post("/worker/complete", headers=env.worker, json=done)
-    assert resp.status_code == 200, resp.text
+    [job] = await claim(env, ["echo"], wait_s=0)
+    await complete(env, job, "ok")
 
 
 async def test_a_server_alone_sends_no_notify_and_a_new_one_is_notified_from_its_hello(
@@ -79,7 +77,7 @@ async def test_a_server_alone_sends_no_notify_and_a_new_one_is_notified_from_its
     )
     async with _observer(dsn) as seen, running_env(settings) as env:
         notifier = env.state.notifier
-        await _until(lambda: notifier.listening and not notifier.peers)
+        await until(lambda: notifier.listening and not notifier.peers)
         seen.clear()  # its hello
         for _ in range(3):
             await _work_one(env)  # a submit and a completion each
@@ -97,7 +95,7 @@ async def test_a_server_alone_sends_no_notify_and_a_new_one_is_notified_from_its
             poll = asyncio.create_task(
                 there.post("/worker/claim", headers=env.worker, json={**CLAIM, "wait_s": 20})
             )
-            await _until(lambda: len(other.state.morag.notifier.waiters) == 1)
+            await until(lambda: len(other.state.morag.notifier.waiters) == 1)
             t0 = time.monotonic()
             resp = await env.client.post("/process/url", params={"wait_s": 0}, headers=env.alice, json=ECHO)
             got = await asyncio.wait_for(poll, 10)
@@ -110,15 +108,15 @@ async def test_a_server_stops_notifying_once_the_other_has_gone(database_url: st
     settings = make_settings(tmp_path, database_url=database_url, notify_peers_check_s=0.05)
     async with running_env(settings) as env:
         notifier = env.state.notifier
-        await _until(lambda: notifier.listening and not notifier.peers)
+        await until(lambda: notifier.listening and not notifier.peers)
         looks = record_calls(notifier, "_look_for_peers")
         await asyncio.sleep(0.5)
         assert looks == [], "a process alone asks nothing: a newcomer's hello tells it"
         async with _other_server(tmp_path, database_url, notify_peers_check_s=0.05) as (other, _):
-            await _until(lambda: notifier.peers and other.state.morag.notifier.peers)
+            await until(lambda: notifier.peers and other.state.morag.notifier.peers)
             await asyncio.sleep(0.3)
             assert notifier.peers and len(looks) >= 2  # it looks while it has a peer, and finds it
-        await _until(lambda: not notifier.peers, timeout=5)
+        await until(lambda: not notifier.peers, timeout=5)
 
 
 class _SlowLook:

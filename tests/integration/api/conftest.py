@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -193,3 +194,11 @@ def record_calls(obj: Any, name: str) -> list[float]:
 
     setattr(obj, name, recorded)
     return calls
+
+
+async def until(cond: Any, timeout: float = 10.0) -> None:
+    """Wait until ``cond()`` is true, checking every 10 ms; fail after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        await asyncio.sleep(0.01)
