@@ -12,6 +12,8 @@ from protocol.inputs import CleanBody
 from protocol.states import ContentType, LaneKind, Scope
 
 MAX_CLAIM_WAIT_S = 30.0
+# The most results one request carries (``ClaimRequest.results``, ``CompleteBatchRequest.results``).
+MAX_RESULTS_PER_REQUEST = 100
 
 
 class _Body(CleanBody):
@@ -60,7 +62,7 @@ class ClaimRequest(_Body):
     )
     results: list[CompleteRequest] = Field(
         default_factory=list,
-        max_length=100,
+        max_length=MAX_RESULTS_PER_REQUEST,
         description="Finished jobs riding on this claim, stored in one transaction before the claim "
         "runs (each as POST /worker/complete would); their outcomes come back in the answer's "
         "`results`. A claim that carries results answers at once (no long-poll).",
@@ -117,7 +119,7 @@ class CompleteResponse(BaseModel):
 class CompleteBatchRequest(_Body):
     """Several finished jobs in one request: stored in one transaction."""
 
-    results: list[CompleteRequest] = Field(min_length=1, max_length=100)
+    results: list[CompleteRequest] = Field(min_length=1, max_length=MAX_RESULTS_PER_REQUEST)
 
 
 class CompleteBatchResponse(BaseModel):

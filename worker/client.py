@@ -246,6 +246,12 @@ class WorkerClient:
             if len(answer.results) != len(riders):
                 got = f"{len(answer.results)} of {len(riders)}"
                 raise ServerRejected(f"the claim answered {got} results riding on it", 502)
+        except ServerRejected as exc:
+            if riders and exc.status in (413, 422):  # refused as a whole: not each result's verdict
+                self.completions.send_each(riders)
+            else:
+                fail_all(riders, exc)
+            raise
         except BaseException as exc:
             fail_all(riders, exc)
             raise

@@ -8,6 +8,11 @@ next jobs. Riding is open only while the next claim is certain to go at once (th
 free slot, or the claim in flight carries results and so is answered without a long-poll); at any
 other time, and for large results, completions go on their own, those of the same moment together
 in one ``/worker/complete-batch``. Every caller gets its own answer or its own ``LeaseLost``.
+
+A request carries at most ``MAX_RESULTS_PER_REQUEST`` results and ``BATCH_MAX_CHARS`` of markdown
+(the rest wait for the next request); a batch the server refuses as a whole (too large, or its
+shape) is sent again one result per request, so each result gets its own verdict and none is
+dropped with the others.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 from protocol import paths
 from protocol.errors import ErrorCode
 from protocol.models import (
+    MAX_RESULTS_PER_REQUEST,
     CompleteBatchItem,
     CompleteBatchRequest,
     CompleteBatchResponse,
@@ -30,6 +36,11 @@ from worker.errors import ServerError
 # A result this large goes on its own: a claim stays small, and a result the server refuses for its
 # size never takes the claim (and the other results on it) down with it.
 RIDE_MAX_CHARS = 64 * 1024
+# Markdown in one request carrying several results: far under the server's worker body limit
+# (``MORAG_MAX_WORKER_JSON_BYTES``, 32 MiB by default). A result above RIDE_MAX_CHARS goes alone.
+BATCH_MAX_CHARS = 4 * 1024 * 1024
+# Statuses of a request refused as a whole, not result by result: its results go again one each.
+WHOLE_REFUSALS = (404, 405, 413, 422)
 
 Pending = tuple[CompleteRequest, "asyncio.Future[CompleteResponse]"]
 Call = Callable[..., Awaitable[Any]]
@@ -44,6 +55,20 @@ def answer_of(item: CompleteBatchItem) -> CompleteResponse | ServerError:
     text = f"HTTP 409 {item.error.code}: {item.error.message}"
     lost = item.error.code in (ErrorCode.stale_lease, ErrorCode.job_canceled)
     return (LeaseLost if lost else ServerRejected)(text, 409, item.error.code)
+
+
+def take_batch(pending: list[Pending]) -> list[Pending]:
+    """Remove and return the first results of ``pending`` that fit one request (at least one):
+    at most ``MAX_RESULTS_PER_REQUEST`` and ``BATCH_MAX_CHARS`` of markdown."""
+    chars = n = 0
+    for body, _ in pending:
+        chars += len(body.markdown)
+        if n and (n >= MAX_RESULTS_PER_REQUEST or chars > BATCH_MAX_CHARS):
+            break
+        n += 1
+    batch = pending[:n]
+    del pending[:n]
+    return batch
 
 
 def settle(pending: list[Pending], answers: list[CompleteResponse | ServerError]) -> None:
@@ -81,29 +106,37 @@ class Completions:
         return bool(self._riders)
 
     def take_riders(self) -> list[Pending]:
-        """The results waiting for the claim about to be sent (the claim now owns them)."""
-        riders, self._riders = self._riders, []
-        return riders
+        """The results waiting for the claim about to be sent (the claim now owns them), as many
+        as one request carries; the rest wait for the next claim."""
+        return take_batch(self._riders)
 
     def send_waiting(self) -> None:
         """Send the results waiting for a claim on their own, now, without waiting for the answer
         (the runner has no room for a job, so no claim is due)."""
         self.ride_open = False
-        riders = self.take_riders()
-        if riders:
-            self._spawn(riders, None)
+        while self._riders:
+            self._spawn(self.take_riders(), None)
 
     async def flush(self) -> None:
         """Send results still waiting for a claim that will not come (the runner stops)."""
         self.ride_open = False
-        riders = self.take_riders()
-        if riders:
-            await self._send(riders, None)
+        while self._riders:
+            await self._send(self.take_riders(), None)
+
+    def send_each(self, pending: list[Pending]) -> None:
+        """Send ``pending`` one result per request (a request carrying them all was refused as a
+        whole): each caller hears its own result's verdict."""
+        for one in pending:
+            self._spawn([one], None)
 
     async def complete(self, body: CompleteRequest, max_time_s: float | None) -> CompleteResponse:
         future: asyncio.Future[CompleteResponse] = asyncio.get_running_loop().create_future()
-        if self.riding and self.ride_open and len(body.markdown) <= RIDE_MAX_CHARS:
+        small = len(body.markdown) <= RIDE_MAX_CHARS
+        if self.riding and self.ride_open and small:
             self._riders.append((body, future))  # the next claim, about to go, carries it
+            return await future
+        if not small:  # a large result goes alone: the server's verdict on its size is its own
+            self._spawn([(body, future)], max_time_s)
             return await future
         if self._batch is not None:  # another completion is gathering a batch right now: join it
             self._batch.append((body, future))
@@ -113,7 +146,8 @@ class Completions:
             await asyncio.sleep(0)  # let completions of this same moment join
         finally:
             batch, self._batch = self._batch, None
-        self._spawn(batch, max_time_s)
+        while batch:
+            self._spawn(take_batch(batch), max_time_s)
         return await future
 
     def _spawn(self, batch: list[Pending], max_time_s: float | None) -> None:
@@ -172,7 +206,9 @@ class Completions:
         try:
             answer = await self._post(paths.COMPLETE_BATCH, CompleteBatchRequest(results=bodies), max_time_s)
         except ServerRejected as exc:
-            if exc.status not in (404, 405):
+            if exc.status not in WHOLE_REFUSALS:
                 raise
-            return await self._complete_each(bodies, max_time_s)  # a server without batches
+            # A server without batches (404/405), or the request refused as a whole (413, 422):
+            # one request per result, each with its own verdict.
+            return await self._complete_each(bodies, max_time_s)
         return [answer_of(item) for item in CompleteBatchResponse.model_validate(answer).results]

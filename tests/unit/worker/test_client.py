@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -416,3 +418,142 @@ async def test_batched_completions_fall_back_to_one_request_each_on_an_older_ser
     )
     got = await asyncio.gather(*(client.complete(j, "t", "# md", {}) for j in ("J1", "J2")))
     assert single.call_count == 2 and [g.status for g in got] == ["succeeded", "succeeded"]
+
+
+def _batch_stored(request: httpx.Request) -> httpx.Response:
+    """The server's answer to a complete-batch: every result stored."""
+    results = json.loads(request.content)["results"]
+    assert len(results) <= 100  # the server refuses more (MAX_RESULTS_PER_REQUEST)
+    return httpx.Response(
+        200, json={"results": [{"job_id": r["job_id"], "status": "succeeded"} for r in results]}
+    )
+
+
+@respx.mock
+async def test_a_batch_holds_at_most_100_results(client: WorkerClient) -> None:
+    """150 results of the same moment go as 100 + 50, every caller answered. Break caught: one
+    batch of 150 (the server answers 422 and, before, every result was dropped)."""
+    import asyncio
+
+    batch = respx.post(f"{BASE}/worker/complete-batch").mock(side_effect=_batch_stored)
+    single = respx.post(f"{BASE}/worker/complete").mock(return_value=httpx.Response(500))
+    got = await asyncio.gather(*(client.complete(f"J{i}", "t", "# md", {}) for i in range(150)))
+    assert sorted(len(json.loads(c.request.content)["results"]) for c in batch.calls) == [50, 100]
+    assert single.call_count == 0 and {g.status for g in got} == {"succeeded"}
+
+
+@respx.mock
+async def test_a_batch_refused_as_a_whole_goes_again_one_result_each(client: WorkerClient) -> None:
+    """A batch answered 413 (the server's body limit) is not a verdict on each result: they go one
+    per request and each caller hears its own. Break caught: 413 failing every caller."""
+    import asyncio
+
+    from worker.client import LeaseLost
+
+    respx.post(f"{BASE}/worker/complete-batch").mock(
+        return_value=httpx.Response(413, json={"code": "payload_too_large", "message": "too large"})
+    )
+
+    def one(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if body["job_id"] == "J2":
+            return _err(409, "stale_lease")
+        return httpx.Response(200, json={"job_id": body["job_id"], "status": "succeeded"})
+
+    single = respx.post(f"{BASE}/worker/complete").mock(side_effect=one)
+    got = await asyncio.gather(
+        *(client.complete(j, "t", "# md", {}) for j in ("J1", "J2", "J3")), return_exceptions=True
+    )
+    assert single.call_count == 3
+    assert got[0].status == "succeeded" and got[2].status == "succeeded"  # type: ignore[union-attr]
+    assert isinstance(got[1], LeaseLost)
+
+
+@respx.mock
+async def test_a_large_result_goes_alone(client: WorkerClient) -> None:
+    """A result above RIDE_MAX_CHARS never shares a request: the server's verdict on its size is
+    its own. Break caught: batching it with the small ones."""
+    import asyncio
+
+    from worker.completions import RIDE_MAX_CHARS
+
+    batch = respx.post(f"{BASE}/worker/complete-batch").mock(side_effect=_batch_stored)
+    single = respx.post(f"{BASE}/worker/complete").mock(
+        side_effect=lambda r: httpx.Response(200, json={"job_id": "BIG", "status": "succeeded"})
+    )
+    big = "x" * (RIDE_MAX_CHARS + 1)
+    await asyncio.gather(
+        client.complete("J1", "t", "# md", {}),
+        client.complete("BIG", "t", big, {}),
+        client.complete("J3", "t", "# md", {}),
+    )
+    assert single.call_count == 1 and json.loads(single.calls[0].request.content)["job_id"] == "BIG"
+    assert [r["job_id"] for r in json.loads(batch.calls[0].request.content)["results"]] == ["J1", "J3"]
+
+
+def _riders(client: WorkerClient, n: int) -> list[asyncio.Future[Any]]:
+    """``n`` results waiting for the next claim (the runner opened riding), as the jobs' tasks."""
+    client.completions.riding = client.completions.ride_open = True
+    return [asyncio.ensure_future(client.complete(f"R{i}", "t", "# md", {})) for i in range(n)]
+
+
+@respx.mock
+async def test_a_claim_carries_at_most_100_results(client: WorkerClient) -> None:
+    """150 results waiting: the claim carries 100, the next request the other 50. Break caught:
+    every waiting result on one claim (422, and before, all 150 dropped)."""
+
+    def claim(request: httpx.Request) -> httpx.Response:
+        results = json.loads(request.content).get("results", [])
+        assert len(results) <= 100
+        return httpx.Response(
+            200,
+            json={"jobs": [], "results": [{"job_id": r["job_id"], "status": "succeeded"} for r in results]},
+        )
+
+    route = respx.post(f"{BASE}/worker/claim").mock(side_effect=claim)
+    respx.post(f"{BASE}/worker/complete-batch").mock(side_effect=_batch_stored)
+    tasks = _riders(client, 150)
+    await asyncio.sleep(0)
+    req = ClaimRequest(worker_id="w1", content_types=["echo"], wait_s=0.1, claim_id="c3")  # type: ignore[list-item]
+    assert await client.claim(req, client.completions.take_riders()) == []
+    assert len(json.loads(route.calls[0].request.content)["results"]) == 100
+    assert client.completions.waiting()  # the other 50 wait for the next request
+    client.completions.send_waiting()
+    got = await asyncio.gather(*tasks)
+    assert len(got) == 150 and {g.status for g in got} == {"succeeded"}
+
+
+@respx.mock
+async def test_results_on_a_claim_refused_as_a_whole_go_again_one_each(client: WorkerClient) -> None:
+    """A claim carrying results answered 413: the claim fails, its results are sent one per request
+    and each caller hears its own verdict. Break caught: the results failing with the claim."""
+    respx.post(f"{BASE}/worker/claim").mock(
+        return_value=httpx.Response(413, json={"code": "payload_too_large", "message": "too large"})
+    )
+    single = respx.post(f"{BASE}/worker/complete").mock(
+        side_effect=lambda r: httpx.Response(200, json={"job_id": "x", "status": "succeeded"})
+    )
+    tasks = _riders(client, 3)
+    await asyncio.sleep(0)
+    req = ClaimRequest(worker_id="w1", content_types=["echo"], wait_s=0.1, claim_id="c4")  # type: ignore[list-item]
+    with pytest.raises(ServerRejected):
+        await client.claim(req, client.completions.take_riders())
+    got = await asyncio.gather(*tasks)
+    assert single.call_count == 3 and {g.status for g in got} == {"succeeded"}
+
+
+def test_a_batch_holds_at_most_batch_max_chars_of_markdown() -> None:
+    """Results of RIDE_MAX_CHARS each: one request takes as many as fit BATCH_MAX_CHARS, and a
+    single larger one still goes. Break caught: dropping the size bound (100 x 64 KiB = 6.4 MiB)."""
+    from protocol.models import CompleteRequest
+    from worker.completions import BATCH_MAX_CHARS, RIDE_MAX_CHARS, take_batch
+
+    def body(i: int, size: int) -> Any:
+        return (CompleteRequest(job_id=f"J{i}", lease_token="t", markdown="x" * size), None)
+
+    pending = [body(i, RIDE_MAX_CHARS) for i in range(70)]
+    first = take_batch(pending)
+    assert len(first) == BATCH_MAX_CHARS // RIDE_MAX_CHARS and len(pending) == 70 - len(first)
+    assert len(take_batch(pending)) == 70 - len(first) and pending == []
+    huge = [body(0, BATCH_MAX_CHARS + 1), body(1, 10)]
+    assert len(take_batch(huge)) == 1 and len(huge) == 1
