@@ -50,7 +50,7 @@ OPTIONS: list[tuple[str, Any, str]] = [
         "--prefetch",
         int,
         "jobs leased ahead of the free slots while the recent jobs are short (-1: as many as the "
-        "slots start within --prefetch-below, 1 to 3 per slot; 0: off); each claim then carries "
+        "slots start within --prefetch-below, 1 to 24 per slot; 0: off); each claim then carries "
         "more results and leases more jobs",
     ),
     (
@@ -58,6 +58,13 @@ OPTIONS: list[tuple[str, Any, str]] = [
         float,
         "prefetch only while the recent jobs ran shorter than this, in seconds (also about the "
         "longest a prefetched job can wait for a slot)",
+    ),
+    (
+        "--prefetch-wait",
+        float,
+        "a prefetched job that waited this many seconds for a slot (at least twice --prefetch-below) "
+        "goes back to the queue, not counted as an attempt, so jobs leased ahead do not sit behind "
+        "one that turned out long while another worker could run them; 0: never",
     ),
     (
         "--standby",
@@ -97,6 +104,7 @@ _DEST = {
     "--kill-after": "kill_after_s",
     "--spool-after": "spool_after_s",
     "--prefetch-below": "prefetch_below_s",
+    "--prefetch-wait": "prefetch_wait_s",
     "--pipeline-below": "pipeline_below_s",
 }
 _CHOICES = {
@@ -204,6 +212,8 @@ def _check_numbers(parser: argparse.ArgumentParser, args: dict[str, Any]) -> Non
         parser.error("--standby must be 0 (off) or 1")
     if args["prefetch_below_s"] <= 0:
         parser.error("--prefetch-below must be more than 0")
+    if args["prefetch_wait_s"] < 0:
+        parser.error("--prefetch-wait must be 0 (never) or more")
 
 
 def writable_problem(path: Path) -> str | None:

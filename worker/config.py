@@ -88,8 +88,10 @@ class WorkerConfig:
     kill_after_s: float = 1.0  # a stopped child gets this long after SIGTERM before SIGKILL
     spool_after_s: float = 1.0  # results of jobs that ran this long go to disk before they are sent
     prefetch: int = -1  # jobs leased ahead of free slots while jobs are short; -1: as the slots start them
-    #                    within prefetch_below_s, 1-3 per slot (Runner.prefetch)
+    #                    within prefetch_below_s, 1-24 per slot (Runner.prefetch)
     prefetch_below_s: float = 0.1  # prefetch only while the recent jobs ran shorter than this
+    prefetch_wait_s: float = 1.0  # a prefetched job waiting this long (at least 2x prefetch_below_s)
+    #                               for a slot goes back to the queue (0: never)
     standby: int = 1  # 1: a standby claim is open while every slot and prefetched place is taken
     pipeline: int = 2  # jobs written to a busy slot's child behind its current one (process slots)
     pipeline_below_s: float = 0.02  # ...only while the recent jobs ran shorter than this
@@ -105,6 +107,13 @@ class WorkerConfig:
     @property
     def spool(self) -> Path:
         return self.spool_dir or self.temp_dir / "spool"
+
+    @property
+    def give_back_after_s(self) -> float | None:
+        """How long a prefetched job waits for a slot before it goes back to the queue (None: ever)."""
+        if self.prefetch_wait_s <= 0:
+            return None
+        return max(self.prefetch_wait_s, 2 * self.prefetch_below_s)
 
     @property
     def jobs_dir(self) -> Path:

@@ -45,8 +45,9 @@ class JobRun:
     temp_dir: Path = field(init=False)
     progress: JobProgress = field(init=False)
     lease_deadline: float = field(init=False)  # monotonic time the lease runs out unless extended
-    stop_reason: str | None = None  # "canceled" | "lease lost" | "shutdown"
-    outcome: str = "running"  # then succeeded | failed | undelivered | canceled | lease lost | shutdown
+    stop_reason: str | None = None  # "canceled" | "lease lost" | "shutdown" | "slot wait"
+    # then succeeded | failed | undelivered | canceled | lease lost | shutdown | slot wait
+    outcome: str = "running"
     task: asyncio.Task[Any] | None = None
     on_slot_free: Callable[[], None] | None = None  # the runner's: the slot may take the next job
     slot_freed: bool = False
@@ -79,7 +80,7 @@ class JobRun:
     async def run(self) -> None:
         hb = asyncio.ensure_future(self._heartbeat_loop())  # also while a prefetched job waits
         try:
-            self.slot = await self.acquire()
+            self.slot = await self._wait_for_slot()
             self.has_slot.set()
             result = await self._work()
             self.outcome = "delivering"
@@ -112,6 +113,28 @@ class JobRun:
             # One lstat of a local path, against a thread hop per job: most echo/URL jobs make none.
             if os.path.lexists(self.temp_dir):  # noqa: ASYNC240
                 await asyncio.to_thread(shutil.rmtree, self.temp_dir, True)
+
+    async def _wait_for_slot(self) -> Slot:
+        """A slot; a job still waiting for one after ``--prefetch-wait`` (it was leased ahead and
+        the jobs before it turned out long) is stopped and given back to the queue, where an idle
+        worker can take it."""
+        limit = self.config.give_back_after_s
+        if limit is None:
+            return await self.acquire()
+        timer = asyncio.get_running_loop().call_later(limit, self._slot_wait_over)
+        try:
+            return await self.acquire()
+        finally:
+            timer.cancel()
+
+    def _slot_wait_over(self) -> None:
+        if self.slot is None and self.stop_reason is None:
+            log.info(
+                "job %s: no free slot after %.1f s; giving it back to the queue",
+                self.job_id,
+                self.config.give_back_after_s,
+            )
+            self.stop("slot wait")
 
     def _free_slot(self) -> None:
         if not self.slot_freed:
@@ -162,19 +185,23 @@ class JobRun:
     async def _after_stop(self) -> None:
         reason = self.stop_reason or "shutdown"
         self.outcome = reason
-        if reason != "shutdown":
+        if reason not in ("shutdown", "slot wait"):
             log.info("job %s: stopped (%s)", self.job_id, reason)
             return
-        try:
+        why = {
+            "shutdown": "the worker shut down; retrying elsewhere",
+            "slot wait": "leased ahead, and the worker's slots stayed busy; back to the queue",
+        }[reason]
+        try:  # ErrorClass.shutdown: the job was not begun; queued again at once, not an attempt
             await self.client.fail(
                 self.job_id,
                 self.job.lease_token,
-                "the worker shut down; retrying elsewhere",
+                why,
                 ErrorClass.shutdown,
                 True,
                 max_time_s=10,
             )
-            log.info("job %s: lease given back (shutdown)", self.job_id)
+            log.info("job %s: lease given back (%s)", self.job_id, reason)
         except Exception as exc:
             log.warning(
                 "job %s: could not give the lease back (%s); it frees when the lease ends", self.job_id, exc

@@ -39,9 +39,11 @@ log = logging.getLogger("morag.worker")
 # The longest a finished job's result waits for a claim to ride on before a claim (or, with no
 # room for a job, a completion of its own) goes anyway.
 RIDE_WAIT_S = 0.05
-# --prefetch -1 leases at most this many jobs ahead per slot (Celery reserves 4 messages per slot by
-# default: the running one and 3 ahead).
-AUTO_AHEAD_PER_SLOT = 3
+# --prefetch -1 leases at most this many jobs ahead per slot: with 4 slots, a claim of 100 (the most
+# one claim asks for). What bounds a prefetched job's wait is the time rule (Runner.prefetch) and
+# --prefetch-wait; this cap only keeps one mis-timed burst from leasing a whole queue. Jobs of a few
+# ms drain 1.3-1.6x faster than with 3 ahead per slot (docs/benchmarks.md, stop 31).
+AUTO_AHEAD_PER_SLOT = 24
 
 
 class FatalSetupError(Exception):
@@ -379,8 +381,9 @@ class Runner:
         ``--prefetch N`` leases N ahead. ``-1`` (the default) leases as many as the slots start
         within ``--prefetch-below`` at the longest recent job's length (so a leased job waits
         about that long at most), at least one per slot and at most ``AUTO_AHEAD_PER_SLOT``:
-        jobs of a few ms go 3 per slot ahead, one claim per 3-4 rounds of the slots instead of
-        one per round (docs/benchmarks.md, stop 23)."""
+        jobs of a few ms go 24 per slot ahead (stop 23: 3), one claim per ~25 rounds of the slots
+        instead of one per round (docs/benchmarks.md, stops 23 and 31). A prefetched job that
+        waits ``--prefetch-wait`` for a slot goes back to the queue (``JobRun``)."""
         cfg = self.config
         if cfg.once or cfg.prefetch == 0 or not self._recent:
             return 0
@@ -468,6 +471,11 @@ class Runner:
             self.pool.give_back(run.slot)
         if run.processing_s > 0:
             self._recent.append(run.processing_s)
+        elif run.stop_reason == "slot wait":
+            # Leased ahead and given back: the jobs in the slots run long now. Counted as one that
+            # long, it stops the prefetch (else the next claim would lease the same jobs again)
+            # until as many short jobs as the runner remembers have run since.
+            self._recent.append(self.config.give_back_after_s or self.config.prefetch_below_s)
         self._slot_freed.set()
 
     def _job_done(self, run: JobRun) -> None:

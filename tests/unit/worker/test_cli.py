@@ -94,6 +94,7 @@ def test_every_option_names_its_variable_in_help(capsys: pytest.CaptureFixture[s
         (["--api-key", "K", "--concurrency", "0"], "--concurrency"),
         (["--api-key", "K", "--prefetch", "-2"], "--prefetch must be"),
         (["--api-key", "K", "--prefetch-below", "0"], "--prefetch-below must be"),
+        (["--api-key", "K", "--prefetch-wait", "-1"], "--prefetch-wait must be"),
         (["--api-key", "K", "--spool-after", "-1"], "--spool-after must be"),
     ],
 )
@@ -203,3 +204,8 @@ def test_prefetch_and_spool_settings_from_flags_and_environment() -> None:
     assert (cfg.prefetch, cfg.spool_after_s, cfg.prefetch_below_s) == (3, 0.0, 0.1)
     _, cfg = parse_config(["--api-key", "K"], env={"MORAG_WORKER_PREFETCH_BELOW": "2.5"})
     assert (cfg.prefetch, cfg.prefetch_below_s) == (-1, 2.5)
+    assert cfg.give_back_after_s == 5.0  # --prefetch-wait's 1 s, raised to twice --prefetch-below
+    _, cfg = parse_config(["--api-key", "K", "--prefetch-wait", "0"], env={})
+    assert cfg.prefetch_wait_s == 0 and cfg.give_back_after_s is None
+    _, cfg = parse_config(["--api-key", "K"], env={"MORAG_WORKER_PREFETCH_WAIT": "3"})
+    assert cfg.give_back_after_s == 3.0

@@ -50,6 +50,8 @@ class FakeServer:
         self.standby_ready: Any = None
         self.hold_standby = False
         self.standby_leased: dict[str, list[dict[str, Any]]] = {}  # claim id -> jobs
+        self.requeue_given_back = False  # a job failed with class "shutdown" is queued again
+        self.jobs: dict[str, dict[str, Any]] = {}  # every job added, by id
         mock.get(f"{BASE}/worker/hello").mock(side_effect=self._hello)
         mock.post(f"{BASE}/worker/claim").mock(side_effect=self._claim)
         mock.post(f"{BASE}/worker/heartbeat").mock(side_effect=self._heartbeat)
@@ -61,20 +63,19 @@ class FakeServer:
 
     def add(self, job_id: str, content: bytes = b"hello", *, standby: bool = False, **options: Any) -> None:
         self.files[job_id] = content
-        (self.standby_queue if standby else self.queue).append(
-            {
-                "job_id": job_id,
-                "lease_token": f"tok-{job_id}",
-                "lease_expires_at": "2030-01-01T00:00:00Z",
-                "attempt": 1,
-                "content_type": "echo",
-                "options": options,
-                "file_name": f"{job_id}.txt",
-                "download_url": f"{BASE}/files/{job_id}?sig=x",
-                "file_size": len(content),
-                "file_sha256": hashlib.sha256(content).hexdigest(),
-            }
-        )
+        job = self.jobs[job_id] = {
+            "job_id": job_id,
+            "lease_token": f"tok-{job_id}",
+            "lease_expires_at": "2030-01-01T00:00:00Z",
+            "attempt": 1,
+            "content_type": "echo",
+            "options": options,
+            "file_name": f"{job_id}.txt",
+            "download_url": f"{BASE}/files/{job_id}?sig=x",
+            "file_size": len(content),
+            "file_sha256": hashlib.sha256(content).hexdigest(),
+        }
+        (self.standby_queue if standby else self.queue).append(job)
 
     def _hello(self, request: httpx.Request) -> httpx.Response:
         return httpx.Response(
@@ -190,6 +191,8 @@ class FakeServer:
     def _fail(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         self.failed.append(body)
+        if self.requeue_given_back and body["error_class"] == "shutdown":
+            self.queue.append(self.jobs[body["job_id"]])
         return httpx.Response(200, json={"job_id": body["job_id"], "status": "queued"})
 
     def _file(self, request: httpx.Request) -> httpx.Response:
@@ -674,7 +677,7 @@ async def test_short_jobs_are_prefetched_without_running_more_than_the_slots(
     for i in range(16):
         server.add(f"J{i:02d}", sleep_s=0.05)
     # --prefetch -1: these jobs count as short even on a loaded machine, and the slots start
-    # far more than 3 each within 5 s: 3 per slot ahead
+    # far more than 24 each within 5 s: 24 per slot ahead
     runner = make_runner(tmp_path, concurrency=2, prefetch_below_s=5.0)
     most: list[int] = []
 
@@ -685,8 +688,8 @@ async def test_short_jobs_are_prefetched_without_running_more_than_the_slots(
     await run_until(runner, done)
     asked = [c["max_jobs"] for c in server.claims]
     assert asked[0] == 2  # nothing known about the jobs yet: the free slots only
-    # Short jobs seen: up to 2 slots + 6 leased ahead (fewer when a claim goes while jobs still run).
-    assert max(asked) >= 5 and all(a <= 8 for a in asked)
+    # Short jobs seen: up to 2 slots + 48 leased ahead (fewer when a claim goes while jobs still run).
+    assert max(asked) >= 5 and all(a <= 50 for a in asked)
     assert max(most) <= 2  # never more jobs processing than --concurrency
     assert sorted(c["job_id"] for c in server.completed) == [f"J{i:02d}" for i in range(16)]
     assert not server.failed
@@ -695,7 +698,8 @@ async def test_short_jobs_are_prefetched_without_running_more_than_the_slots(
 @pytest.mark.parametrize(
     ("recent", "prefetch", "expected"),
     [
-        ([0.001, 0.002], -1, 12),  # a few ms: 3 per slot ahead (the cap)
+        ([0.001, 0.002], -1, 96),  # a few ms: 24 per slot ahead (the cap)
+        ([0.005], -1, 80),  # 4 slots start 80 such jobs within 0.1 s
         ([0.04, 0.05], -1, 8),  # 4 slots start 8 such jobs within 0.1 s
         ([0.02, 0.09], -1, 4),  # the longest decides; never fewer than one per slot
         ([0.01, 0.1], -1, 0),  # one job at --prefetch-below: no prefetch at all
@@ -736,10 +740,35 @@ async def test_a_prefetched_job_keeps_its_lease_while_it_waits_for_a_slot(
     server.add("J3")  # leased with J2, waits for the slot
     runner = make_runner(tmp_path, concurrency=1, prefetch_below_s=5.0)
     await run_until(runner, lambda: len(server.completed) == 3)
-    assert [c["max_jobs"] for c in server.claims[:2]] == [1, 4]  # J1; then its slot + 3 ahead
+    # J1; then J2 with J3 ahead (how many more: as the slot starts them within 5 s at J1's length)
+    assert server.claims[0]["max_jobs"] == 1 and server.claims[1]["max_jobs"] >= 3
     j3_beats = [hb for hb in server.heartbeats if hb["job_id"] == "J3"]
     assert j3_beats, "the waiting job's lease was not extended"
     assert [c["job_id"] for c in server.completed] == ["J1", "J2", "J3"]
+
+
+async def test_a_prefetched_job_stuck_behind_a_long_one_goes_back_to_the_queue(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    """J3 and J4, leased ahead with J2, would wait all of J2's 4.5 s for the only slot: after
+    --prefetch-wait (here 2x --prefetch-below = 2 s) they go back to the queue (class shutdown: not
+    an attempt), and the worker leases no more ahead while J2 runs, so it does not take them again
+    at once. Breaks caught: no give-back; giving back without stopping the prefetch (J3 and J4
+    leased again at once and given back again 2 s later)."""
+    server.requeue_given_back = True
+    server.add("J1")  # short: the next claim leases ahead
+    server.add("J2", sleep_s=4.5)
+    server.add("J3")
+    server.add("J4")
+    runner = make_runner(
+        tmp_path, concurrency=1, prefetch=3, prefetch_below_s=1.0, prefetch_wait_s=0.3, pipeline=0
+    )
+    await run_until(runner, lambda: len(server.completed) == 4)
+    assert [c["max_jobs"] for c in server.claims[:2]] == [1, 4]  # J1; then J2 with J3 and J4 ahead
+    given_back = sorted(f["job_id"] for f in server.failed)
+    assert given_back == ["J3", "J4"], server.failed  # each once
+    assert all(f["error_class"] == "shutdown" and "back to the queue" in f["error"] for f in server.failed)
+    assert [c["job_id"] for c in server.completed] == ["J1", "J2", "J3", "J4"]
 
 
 async def test_shutdown_gives_back_a_job_waiting_in_a_busy_slots_child(
