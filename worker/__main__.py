@@ -50,7 +50,7 @@ OPTIONS: list[tuple[str, Any, str]] = [
         "--prefetch",
         int,
         "jobs leased ahead of the free slots while the recent jobs are short (-1: as many as the "
-        "slots start within --prefetch-below, 1 to 24 per slot; 0: off); each claim then carries "
+        "slots start within --prefetch-below, 1 to 8 per slot; 0: off); each claim then carries "
         "more results and leases more jobs",
     ),
     (

@@ -88,7 +88,7 @@ class WorkerConfig:
     kill_after_s: float = 1.0  # a stopped child gets this long after SIGTERM before SIGKILL
     spool_after_s: float = 1.0  # results of jobs that ran this long go to disk before they are sent
     prefetch: int = -1  # jobs leased ahead of free slots while jobs are short; -1: as the slots start them
-    #                    within prefetch_below_s, 1-24 per slot (Runner.prefetch)
+    #                    within prefetch_below_s, 1-8 per slot (Runner.prefetch)
     prefetch_below_s: float = 0.1  # prefetch only while the recent jobs ran shorter than this
     prefetch_wait_s: float = 1.0  # a prefetched job waiting this long (at least 2x prefetch_below_s)
     #                               for a slot goes back to the queue (0: never)

@@ -39,11 +39,12 @@ log = logging.getLogger("morag.worker")
 # The longest a finished job's result waits for a claim to ride on before a claim (or, with no
 # room for a job, a completion of its own) goes anyway.
 RIDE_WAIT_S = 0.05
-# --prefetch -1 leases at most this many jobs ahead per slot: with 4 slots, a claim of 100 (the most
-# one claim asks for). What bounds a prefetched job's wait is the time rule (Runner.prefetch) and
-# --prefetch-wait; this cap only keeps one mis-timed burst from leasing a whole queue. Jobs of a few
-# ms drain 1.3-1.6x faster than with 3 ahead per slot (docs/benchmarks.md, stop 31).
-AUTO_AHEAD_PER_SLOT = 24
+# --prefetch -1 leases at most this many jobs ahead per slot (a claim of 36 with 4 slots). What bounds
+# a prefetched job's wait is the time rule (Runner.prefetch) and --prefetch-wait. Measured at stop 31
+# (docs/benchmarks.md): jobs of a few ms drain 1.3-1.6x faster at 8 than at 3 per slot; 24 drained
+# faster still in the own lane, but slower in the shared lane (1,749 against 3,452 jobs/s) and kept
+# another user's job behind the flood's batches (p99 11-52 ms against 5-6).
+AUTO_AHEAD_PER_SLOT = 8
 
 
 class FatalSetupError(Exception):
@@ -381,7 +382,7 @@ class Runner:
         ``--prefetch N`` leases N ahead. ``-1`` (the default) leases as many as the slots start
         within ``--prefetch-below`` at the longest recent job's length (so a leased job waits
         about that long at most), at least one per slot and at most ``AUTO_AHEAD_PER_SLOT``:
-        jobs of a few ms go 24 per slot ahead (stop 23: 3), one claim per ~25 rounds of the slots
+        jobs of a few ms go 8 per slot ahead (stop 23: 3), one claim per ~8 rounds of the slots
         instead of one per round (docs/benchmarks.md, stops 23 and 31). A prefetched job that
         waits ``--prefetch-wait`` for a slot goes back to the queue (``JobRun``)."""
         cfg = self.config

@@ -677,7 +677,7 @@ async def test_short_jobs_are_prefetched_without_running_more_than_the_slots(
     for i in range(16):
         server.add(f"J{i:02d}", sleep_s=0.05)
     # --prefetch -1: these jobs count as short even on a loaded machine, and the slots start
-    # far more than 24 each within 5 s: 24 per slot ahead
+    # far more than 8 each within 5 s: 8 per slot ahead
     runner = make_runner(tmp_path, concurrency=2, prefetch_below_s=5.0)
     most: list[int] = []
 
@@ -688,8 +688,8 @@ async def test_short_jobs_are_prefetched_without_running_more_than_the_slots(
     await run_until(runner, done)
     asked = [c["max_jobs"] for c in server.claims]
     assert asked[0] == 2  # nothing known about the jobs yet: the free slots only
-    # Short jobs seen: up to 2 slots + 48 leased ahead (fewer when a claim goes while jobs still run).
-    assert max(asked) >= 5 and all(a <= 50 for a in asked)
+    # Short jobs seen: up to 2 slots + 16 leased ahead (fewer when a claim goes while jobs still run).
+    assert max(asked) >= 5 and all(a <= 18 for a in asked)
     assert max(most) <= 2  # never more jobs processing than --concurrency
     assert sorted(c["job_id"] for c in server.completed) == [f"J{i:02d}" for i in range(16)]
     assert not server.failed
@@ -698,8 +698,8 @@ async def test_short_jobs_are_prefetched_without_running_more_than_the_slots(
 @pytest.mark.parametrize(
     ("recent", "prefetch", "expected"),
     [
-        ([0.001, 0.002], -1, 96),  # a few ms: 24 per slot ahead (the cap)
-        ([0.005], -1, 80),  # 4 slots start 80 such jobs within 0.1 s
+        ([0.001, 0.002], -1, 32),  # a few ms: 8 per slot ahead (the cap)
+        ([0.02], -1, 20),  # 4 slots start 20 such jobs within 0.1 s
         ([0.04, 0.05], -1, 8),  # 4 slots start 8 such jobs within 0.1 s
         ([0.02, 0.09], -1, 4),  # the longest decides; never fewer than one per slot
         ([0.01, 0.1], -1, 0),  # one job at --prefetch-below: no prefetch at all
