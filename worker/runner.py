@@ -41,7 +41,7 @@ log = logging.getLogger("morag.worker")
 RIDE_WAIT_S = 0.05
 # --prefetch -1 leases at most this many jobs ahead per slot (a claim of 36 with 4 slots). What bounds
 # a prefetched job's wait is the time rule (Runner.prefetch) and --prefetch-wait. Measured at stop 31
-# (docs/benchmarks.md): jobs of a few ms drain 1.3-1.6x faster at 8 than at 3 per slot; 24 drained
+# (docs/benchmarks.md): jobs of a few ms drain 1.3-1.4x faster at 8 than at 3 per slot; 24 drained
 # faster still in the own lane, but slower in the shared lane (1,749 against 3,452 jobs/s) and kept
 # another user's job behind the flood's batches (p99 11-52 ms against 5-6).
 AUTO_AHEAD_PER_SLOT = 8
