@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     from worker.runner import Runner
 
-    return asyncio.run(Runner(config).run())
+    return asyncio.run(Runner(config).run(freeze_heap=True))
 
 
 if __name__ == "__main__":

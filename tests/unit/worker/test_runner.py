@@ -945,3 +945,29 @@ async def test_a_standby_claim_that_fails_is_retried_and_the_worker_goes_on(
     await run_until(runner, lambda: len(server.completed) == 4)
     assert len(calls) >= 2
     assert [c["job_id"] for c in server.completed][:3] == ["J1", "J2", "B1"]
+
+
+async def test_freeze_heap_freezes_once_set_up_and_only_when_asked(
+    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run(freeze_heap=True)`` calls gc.freeze once, after set-up and before the first claim; a
+    runner in a test process (many runners) never freezes. Break caught: freezing unconditionally."""
+    import gc
+
+    frozen: list[int] = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(len(server.claims)))
+    server.add("J1")
+    runner = make_runner(tmp_path)
+    await run_until(runner, lambda: len(server.completed) == 1)
+    assert frozen == []
+    server.add("J2")
+    runner = make_runner(tmp_path)
+    claims_before = len(server.claims)
+    task = asyncio.ensure_future(runner.run(install_signals=False, freeze_heap=True))
+    deadline = time.monotonic() + 20
+    while len(server.completed) < 2:
+        assert time.monotonic() < deadline and not task.done()
+        await asyncio.sleep(0.02)
+    runner.request_stop()
+    assert await asyncio.wait_for(task, 10) == 0
+    assert frozen == [claims_before]  # once, before the second runner's first claim
