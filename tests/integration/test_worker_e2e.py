@@ -227,4 +227,6 @@ def test_results_ride_on_the_next_claim(live_server: LiveServerFactory, workers:
     ]
     alone = _requests(server, "/worker/complete") + _requests(server, "/worker/complete-batch")
     assert alone <= len(tasks) // 2, workers.log("rider")
-    assert _requests(server, "/worker/claim") >= 6
+    # The first claim, and at least one carrying results (with up to 8 jobs ahead per slot, one
+    # claim may lease the rest and the next carry several results).
+    assert _requests(server, "/worker/claim") >= 2
