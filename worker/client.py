@@ -39,7 +39,7 @@ from protocol.models import (
     HelloResponse,
 )
 from worker import __version__
-from worker.completions import Completions, Pending, answer_of, fail_all, settle
+from worker.completions import REFUSED_AS_A_WHOLE, Completions, Pending, answer_of, fail_all, settle
 from worker.config import backoff_delay
 from worker.errors import BadInput, ServerError, TransientError
 
@@ -247,7 +247,7 @@ class WorkerClient:
                 got = f"{len(answer.results)} of {len(riders)}"
                 raise ServerRejected(f"the claim answered {got} results riding on it", 502)
         except ServerRejected as exc:
-            if riders and exc.status in (413, 422):  # refused as a whole: not each result's verdict
+            if riders and exc.status in REFUSED_AS_A_WHOLE:  # not each result's verdict
                 self.completions.send_each(riders)
             else:
                 fail_all(riders, exc)

@@ -39,8 +39,10 @@ RIDE_MAX_CHARS = 64 * 1024
 # Markdown in one request carrying several results: far under the server's worker body limit
 # (``MORAG_MAX_WORKER_JSON_BYTES``, 32 MiB by default). A result above RIDE_MAX_CHARS goes alone.
 BATCH_MAX_CHARS = 4 * 1024 * 1024
-# Statuses of a request refused as a whole, not result by result: its results go again one each.
-WHOLE_REFUSALS = (404, 405, 413, 422)
+# Statuses of a request refused as a whole (too large, or its shape), not result by result: its
+# results go again one per request. A batch answered 404/405 met a server without batches.
+REFUSED_AS_A_WHOLE = (413, 422)
+WHOLE_REFUSALS = (404, 405, *REFUSED_AS_A_WHOLE)
 
 Pending = tuple[CompleteRequest, "asyncio.Future[CompleteResponse]"]
 Call = Callable[..., Awaitable[Any]]
